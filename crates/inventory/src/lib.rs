@@ -1,0 +1,85 @@
+//! Sales, stock and the one atomic purchase step of a flash sale.
+//!
+//! [`Inventory`] is the store every seckill service decides purchases
+//! against and every gateway reads sales and request results from. The
+//! purchase step checks the deadline, idempotency, the per-user limit and
+//! stock, decrements stock, records the result and appends the order event
+//! in one atomic step per request: never check-then-act across two calls.
+//!
+//! [`MemoryInventory`] serves the embedded mode; the Redis implementation
+//! sits behind the same trait.
+
+#![forbid(unsafe_code)]
+
+mod ids;
+mod memory;
+mod model;
+
+pub use ids::{now_ms, unique_id};
+pub use memory::MemoryInventory;
+pub use model::*;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+/// Errors of an inventory store.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The sale has sold units already and cannot be replaced.
+    #[error("sale {0} has sales already")]
+    HasSales(String),
+    /// The store cannot be reached; callers fail closed.
+    #[error("inventory store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The store of sales, stock, request results and orders.
+#[async_trait]
+pub trait Inventory: Send + Sync + 'static {
+    /// Creates a sale, or replaces one that has sold nothing yet.
+    async fn put_sale(&self, spec: SaleSpec) -> Result<Put, InventoryError>;
+
+    /// Ends and removes a sale. Returns false if it did not exist.
+    async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError>;
+
+    /// One sale with its sold count.
+    async fn sale(&self, sale_id: &str) -> Result<Option<SaleStatus>, InventoryError>;
+
+    /// All sales with their sold counts, ordered by id.
+    async fn sales(&self) -> Result<Vec<SaleStatus>, InventoryError>;
+
+    /// Records an admitted request as pending and, if it carries an
+    /// idempotency key, claims the key for it in the same step.
+    ///
+    /// Returns [`Admission::Duplicate`] with the first request's id when the
+    /// key was claimed before; nothing is recorded then.
+    async fn admit(&self, purchase: &Purchase) -> Result<Admission, InventoryError>;
+
+    /// Undoes [`Inventory::admit`] for a request that never reached the
+    /// queue (no token, queue full), so its key can be used again.
+    async fn withdraw(&self, purchase: &Purchase) -> Result<(), InventoryError>;
+
+    /// The atomic purchase step, for a batch of requests (one decision per
+    /// request, in order). A request decided before (redelivery), or whose
+    /// idempotency key belongs to a request decided before, gets the stored
+    /// outcome back with `duplicate` set and changes nothing.
+    async fn purchase(&self, batch: &[Purchase]) -> Result<Vec<Decision>, InventoryError>;
+
+    /// Records a final outcome decided outside the purchase step (expired,
+    /// rejected by risk control, dead-lettered). An outcome recorded before
+    /// wins: the stored one is returned with `duplicate` set.
+    async fn settle(&self, purchase: &Purchase, outcome: Outcome)
+        -> Result<Decision, InventoryError>;
+
+    /// The recorded state of a request, while within the result retention.
+    async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, InventoryError>;
+
+    /// The order events of a sale, oldest first (the audit trail).
+    async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError>;
+
+    /// Sale changes, for gateways that keep a local copy of the catalog.
+    fn events(&self) -> broadcast::Receiver<SaleEvent>;
+
+    /// Succeeds while the store is reachable (readiness).
+    async fn ping(&self) -> Result<(), InventoryError>;
+}

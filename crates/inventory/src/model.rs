@@ -1,0 +1,276 @@
+//! The values the store keeps and hands out: sales, purchases, outcomes.
+
+use serde::{Deserialize, Serialize};
+
+/// Default units one user may buy in a sale.
+pub const DEFAULT_PER_USER_LIMIT: u32 = 1;
+/// Default tokens per second of a sale's bucket (the backend's pace).
+pub const DEFAULT_TOKEN_RATE: u32 = 2000;
+/// Default capacity of a sale's token queue.
+pub const DEFAULT_TOKEN_CAPACITY: u32 = 500;
+/// Default capacity of a sale's request queue.
+pub const DEFAULT_QUEUE_CAPACITY: u32 = 10_000;
+
+/// The definition of a sale, as the admin API sets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleSpec {
+    /// 1..=64 chars of `[A-Za-z0-9_-]`.
+    pub sale_id: String,
+    /// Units on sale.
+    pub stock: u64,
+    /// Units one user may hold.
+    pub per_user_limit: u32,
+    /// Opening time, Unix ms; `None` = open now.
+    pub starts_at_ms: Option<u64>,
+    /// Closing time, Unix ms; `None` = until sold out or removed.
+    pub ends_at_ms: Option<u64>,
+    /// Tokens per second the bucket's generator adds.
+    pub token_rate: u32,
+    /// Capacity of the token queue.
+    pub token_capacity: u32,
+    /// Capacity of the request queue.
+    pub queue_capacity: u32,
+}
+
+impl SaleSpec {
+    /// A sale open now with the default limits.
+    pub fn new(sale_id: impl Into<String>, stock: u64) -> Self {
+        SaleSpec {
+            sale_id: sale_id.into(),
+            stock,
+            per_user_limit: DEFAULT_PER_USER_LIMIT,
+            starts_at_ms: None,
+            ends_at_ms: None,
+            token_rate: DEFAULT_TOKEN_RATE,
+            token_capacity: DEFAULT_TOKEN_CAPACITY,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// Whether `id` is a valid sale id: 1..=64 chars of `[A-Za-z0-9_-]`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A sale with its sold count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaleStatus {
+    pub spec: SaleSpec,
+    pub sold: u64,
+}
+
+/// Where a sale stands at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaleState {
+    Upcoming,
+    Active,
+    SoldOut,
+    Ended,
+}
+
+impl SaleState {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaleState::Upcoming => "upcoming",
+            SaleState::Active => "active",
+            SaleState::SoldOut => "sold_out",
+            SaleState::Ended => "ended",
+        }
+    }
+}
+
+impl SaleStatus {
+    /// Units left.
+    pub fn remaining(&self) -> u64 {
+        self.spec.stock.saturating_sub(self.sold)
+    }
+
+    /// The sale's state at `now_ms`.
+    pub fn state(&self, now_ms: u64) -> SaleState {
+        window_state(&self.spec, now_ms).unwrap_or(if self.remaining() == 0 {
+            SaleState::SoldOut
+        } else {
+            SaleState::Active
+        })
+    }
+}
+
+/// `Some(Upcoming | Ended)` when `now_ms` lies outside the sale's window.
+pub fn window_state(spec: &SaleSpec, now_ms: u64) -> Option<SaleState> {
+    if spec.ends_at_ms.is_some_and(|end| now_ms >= end) {
+        Some(SaleState::Ended)
+    } else if spec.starts_at_ms.is_some_and(|start| now_ms < start) {
+        Some(SaleState::Upcoming)
+    } else {
+        None
+    }
+}
+
+/// Result of [`crate::Inventory::put_sale`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    Replaced,
+}
+
+/// One admitted purchase request, as queued and decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purchase {
+    /// `<sale_id>.<unique>`: the sale is recoverable from the id alone, so
+    /// a store can keep a request's record next to its sale.
+    pub request_id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub idempotency_key: Option<String>,
+    /// Unix ms after which the purchase must not be committed.
+    pub deadline_ms: u64,
+}
+
+/// Builds a request id for `sale_id`: `<sale_id>.<unique>`.
+pub fn request_id(sale_id: &str) -> String {
+    format!("{sale_id}.{}", crate::unique_id())
+}
+
+/// The sale a request id belongs to (see [`Purchase::request_id`]).
+pub fn sale_of_request(request_id: &str) -> Option<&str> {
+    let (sale, rest) = request_id.split_once('.')?;
+    (valid_id(sale) && !rest.is_empty()).then_some(sale)
+}
+
+/// The final outcome of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Success { order_id: String },
+    SoldOut,
+    LimitExceeded,
+    Rejected { reason: String },
+    Expired,
+}
+
+impl Outcome {
+    /// The `status` name the API uses.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Success { .. } => "success",
+            Outcome::SoldOut => "sold_out",
+            Outcome::LimitExceeded => "limit_exceeded",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Expired => "expired",
+        }
+    }
+}
+
+/// What the purchase step decided for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// The request (or its idempotency key) had been decided before; the
+    /// stored outcome is returned and nothing changed.
+    pub duplicate: bool,
+}
+
+/// Result of [`crate::Inventory::admit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The idempotency key belongs to this earlier request.
+    Duplicate { request_id: String },
+}
+
+/// A request's recorded state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub request_id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    /// `None` while pending.
+    pub outcome: Option<Outcome>,
+}
+
+/// An order, appended to the sale's order stream by a successful purchase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    pub order_id: String,
+    pub request_id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub at_ms: u64,
+}
+
+/// A change to the catalog of sales.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SaleEvent {
+    /// Created or replaced.
+    Changed(String),
+    Removed(String),
+    SoldOut(String),
+}
+
+/// Formats Unix ms as RFC 3339 (UTC, second precision unless sub-second).
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    if ms % 1000 == 0 {
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+/// Parses an RFC 3339 time into Unix ms.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("demo"));
+        assert!(valid_id("A-z_09"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a.b"));
+        assert!(!valid_id("sale/1"));
+        assert!(!valid_id(&"x".repeat(65)));
+        let rid = request_id("flash-1");
+        assert_eq!(sale_of_request(&rid), Some("flash-1"));
+        assert_eq!(sale_of_request("nodot"), None);
+        assert_eq!(sale_of_request("bad/.x"), None);
+    }
+
+    #[test]
+    fn states() {
+        let mut s = SaleStatus {
+            spec: SaleSpec::new("s", 2),
+            sold: 0,
+        };
+        assert_eq!(s.state(10), SaleState::Active);
+        s.sold = 2;
+        assert_eq!(s.state(10), SaleState::SoldOut);
+        s.spec.starts_at_ms = Some(100);
+        s.spec.ends_at_ms = Some(200);
+        assert_eq!(s.state(99), SaleState::Upcoming);
+        assert_eq!(s.state(200), SaleState::Ended);
+    }
+
+    #[test]
+    fn times_round_trip() {
+        let ms = 1_790_000_000_000;
+        assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+        assert_eq!(parse_rfc3339(&rfc3339(ms + 5)), Some(ms + 5));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}
