@@ -218,7 +218,7 @@ pub enum SaleEvent {
 /// Formats Unix ms as RFC 3339 (UTC, second precision unless sub-second).
 pub fn rfc3339(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         humantime::format_rfc3339_seconds(t).to_string()
     } else {
         humantime::format_rfc3339_millis(t).to_string()
