@@ -81,7 +81,12 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
     };
     let want = shared.config.admin_token.as_bytes();
     let given = given.trim().as_bytes();
-    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The body of `PUT /admin/v1/sales/{id}`; unknown fields are refused so a
@@ -117,12 +122,24 @@ fn spec_of(sale_id: String, body: SaleBody) -> Result<SaleSpec, String> {
     let spec = SaleSpec {
         sale_id,
         stock: body.stock,
-        per_user_limit: setting("per_user_limit", body.per_user_limit, DEFAULT_PER_USER_LIMIT)?,
+        per_user_limit: setting(
+            "per_user_limit",
+            body.per_user_limit,
+            DEFAULT_PER_USER_LIMIT,
+        )?,
         starts_at_ms: time("starts_at", body.starts_at)?,
         ends_at_ms: time("ends_at", body.ends_at)?,
         token_rate: setting("token_rate", body.token_rate, DEFAULT_TOKEN_RATE)?,
-        token_capacity: setting("token_capacity", body.token_capacity, DEFAULT_TOKEN_CAPACITY)?,
-        queue_capacity: setting("queue_capacity", body.queue_capacity, DEFAULT_QUEUE_CAPACITY)?,
+        token_capacity: setting(
+            "token_capacity",
+            body.token_capacity,
+            DEFAULT_TOKEN_CAPACITY,
+        )?,
+        queue_capacity: setting(
+            "queue_capacity",
+            body.queue_capacity,
+            DEFAULT_QUEUE_CAPACITY,
+        )?,
     };
     if spec.stock > u64::from(u32::MAX) {
         return Err("stock must be at most 4294967295".into());
@@ -170,7 +187,11 @@ async fn put(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpRe
             code,
             serde_json::to_vec(&SaleView::new(&s, true)).expect("views serialize"),
         ),
-        Ok(None) => error(StatusCode::CONFLICT, "conflict", "the sale was removed meanwhile"),
+        Ok(None) => error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the sale was removed meanwhile",
+        ),
         Err(_) => unavailable(),
     }
 }
@@ -198,7 +219,8 @@ async fn list(shared: &Shared) -> HttpResponse {
             let views: Vec<_> = sales.iter().map(|s| SaleView::new(s, true)).collect();
             json(
                 StatusCode::OK,
-                serde_json::to_vec(&serde_json::json!({ "sales": views })).expect("views serialize"),
+                serde_json::to_vec(&serde_json::json!({ "sales": views }))
+                    .expect("views serialize"),
             )
         }
         Err(_) => unavailable(),

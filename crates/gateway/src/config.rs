@@ -258,7 +258,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(parse(&["--request-timeout-ms", "0"]).gateway_config().is_err());
+        assert!(parse(&["--request-timeout-ms", "0"])
+            .gateway_config()
+            .is_err());
         assert!(parse(&["--demo-sale", "x"]).gateway_config().is_err());
         assert!(parse(&["--demo-sale", "a/b:1"]).gateway_config().is_err());
         assert!(parse(&["--admin-token", "short"]).gateway_config().is_err());
@@ -276,7 +278,13 @@ mod tests {
 
     #[test]
     fn demo_sale_none_and_custom() {
-        assert_eq!(parse(&["--demo-sale", "none"]).gateway_config().unwrap().demo_sale, None);
+        assert_eq!(
+            parse(&["--demo-sale", "none"])
+                .gateway_config()
+                .unwrap()
+                .demo_sale,
+            None
+        );
         let c = parse(&["--demo-sale", "flash:7"]).gateway_config().unwrap();
         assert_eq!(c.demo_sale, Some(SaleSpec::new("flash", 7)));
     }

@@ -25,7 +25,10 @@ fn deliver(shared: &Shared, results: Vec<pb::RequestResult>) -> pb::CompleteRepl
         }
     }
     if reply.unknown > 0 {
-        shared.metrics.callback_unknown.increment(u64::from(reply.unknown));
+        shared
+            .metrics
+            .callback_unknown
+            .increment(u64::from(reply.unknown));
     }
     reply
 }
@@ -39,7 +42,10 @@ impl CallbackRpc for CallbackService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteReply>, Status> {
-        Ok(Response::new(deliver(&self.0, request.into_inner().results)))
+        Ok(Response::new(deliver(
+            &self.0,
+            request.into_inner().results,
+        )))
     }
 }
 

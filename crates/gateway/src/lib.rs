@@ -31,10 +31,10 @@ use inventory::{Inventory, InventoryError, MemoryInventory, Put, SaleEvent, Sale
 use queue::{MemoryQueue, RequestQueue};
 use seckill_service::http::{serve as serve_http, ServerLimits};
 use seckill_service::{Callback, GrpcCallback, Service, ServiceConfig};
+use token_bucket::{BucketFactory, MemoryBuckets};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
-use token_bucket::{BucketFactory, MemoryBuckets};
 
 pub use config::{Args, GatewayConfig};
 
@@ -116,7 +116,14 @@ impl Gateway {
         });
         let gateway = Gateway { shared };
         if let Some(spec) = gateway.shared.config.demo_sale.clone() {
-            if gateway.shared.backend.inventory.sale(&spec.sale_id).await?.is_none() {
+            if gateway
+                .shared
+                .backend
+                .inventory
+                .sale(&spec.sale_id)
+                .await?
+                .is_none()
+            {
                 gateway.put_sale(spec).await?;
             }
         }
@@ -155,7 +162,11 @@ impl Gateway {
                 .max(cfg.request_timeout + cfg.reply_grace + Duration::from_secs(1)),
         };
         let grpc_stop = CancellationToken::new();
-        let grpc = tokio::spawn(grpc::serve(shared.clone(), listeners.grpc, grpc_stop.clone()));
+        let grpc = tokio::spawn(grpc::serve(
+            shared.clone(),
+            listeners.grpc,
+            grpc_stop.clone(),
+        ));
         let sync = tokio::spawn(sync_loop(shared.clone(), grpc_stop.clone()));
         let admin = {
             let s = shared.clone();

@@ -51,7 +51,10 @@ impl EdgeLimiter {
         let limiter = self.limiter.read().unwrap().clone();
         limiter.retain_recent();
         if limiter.len() > MAX_KEYS {
-            tracing::warn!(keys = limiter.len(), "edge limiter over its cap; starting afresh");
+            tracing::warn!(
+                keys = limiter.len(),
+                "edge limiter over its cap; starting afresh"
+            );
             *self.limiter.write().unwrap() = Arc::new(RateLimiter::keyed(quota));
         }
     }

@@ -24,7 +24,9 @@ fn main() -> ExitCode {
         (Err(e), _) | (_, Err(e)) => return config_error(&e.to_string()),
     };
     if args.mode() != Mode::Embedded {
-        return config_error("distributed mode (--redis-url / --redis-cluster) is not available in this build");
+        return config_error(
+            "distributed mode (--redis-url / --redis-cluster) is not available in this build",
+        );
     }
     let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
         Ok(f) => f,
@@ -37,14 +39,17 @@ fn main() -> ExitCode {
         .build()
         .expect("the Tokio runtime starts");
     runtime.block_on(async move {
-        let listeners = match Listeners::bind(args.listen, args.admin_listen, args.grpc_listen).await
-        {
-            Ok(l) => l,
-            Err(e) => return config_error(&format!("cannot bind the listeners: {e}")),
-        };
+        let listeners =
+            match Listeners::bind(args.listen, args.admin_listen, args.grpc_listen).await {
+                Ok(l) => l,
+                Err(e) => return config_error(&format!("cannot bind the listeners: {e}")),
+            };
         println!("seckill gateway (embedded mode)");
         println!("  public API  http://{}", args.listen);
-        println!("  admin API   http://{}  (/metrics, /healthz, /readyz)", args.admin_listen);
+        println!(
+            "  admin API   http://{}  (/metrics, /healthz, /readyz)",
+            args.admin_listen
+        );
         println!("  gRPC        {}", args.grpc_listen);
         if args.admin_token.is_none() {
             println!("  admin token {}", config.admin_token);
@@ -55,7 +60,16 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(signal(shutdown.clone()));
         let retention = Duration::from_millis(args.result_retention_ms);
-        match run_embedded(listeners, config, service, EmbeddedOptions::default(), retention, shutdown).await {
+        match run_embedded(
+            listeners,
+            config,
+            service,
+            EmbeddedOptions::default(),
+            retention,
+            shutdown,
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gateway: {e}");

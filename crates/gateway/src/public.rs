@@ -114,11 +114,7 @@ async fn admit_and_wait(
         None => None,
         Some(v) => match v.to_str() {
             Ok(k) if valid_id(k) => Some(k.to_string()),
-            _ => {
-                return bad_request(
-                    "Idempotency-Key must be 1..=64 characters of [A-Za-z0-9_-]",
-                )
-            }
+            _ => return bad_request("Idempotency-Key must be 1..=64 characters of [A-Za-z0-9_-]"),
         },
     };
     let body = match read_body(req).await {
@@ -230,9 +226,8 @@ async fn admit_and_wait(
 
     // 6. Wait for the result until the deadline, plus a grace for a result
     // decided just in time.
-    let until = tokio::time::Instant::now()
-        + shared.config.request_timeout
-        + shared.config.reply_grace;
+    let until =
+        tokio::time::Instant::now() + shared.config.request_timeout + shared.config.reply_grace;
     // None: timed out, or the gateway is going away. The outcome is then
     // final only via GET /api/v1/requests/{id}.
     let outcome = waiter

@@ -27,7 +27,10 @@ pub struct Waiter<'a> {
 impl Waiter<'_> {
     /// The result, or `None` when it does not come before `until`.
     pub async fn wait_until(mut self, until: tokio::time::Instant) -> Option<RequestResult> {
-        tokio::time::timeout_at(until, &mut self.rx).await.ok()?.ok()
+        tokio::time::timeout_at(until, &mut self.rx)
+            .await
+            .ok()?
+            .ok()
     }
 }
 

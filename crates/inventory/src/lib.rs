@@ -68,8 +68,11 @@ pub trait Inventory: Send + Sync + 'static {
     /// Records a final outcome decided outside the purchase step (expired,
     /// rejected by risk control, dead-lettered). An outcome recorded before
     /// wins: the stored one is returned with `duplicate` set.
-    async fn settle(&self, purchase: &Purchase, outcome: Outcome)
-        -> Result<Decision, InventoryError>;
+    async fn settle(
+        &self,
+        purchase: &Purchase,
+        outcome: Outcome,
+    ) -> Result<Decision, InventoryError>;
 
     /// The recorded state of a request, while within the result retention.
     async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, InventoryError>;

@@ -308,7 +308,9 @@ impl Inventory for MemoryInventory {
             .remove_if(&p.request_id, |_, s| s.record.outcome.is_none());
         if let Some(key) = &p.idempotency_key {
             let k = (p.sale_id.clone(), p.user_id.clone(), key.clone());
-            self.inner.keys.remove_if(&k, |_, (rid, _)| *rid == p.request_id);
+            self.inner
+                .keys
+                .remove_if(&k, |_, (rid, _)| *rid == p.request_id);
         }
         Ok(())
     }

@@ -181,7 +181,9 @@ pub struct Decision {
 pub enum Admission {
     Admitted,
     /// The idempotency key belongs to this earlier request.
-    Duplicate { request_id: String },
+    Duplicate {
+        request_id: String,
+    },
 }
 
 /// A request's recorded state.

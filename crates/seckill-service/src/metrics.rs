@@ -82,7 +82,10 @@ fn describe() {
         "seckill_tokens_discarded_total",
         "Tokens discarded because the token queue was full."
     );
-    describe_gauge!("seckill_queue_depth", "Requests waiting in the sale's queue.");
+    describe_gauge!(
+        "seckill_queue_depth",
+        "Requests waiting in the sale's queue."
+    );
     describe_counter!(
         "seckill_queue_enqueued_total",
         "Requests put on the sale's queue."
@@ -105,7 +108,8 @@ pub struct ServiceMetrics {
 
 impl ServiceMetrics {
     pub fn new() -> Self {
-        let processed = |r: &'static str| metrics::counter!("seckill_service_processed_total", "result" => r);
+        let processed =
+            |r: &'static str| metrics::counter!("seckill_service_processed_total", "result" => r);
         ServiceMetrics {
             success: processed("success"),
             sold_out: processed("sold_out"),

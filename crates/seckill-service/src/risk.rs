@@ -52,10 +52,7 @@ impl RiskControl {
                 .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(1));
         }
         let now = Instant::now();
-        let mut entry = self
-            .attempts
-            .entry(user_id.to_string())
-            .or_insert((now, 0));
+        let mut entry = self.attempts.entry(user_id.to_string()).or_insert((now, 0));
         let (start, count) = &mut *entry;
         if now.duration_since(*start) >= Duration::from_secs(1) {
             *start = now;

@@ -124,8 +124,7 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
         service.queue.dead_letter(&dead).await?;
     }
     service.queue.ack(&batch).await?;
-    m.process_duration
-        .record(started.elapsed().as_secs_f64());
+    m.process_duration.record(started.elapsed().as_secs_f64());
     Ok(())
 }
 
