@@ -1,0 +1,487 @@
+//! The `loadtest` command line: `run`, `throughput`, `calibrate-server` and
+//! `report`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+
+use crate::assertion::Assertion;
+use crate::http::{self, SaleSetup};
+use crate::profile::Profile;
+use crate::report::Report;
+use crate::run::RunConfig;
+use crate::throughput::ThroughputConfig;
+
+/// Exit status: the audit failed (oversell, missing answers, ...).
+pub const EXIT_AUDIT: u8 = 1;
+/// Exit status: an `--assert` did not hold.
+pub const EXIT_ASSERT: u8 = 2;
+/// Exit status: the generator fell behind, the run is invalid.
+pub const EXIT_INVALID: u8 = 3;
+/// Exit status: the run could not be made (target unreachable, ...).
+pub const EXIT_ERROR: u8 = 4;
+/// Exit status: bad options (`EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Load harness for a flash sale: open-model spikes with honest latency, and an audit of the sale afterwards."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Drive a sale with an open-model profile, then audit it.
+    Run(Box<RunArgs>),
+    /// Closed-loop maximum throughput of one URL (C connections, fixed time).
+    Throughput(ThroughputArgs),
+    /// A bare hyper server answering a fixed JSON body, to compare against.
+    CalibrateServer(CalibrateArgs),
+    /// Re-check assertions on a JSON report and render it as HTML.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Base URL of the gateway's public API.
+    #[arg(long, env = "LOADTEST_TARGET", default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// The sale to buy from.
+    #[arg(long, default_value = "demo")]
+    sale: String,
+    /// at-once:BUYERS[/WINDOW], ramp:RATE/DURATION, constant:RATE/DURATION,
+    /// or stages:RATE/DURATION,RATE/DURATION,...
+    #[arg(long)]
+    profile: Profile,
+    /// Requests in flight at most; each holds one connection.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// The client's own limit on one request (no answer by then = missing).
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Units each buyer asks for.
+    #[arg(long, default_value_t = 1)]
+    quantity: u32,
+    /// Share of buyers (0..=1) who click twice (same user, same key).
+    #[arg(long, default_value_t = 0.0)]
+    double_click: f64,
+    /// Time between the two clicks of a double-click.
+    #[arg(long, default_value_t = 50)]
+    double_click_gap_ms: u64,
+    /// Extra attempts after 429, 503 or 504 (bounded, with backoff).
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// First retry backoff; doubles per attempt, with jitter.
+    #[arg(long, default_value_t = 100)]
+    retry_backoff_ms: u64,
+    /// Longest retry backoff.
+    #[arg(long, default_value_t = 2000)]
+    retry_max_backoff_ms: u64,
+    /// Send an Idempotency-Key with every buyer's requests (implied by
+    /// --double-click and --retries).
+    #[arg(long)]
+    idempotency_keys: bool,
+    /// User ids are this prefix and the buyer's number [default: random per run].
+    #[arg(long)]
+    user_prefix: Option<String>,
+    /// The run is invalid when the p99 schedule lag exceeds this.
+    #[arg(long, default_value_t = 50)]
+    max_lag_ms: u64,
+    /// Exit 0 even when the run is invalid (the report still says so).
+    #[arg(long)]
+    allow_invalid: bool,
+    /// Skip reading and auditing the sale (for targets that are not a gateway).
+    #[arg(long)]
+    no_audit: bool,
+    /// Do not poll the final result of 504 answers for the audit.
+    #[arg(long)]
+    no_resolve: bool,
+    /// Also audit the sale's keys in this Redis.
+    #[arg(long, env = "LOADTEST_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Draw the progress line even when stderr is not a terminal.
+    #[arg(long)]
+    progress: bool,
+    /// Seed for the buyers' random choices [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Create (or replace) the sale with this stock before the run.
+    #[arg(long)]
+    create_sale: Option<u64>,
+    /// Base URL of the gateway's admin API (for --create-sale).
+    #[arg(
+        long,
+        env = "LOADTEST_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    admin_url: String,
+    /// Bearer token of the admin API (for --create-sale).
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Sale settings for --create-sale (the gateway's defaults otherwise).
+    #[arg(long)]
+    per_user_limit: Option<u32>,
+    #[arg(long)]
+    token_rate: Option<u32>,
+    #[arg(long)]
+    token_capacity: Option<u32>,
+    #[arg(long)]
+    queue_capacity: Option<u32>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+struct OutputArgs {
+    /// Write the JSON report here (`-` = stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the HTML report here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// A threshold that sets the exit code, e.g. 'p99(success)<50ms',
+    /// 'oversell==0', 'count(success)==1000'. Repeatable.
+    #[arg(long = "assert")]
+    assertions: Vec<String>,
+    /// Print no summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct ThroughputArgs {
+    /// Full URL to request.
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value = "GET")]
+    method: Method,
+    /// Request body (sent as JSON); `{n}` becomes a per-request counter.
+    #[arg(long)]
+    body: Option<String>,
+    /// Extra header `Name: value`. Repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 3000)]
+    duration_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
+    /// Write the result as JSON here (`-` = stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct CalibrateArgs {
+    /// Address to listen on (port 0 = any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// A JSON report written by `loadtest run --json`.
+    input: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Runs the command line and returns the exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_ERROR, &format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(*args).await,
+            Command::Throughput(args) => throughput(args).await,
+            Command::CalibrateServer(args) => calibrate(args).await,
+            Command::Report(args) => report(args),
+        }
+    })
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("loadtest: {message}");
+    ExitCode::from(code)
+}
+
+fn parse_assertions(list: &[String]) -> Result<Vec<Assertion>, ExitCode> {
+    list.iter()
+        .map(|s| s.parse::<Assertion>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(EXIT_CONFIG, &e.to_string()))
+}
+
+async fn run(a: RunArgs) -> ExitCode {
+    let assertions = match parse_assertions(&a.output.assertions) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if !(0.0..=1.0).contains(&a.double_click) {
+        return fail(EXIT_CONFIG, "--double-click must be a share within 0..=1");
+    }
+    if a.connections == 0 || a.timeout_ms == 0 || a.quantity == 0 {
+        return fail(
+            EXIT_CONFIG,
+            "--connections, --timeout-ms and --quantity must be at least 1",
+        );
+    }
+    if let Err(e) = http::base_url(&a.target) {
+        return fail(EXIT_CONFIG, &format!("--target: {e}"));
+    }
+    if let Some(stock) = a.create_sale {
+        let Some(token) = a.admin_token.as_deref() else {
+            return fail(
+                EXIT_CONFIG,
+                "--create-sale needs --admin-token (or SECKILL_ADMIN_TOKEN)",
+            );
+        };
+        let admin = match http::base_url(&a.admin_url) {
+            Ok(u) => u,
+            Err(e) => return fail(EXIT_CONFIG, &format!("--admin-url: {e}")),
+        };
+        let setup = SaleSetup {
+            stock,
+            per_user_limit: a.per_user_limit,
+            token_rate: a.token_rate,
+            token_capacity: a.token_capacity,
+            queue_capacity: a.queue_capacity,
+        };
+        if let Err(e) = http::put_sale(&http::client(4), &admin, token, &a.sale, &setup).await {
+            return fail(EXIT_ERROR, &format!("cannot create the sale: {e:#}"));
+        }
+    }
+
+    let mut cfg = RunConfig::new(a.target.clone(), a.sale.clone(), a.profile.clone());
+    cfg.connections = a.connections;
+    cfg.timeout = Duration::from_millis(a.timeout_ms);
+    cfg.quantity = a.quantity;
+    cfg.double_click = a.double_click;
+    cfg.double_click_gap = Duration::from_millis(a.double_click_gap_ms);
+    cfg.retries = a.retries;
+    cfg.retry_backoff = Duration::from_millis(a.retry_backoff_ms);
+    cfg.retry_max_backoff = Duration::from_millis(a.retry_max_backoff_ms);
+    cfg.idempotency_keys = a.idempotency_keys;
+    if let Some(p) = a.user_prefix {
+        cfg.user_prefix = p;
+    }
+    cfg.max_lag = Duration::from_millis(a.max_lag_ms);
+    cfg.audit = !a.no_audit;
+    cfg.resolve_timeouts = !a.no_resolve;
+    cfg.redis_url = a.redis_url;
+    cfg.progress = a.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if let Some(seed) = a.seed {
+        cfg.seed = seed;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nloadtest: stopping the schedule; waiting for answers in flight");
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    let report = match crate::run::run(&cfg, stop).await {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_ERROR, &format!("{e:#}")),
+    };
+    finish(report, Some(&assertions), &a.output, a.allow_invalid)
+}
+
+/// Checks assertions, writes the outputs, prints the summary and picks the
+/// exit status.
+fn finish(
+    mut report: Report,
+    assertions: Option<&[Assertion]>,
+    out: &OutputArgs,
+    allow_invalid: bool,
+) -> ExitCode {
+    if let Some(list) = assertions {
+        report.assertions = list.iter().map(|a| a.check(&report)).collect();
+    }
+    if let Some(path) = &out.json {
+        let json = serde_json::to_string_pretty(&report).expect("reports serialize");
+        if let Err(e) = write_out(path, json.as_bytes()) {
+            return fail(EXIT_ERROR, &format!("{e:#}"));
+        }
+    }
+    if let Some(path) = &out.html {
+        if let Err(e) = write_out(path, crate::html::render(&report).as_bytes()) {
+            return fail(EXIT_ERROR, &format!("{e:#}"));
+        }
+    }
+    if !out.quiet {
+        // The summary goes to stderr when stdout carries the JSON.
+        let summary = report.summary();
+        if out.json.as_deref() == Some(Path::new("-")) {
+            eprint!("{summary}");
+        } else {
+            print!("{summary}");
+        }
+    }
+    ExitCode::from(exit_status(&report, allow_invalid))
+}
+
+/// The exit status a report calls for: audit first, then assertions, then
+/// validity.
+pub fn exit_status(report: &Report, allow_invalid: bool) -> u8 {
+    if report.audit.as_ref().is_some_and(|a| !a.passed) {
+        EXIT_AUDIT
+    } else if report.assertions.iter().any(|a| !a.passed) {
+        EXIT_ASSERT
+    } else if !report.valid && !allow_invalid {
+        EXIT_INVALID
+    } else {
+        0
+    }
+}
+
+fn write_out(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if path == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes)?;
+        out.write_all(b"\n")?;
+        return Ok(());
+    }
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn throughput(a: ThroughputArgs) -> ExitCode {
+    let mut headers = Vec::new();
+    for h in &a.headers {
+        match h.split_once(':') {
+            Some((k, v)) => headers.push((k.trim().to_string(), v.trim().to_string())),
+            None => return fail(EXIT_CONFIG, &format!("--header '{h}' is not 'Name: value'")),
+        }
+    }
+    if a.connections == 0 || a.duration_ms == 0 {
+        return fail(
+            EXIT_CONFIG,
+            "--connections and --duration-ms must be at least 1",
+        );
+    }
+    let cfg = ThroughputConfig {
+        url: a.url,
+        method: a.method,
+        body: a.body,
+        headers,
+        connections: a.connections,
+        duration: Duration::from_millis(a.duration_ms),
+        warmup: Duration::from_millis(a.warmup_ms),
+    };
+    match crate::throughput::run(cfg).await {
+        Ok(r) => {
+            if let Some(path) = &a.json {
+                let json = serde_json::to_string(&r).expect("results serialize");
+                if let Err(e) = write_out(path, json.as_bytes()) {
+                    return fail(EXIT_ERROR, &format!("{e:#}"));
+                }
+            }
+            if a.json.as_deref() != Some(Path::new("-")) {
+                println!("{}", r.line());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_ERROR, &format!("{e:#}")),
+    }
+}
+
+async fn calibrate(a: CalibrateArgs) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(a.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_CONFIG, &format!("cannot listen on {}: {e}", a.listen)),
+    };
+    let addr = listener.local_addr().map_or(a.listen, |a| a);
+    println!("calibration server listening on {addr}");
+    let _ = std::io::stdout().flush();
+    crate::calibrate::serve(listener, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn report(a: ReportArgs) -> ExitCode {
+    let assertions = match parse_assertions(&a.output.assertions) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let text = match std::fs::read(&a.input) {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(
+                EXIT_ERROR,
+                &format!("cannot read {}: {e}", a.input.display()),
+            )
+        }
+    };
+    let report: Report = match serde_json::from_slice(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                EXIT_ERROR,
+                &format!("{} is not a report: {e}", a.input.display()),
+            )
+        }
+    };
+    if report.version != crate::report::REPORT_VERSION {
+        return fail(
+            EXIT_ERROR,
+            &format!(
+                "{} is report version {}; this loadtest reads version {}",
+                a.input.display(),
+                report.version,
+                crate::report::REPORT_VERSION
+            ),
+        );
+    }
+    // Assertions given here replace the stored ones; none given keeps them.
+    let list = (!assertions.is_empty()).then_some(assertions.as_slice());
+    finish(report, list, &a.output, true)
+}

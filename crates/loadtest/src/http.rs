@@ -1,0 +1,206 @@
+//! The HTTP client side: one pooled hyper client for the load, and the few
+//! plain calls around a run (read the sale, create it, poll a request).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+/// The client every request of a run goes through.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client keeping up to `connections` idle connections to the target.
+pub fn client(connections: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// Checks a base URL (`http://host:port`, no path) and returns it without
+/// a trailing slash.
+pub fn base_url(s: &str) -> anyhow::Result<String> {
+    let trimmed = s.trim_end_matches('/');
+    let uri: Uri = trimmed
+        .parse()
+        .with_context(|| format!("'{s}' is not a URL"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        bail!("'{s}' must be an http:// URL with a host (https is not supported)");
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        bail!("'{s}' must be a base URL without a path");
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Sends one request and reads the whole answer, within `timeout`.
+pub async fn call(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<Bytes>,
+    timeout: Duration,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let mut req = Request::builder().method(method).uri(url);
+    if body.is_some() {
+        req = req.header(CONTENT_TYPE, "application/json");
+    }
+    if let Some(token) = bearer {
+        req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req.body(Full::new(body.unwrap_or_default()))?;
+    let answer = tokio::time::timeout(timeout, async {
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    })
+    .await
+    .with_context(|| format!("{url}: no answer within {timeout:?}"))?;
+    answer.with_context(|| format!("{url}: request failed"))
+}
+
+/// `GET /api/v1/sales/{id}`, as the API describes it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SaleView {
+    pub sale_id: String,
+    pub stock: u64,
+    pub remaining: u64,
+    pub sold: u64,
+    #[serde(default = "one")]
+    pub per_user_limit: u32,
+    #[serde(default)]
+    pub state: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Reads a sale through the public API.
+pub async fn get_sale(client: &HttpClient, base: &str, sale_id: &str) -> anyhow::Result<SaleView> {
+    let url = format!("{base}/api/v1/sales/{sale_id}");
+    let (status, body) = call(
+        client,
+        Method::GET,
+        &url,
+        None,
+        None,
+        Duration::from_secs(10),
+    )
+    .await?;
+    if status != StatusCode::OK {
+        bail!(
+            "GET {url}: HTTP {} {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        );
+    }
+    serde_json::from_slice(&body).with_context(|| format!("GET {url}: not a sale"))
+}
+
+/// The body of `PUT /admin/v1/sales/{id}`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SaleSetup {
+    pub stock: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_user_limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_capacity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_capacity: Option<u32>,
+}
+
+/// Creates (or replaces) a sale through the admin API.
+pub async fn put_sale(
+    client: &HttpClient,
+    admin: &str,
+    token: &str,
+    sale_id: &str,
+    setup: &SaleSetup,
+) -> anyhow::Result<()> {
+    let url = format!("{admin}/admin/v1/sales/{sale_id}");
+    let body = Bytes::from(serde_json::to_vec(setup)?);
+    let (status, resp) = call(
+        client,
+        Method::PUT,
+        &url,
+        Some(token),
+        Some(body),
+        Duration::from_secs(10),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!(
+            "PUT {url}: HTTP {} {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&resp)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        );
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/requests/{id}`: the final status of a request, if known.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RequestView {
+    pub status: String,
+    #[serde(default)]
+    pub order_id: Option<String>,
+}
+
+pub async fn get_request(
+    client: &HttpClient,
+    base: &str,
+    request_id: &str,
+) -> anyhow::Result<Option<RequestView>> {
+    let url = format!("{base}/api/v1/requests/{request_id}");
+    let (status, body) = call(
+        client,
+        Method::GET,
+        &url,
+        None,
+        None,
+        Duration::from_secs(10),
+    )
+    .await?;
+    match status {
+        StatusCode::OK => Ok(Some(serde_json::from_slice(&body)?)),
+        StatusCode::NOT_FOUND => Ok(None),
+        s => bail!("GET {url}: HTTP {}", s.as_u16()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_are_checked() {
+        assert_eq!(
+            base_url("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert!(base_url("https://x").is_err());
+        assert!(base_url("http://x/api").is_err());
+        assert!(base_url("nonsense url").is_err());
+    }
+}

@@ -1,0 +1,39 @@
+//! `loadtest`: proves a flash sale works before the real one.
+//!
+//! It drives a gateway with an open-model load ([`profile`]): buyers arrive
+//! at their scheduled times whatever the gateway does, so the latency it
+//! reports from the intended send time is honest about queueing (no
+//! coordinated omission). Each answer is classified by outcome
+//! ([`outcome`]) into HDR histograms ([`record`]). After the run the sale
+//! is audited ([`audit`]): no oversell, every request answered, per-user
+//! limits held. The [`report`] comes as text, versioned JSON and a
+//! self-contained HTML page ([`html`]); [`assertion`]s on it set the exit
+//! code.
+//!
+//! [`calibrate`] and [`throughput`] serve the benchmarks: a bare hyper
+//! server as the yardstick, and a closed-loop maximum-throughput client.
+
+#![forbid(unsafe_code)]
+
+pub mod assertion;
+pub mod audit;
+pub mod calibrate;
+pub mod cli;
+pub mod html;
+pub mod http;
+pub mod outcome;
+pub mod profile;
+pub mod progress;
+pub mod record;
+#[cfg(feature = "redis")]
+pub mod redis_audit;
+pub mod report;
+pub mod run;
+pub mod throughput;
+
+pub use assertion::{Assertion, AssertionResult};
+pub use audit::Audit;
+pub use outcome::Outcome;
+pub use profile::Profile;
+pub use report::Report;
+pub use run::{run, RunConfig};

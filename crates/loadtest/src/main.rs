@@ -1,0 +1,5 @@
+//! `loadtest`: the command line; everything else lives in the library.
+
+fn main() -> std::process::ExitCode {
+    loadtest::cli::main()
+}

@@ -1,0 +1,356 @@
+//! The recorder: every answer's latency, by outcome and over time, and what
+//! the audit needs to know about successes and timeouts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::outcome::Outcome;
+use crate::report::{distribution, LatencyStats, OutcomeStats, SellOut, Timeline, TimelineBucket};
+
+/// Highest latency a histogram tracks (values above are clamped): one hour.
+const HIGHEST_US: u64 = 3_600_000_000;
+/// Timeline buckets beyond this fold into the last one.
+const MAX_BUCKETS: usize = 20_000;
+/// Distinct error descriptions kept; the rest count as "other".
+const MAX_ERROR_KINDS: usize = 32;
+/// Timed-out request ids kept for resolving afterwards.
+const MAX_TIMEOUT_IDS: usize = 100_000;
+
+/// A latency histogram in microseconds, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_US, 3).expect("valid histogram bounds")
+}
+
+/// Records `d` in microseconds (at least 1, at most an hour).
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = (d.as_micros() as u64).clamp(1, HIGHEST_US);
+    h.saturating_record(us);
+}
+
+/// A success as the client saw it.
+#[derive(Clone, Debug)]
+pub struct Order {
+    pub user: u64,
+    pub quantity: u32,
+}
+
+/// One answered (or unanswered) request.
+pub struct Answer<'a> {
+    pub outcome: Outcome,
+    pub intended: Instant,
+    pub sent: Instant,
+    pub done: Instant,
+    /// Index of the buyer (its user id is derived from it).
+    pub user: u64,
+    pub quantity: u32,
+    pub request_id: Option<&'a str>,
+    pub order_id: Option<&'a str>,
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Bucket {
+    sent: u64,
+    answers: [u64; Outcome::COUNT],
+    latency: [Option<Histogram<u32>>; Outcome::COUNT],
+}
+
+/// Collects a run's measurements. One per run, behind a mutex: each
+/// answer takes the lock once, briefly.
+pub struct Recorder {
+    t0: Instant,
+    bucket: Duration,
+    corrected: [Histogram<u64>; Outcome::COUNT],
+    raw: [Histogram<u64>; Outcome::COUNT],
+    all: Histogram<u64>,
+    start_lag: Histogram<u64>,
+    buckets: Vec<Bucket>,
+    buyers: [u64; Outcome::COUNT],
+    errors: BTreeMap<String, u64>,
+    /// Distinct orders by order id (or request id when there is none).
+    pub orders: HashMap<String, Order>,
+    /// Success answers, repeats of one order included.
+    pub success_answers: u64,
+    /// Request ids answered 504, to poll afterwards.
+    pub timeouts: Vec<(String, u64)>,
+    pub sent: u64,
+    pub answered: u64,
+    pub retries: u64,
+    pub double_clicks: u64,
+    first_success: Option<Duration>,
+    last_success: Option<Duration>,
+    first_sold_out: Option<Duration>,
+    last_answer: Option<Duration>,
+}
+
+impl Recorder {
+    pub fn new(t0: Instant, bucket: Duration) -> Self {
+        Recorder {
+            t0,
+            bucket: bucket.max(Duration::from_millis(1)),
+            corrected: std::array::from_fn(|_| histogram()),
+            raw: std::array::from_fn(|_| histogram()),
+            all: histogram(),
+            start_lag: histogram(),
+            buckets: Vec::new(),
+            buyers: [0; Outcome::COUNT],
+            errors: BTreeMap::new(),
+            orders: HashMap::new(),
+            success_answers: 0,
+            timeouts: Vec::new(),
+            sent: 0,
+            answered: 0,
+            retries: 0,
+            double_clicks: 0,
+            first_success: None,
+            last_success: None,
+            first_sold_out: None,
+            last_answer: None,
+        }
+    }
+
+    fn bucket_mut(&mut self, at: Instant) -> &mut Bucket {
+        let i = (at.saturating_duration_since(self.t0).as_nanos() / self.bucket.as_nanos())
+            .min(MAX_BUCKETS as u128 - 1) as usize;
+        if self.buckets.len() <= i {
+            self.buckets.resize_with(i + 1, Bucket::default);
+        }
+        &mut self.buckets[i]
+    }
+
+    /// A request's task started: it counts as sent from here.
+    pub fn started(&mut self, intended: Instant, now: Instant) {
+        self.sent += 1;
+        record(&mut self.start_lag, now.saturating_duration_since(intended));
+        self.bucket_mut(intended).sent += 1;
+    }
+
+    /// A request ended, with or without an HTTP answer.
+    pub fn answer(&mut self, a: Answer<'_>) {
+        let o = a.outcome;
+        let corrected = a.done.saturating_duration_since(a.intended);
+        let raw = a.done.saturating_duration_since(a.sent);
+        let at = a.done.saturating_duration_since(self.t0);
+        record(&mut self.corrected[o.index()], corrected);
+        record(&mut self.raw[o.index()], raw);
+        if o != Outcome::NoAnswer {
+            self.answered += 1;
+            record(&mut self.all, corrected);
+        }
+        self.bucket_mut(a.done).answers[o.index()] += 1;
+        let b = self.bucket_mut(a.intended);
+        let h = b.latency[o.index()].get_or_insert_with(|| {
+            Histogram::new_with_bounds(1, HIGHEST_US, 2).expect("valid histogram bounds")
+        });
+        h.saturating_record((corrected.as_micros() as u64).clamp(1, HIGHEST_US));
+        self.last_answer = self.last_answer.max(Some(at));
+        match o {
+            Outcome::Success => {
+                self.success_answers += 1;
+                self.first_success = Some(self.first_success.map_or(at, |f| f.min(at)));
+                self.last_success = self.last_success.max(Some(at));
+                let id = a.order_id.or(a.request_id).map(str::to_string);
+                // A success without any id cannot be told apart from a
+                // repeat; give it its own entry so it is never hidden.
+                let id = id.unwrap_or_else(|| format!("(no id #{})", self.success_answers));
+                self.orders.entry(id).or_insert(Order {
+                    user: a.user,
+                    quantity: a.quantity,
+                });
+            }
+            Outcome::SoldOut => {
+                self.first_sold_out = Some(self.first_sold_out.map_or(at, |f| f.min(at)));
+            }
+            Outcome::Timeout => {
+                if let Some(id) = a.request_id {
+                    if self.timeouts.len() < MAX_TIMEOUT_IDS {
+                        self.timeouts.push((id.to_string(), a.user));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(e) = a.error {
+            let key = if self.errors.len() < MAX_ERROR_KINDS || self.errors.contains_key(&e) {
+                e
+            } else {
+                "other".into()
+            };
+            *self.errors.entry(key).or_default() += 1;
+        }
+    }
+
+    /// A buyer is done: its last attempt ended with `outcome`.
+    pub fn buyer_done(&mut self, outcome: Outcome) {
+        self.buyers[outcome.index()] += 1;
+    }
+
+    /// Answers so far by outcome (for the progress line).
+    pub fn counts(&self) -> [u64; Outcome::COUNT] {
+        std::array::from_fn(|i| self.corrected[i].len())
+    }
+
+    pub fn outcome_stats(&self) -> BTreeMap<String, OutcomeStats> {
+        Outcome::ALL
+            .iter()
+            .filter(|o| !self.corrected[o.index()].is_empty())
+            .map(|o| {
+                let (c, r) = (&self.corrected[o.index()], &self.raw[o.index()]);
+                let stats = OutcomeStats {
+                    count: c.len(),
+                    corrected: LatencyStats::of(c),
+                    raw: LatencyStats::of(r),
+                    distribution: distribution(c),
+                    raw_distribution: distribution(r),
+                };
+                (o.name().to_string(), stats)
+            })
+            .collect()
+    }
+
+    pub fn all_stats(&self) -> LatencyStats {
+        LatencyStats::of(&self.all)
+    }
+
+    pub fn start_lag(&self) -> LatencyStats {
+        LatencyStats::of(&self.start_lag)
+    }
+
+    pub fn buyers(&self) -> BTreeMap<String, u64> {
+        Outcome::ALL
+            .iter()
+            .filter(|o| self.buyers[o.index()] > 0)
+            .map(|o| (o.name().to_string(), self.buyers[o.index()]))
+            .collect()
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors.clone()
+    }
+
+    /// Time from the start to the last answer.
+    pub fn last_answer(&self) -> Duration {
+        self.last_answer.unwrap_or_default()
+    }
+
+    /// Sell-out times; `sold_out_now` says whether the sale has nothing left.
+    pub fn sell_out(&self, sold_out_now: bool) -> SellOut {
+        let s = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e6);
+        let time_to_sell_out = match (self.first_sold_out, sold_out_now) {
+            (Some(t), _) => Some(t),
+            (None, true) => self.last_success,
+            (None, false) => None,
+        };
+        SellOut {
+            first_success_s: s(self.first_success),
+            last_success_s: s(self.last_success),
+            first_sold_out_s: s(self.first_sold_out),
+            time_to_sell_out_s: s(time_to_sell_out),
+        }
+    }
+
+    pub fn timeline(&self) -> Timeline {
+        let buckets = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mut tb = TimelineBucket {
+                    t_ms: (i as u128 * self.bucket.as_millis()) as u64,
+                    sent: b.sent,
+                    ..Default::default()
+                };
+                for o in Outcome::ALL {
+                    let n = b.answers[o.index()];
+                    if n > 0 {
+                        tb.answers.insert(o.name().into(), n);
+                    }
+                    if let Some(h) = &b.latency[o.index()] {
+                        tb.p50_us.insert(o.name().into(), h.value_at_quantile(0.5));
+                        tb.p99_us.insert(o.name().into(), h.value_at_quantile(0.99));
+                        tb.max_us.insert(o.name().into(), h.max());
+                    }
+                }
+                tb
+            })
+            .collect();
+        Timeline {
+            bucket_ms: self.bucket.as_millis() as u64,
+            buckets,
+        }
+    }
+}
+
+/// A timeline interval giving roughly 100–250 points over `span`, on a
+/// 1-2-5 scale, at least 10 ms.
+pub fn bucket_for(span: Duration) -> Duration {
+    const STEPS_MS: [u64; 14] = [
+        10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 600_000,
+    ];
+    let target = span.as_millis() as u64 / 100;
+    let ms = STEPS_MS
+        .iter()
+        .copied()
+        .find(|&s| s * 2 >= target)
+        .unwrap_or(600_000);
+    Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(o: Outcome, t0: Instant, intended_ms: u64, done_ms: u64, id: &str) -> Answer<'_> {
+        Answer {
+            outcome: o,
+            intended: t0 + Duration::from_millis(intended_ms),
+            sent: t0 + Duration::from_millis(intended_ms + 1),
+            done: t0 + Duration::from_millis(done_ms),
+            user: 7,
+            quantity: 1,
+            request_id: Some(id),
+            order_id: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn repeats_of_one_order_count_once_and_times_are_kept() {
+        let t0 = Instant::now();
+        let mut r = Recorder::new(t0, Duration::from_millis(10));
+        r.answer(answer(Outcome::Success, t0, 0, 5, "r1"));
+        r.answer(answer(Outcome::Success, t0, 20, 25, "r1"));
+        r.answer(answer(Outcome::SoldOut, t0, 30, 42, "r2"));
+        r.answer(answer(Outcome::Timeout, t0, 30, 50, "r3"));
+        assert_eq!(r.orders.len(), 1);
+        assert_eq!(r.success_answers, 2);
+        assert_eq!(r.timeouts, vec![("r3".to_string(), 7)]);
+        let so = r.sell_out(true);
+        assert_eq!(so.first_sold_out_s, Some(0.042));
+        assert_eq!(so.time_to_sell_out_s, Some(0.042));
+        assert_eq!(so.last_success_s, Some(0.025));
+        let tl = r.timeline();
+        assert_eq!(tl.buckets.len(), 6);
+        assert_eq!(tl.buckets[4].answers["sold_out"], 1);
+        // Latency is filed under the intended send time (30 ms → bucket 3).
+        assert!(tl.buckets[3].p50_us["sold_out"] >= 11_000);
+    }
+
+    #[test]
+    fn buckets_scale_with_the_span() {
+        assert_eq!(
+            bucket_for(Duration::from_secs(1)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            bucket_for(Duration::from_secs(3)),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            bucket_for(Duration::from_secs(60)),
+            Duration::from_millis(500)
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! An open-model run against a gateway's purchase endpoint.
+//!
+//! A dedicated generator thread walks the profile's arrival times and
+//! hands each buyer to the runtime at its intended time, whatever the
+//! target is doing: a slow gateway makes answers late, never arrivals.
+//! Latency is measured from the intended time (corrected) and from the
+//! actual send (raw); the generator's own lag is measured too, and a run
+//! whose generator fell behind is marked invalid.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, Uri};
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{resolve_timeouts, Audit, AuditInput};
+use crate::http::{self, HttpClient, SaleView};
+use crate::outcome::{classify, AnswerBody, Outcome};
+use crate::profile::Profile;
+use crate::progress::Progress;
+use crate::record::{self, bucket_for, histogram, Answer, Recorder};
+use crate::report::{LatencyStats, Report, Schedule, Settings, REPORT_VERSION};
+
+/// How a run is made.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Base URL of the gateway's public API.
+    pub target: String,
+    pub sale_id: String,
+    pub profile: Profile,
+    /// Requests in flight at most (each holds one connection).
+    pub connections: usize,
+    /// The client's own limit on one request; past it the request counts
+    /// as unanswered.
+    pub timeout: Duration,
+    pub quantity: u32,
+    /// Share of buyers (0..=1) who click twice: same user, same key.
+    pub double_click: f64,
+    pub double_click_gap: Duration,
+    /// Extra attempts after 429, 503 or 504, with exponential backoff.
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_max_backoff: Duration,
+    /// Send an `Idempotency-Key` with every buyer's requests (implied by
+    /// double-clicks and retries).
+    pub idempotency_keys: bool,
+    /// User ids are this prefix and the buyer's number.
+    pub user_prefix: String,
+    /// The run is invalid when the p99 schedule lag exceeds this.
+    pub max_lag: Duration,
+    /// Read the sale before and after, and audit it.
+    pub audit: bool,
+    /// Poll the final result of each 504 for the audit.
+    pub resolve_timeouts: bool,
+    pub redis_url: Option<String>,
+    /// Draw a progress line on stderr.
+    pub progress: bool,
+    /// Seed of the buyers' random choices (double-clicks, jitter).
+    pub seed: u64,
+}
+
+impl RunConfig {
+    /// Defaults for a run of `profile` against `sale_id` at `target`.
+    pub fn new(target: impl Into<String>, sale_id: impl Into<String>, profile: Profile) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        RunConfig {
+            target: target.into(),
+            sale_id: sale_id.into(),
+            profile,
+            connections: 1000,
+            timeout: Duration::from_secs(10),
+            quantity: 1,
+            double_click: 0.0,
+            double_click_gap: Duration::from_millis(50),
+            retries: 0,
+            retry_backoff: Duration::from_millis(100),
+            retry_max_backoff: Duration::from_secs(2),
+            idempotency_keys: false,
+            user_prefix: format!("u{:06x}-", splitmix(seed) & 0xff_ffff),
+            max_lag: Duration::from_millis(50),
+            audit: true,
+            resolve_timeouts: true,
+            redis_url: None,
+            progress: false,
+            seed,
+        }
+    }
+
+    fn keys(&self) -> bool {
+        self.idempotency_keys || self.double_click > 0.0 || self.retries > 0
+    }
+}
+
+/// What every buyer task shares.
+struct Ctx {
+    client: HttpClient,
+    uri: Uri,
+    rec: Mutex<Recorder>,
+    conns: Semaphore,
+    tracker: TaskTracker,
+    stop: Arc<AtomicBool>,
+    user_prefix: String,
+    key_prefix: String,
+    keys: bool,
+    quantity: u32,
+    timeout: Duration,
+    double_click: f64,
+    double_click_gap: Duration,
+    retries: u32,
+    retry_backoff: Duration,
+    retry_max_backoff: Duration,
+    seed: u64,
+}
+
+impl Ctx {
+    fn rec(&self) -> MutexGuard<'_, Recorder> {
+        self.rec.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Makes the run, waits for every answer, audits, and builds the report
+/// (assertions are left to the caller). `stop` ends the schedule early.
+pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
+    anyhow::ensure!(cfg.connections > 0, "connections must be at least 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&cfg.double_click),
+        "the double-click share must be within 0..=1"
+    );
+    let base = http::base_url(&cfg.target)?;
+    let uri: Uri = format!("{base}/api/v1/sales/{}/purchase", cfg.sale_id)
+        .parse()
+        .context("the sale id does not fit in a URL")?;
+    let client = http::client(cfg.connections);
+    let before = if cfg.audit {
+        Some(
+            http::get_sale(&client, &base, &cfg.sale_id)
+                .await
+                .context("reading the sale before the run")?,
+        )
+    } else {
+        None
+    };
+
+    let planned = cfg.profile.duration();
+    let bucket = bucket_for(planned + cfg.timeout.min(Duration::from_secs(5)));
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    // A short lead lets the generator thread start before the first arrival.
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let tracker = TaskTracker::new();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        uri,
+        rec: Mutex::new(Recorder::new(t0, bucket)),
+        conns: Semaphore::new(cfg.connections),
+        tracker: tracker.clone(),
+        stop: stop.clone(),
+        user_prefix: cfg.user_prefix.clone(),
+        key_prefix: format!("k{:08x}-", splitmix(cfg.seed ^ 0x6b65) & 0xffff_ffff),
+        keys: cfg.keys(),
+        quantity: cfg.quantity,
+        timeout: cfg.timeout,
+        double_click: cfg.double_click,
+        double_click_gap: cfg.double_click_gap,
+        retries: cfg.retries,
+        retry_backoff: cfg.retry_backoff,
+        retry_max_backoff: cfg.retry_max_backoff,
+        seed: cfg.seed,
+    });
+
+    let total = cfg.profile.arrivals_total();
+    let progress = cfg
+        .progress
+        .then(|| Progress::start(t0, total, planned, ctx_counts(ctx.clone())));
+
+    let (lag_tx, lag_rx) = oneshot::channel();
+    let generator = {
+        let (ctx, profile, handle) = (ctx.clone(), cfg.profile.clone(), Handle::current());
+        std::thread::Builder::new()
+            .name("loadtest-generator".into())
+            .spawn(move || {
+                let lag = generate(&profile, t0, &ctx, &handle);
+                let _ = lag_tx.send(lag);
+            })
+            .context("starting the generator thread")?
+    };
+    let dispatch_lag = lag_rx.await.context("the generator thread died")?;
+    let _ = generator.join();
+    tracker.close();
+    tracker.wait().await;
+    if let Some(p) = progress {
+        p.finish().await;
+    }
+
+    // The audit works on the recorder's findings.
+    let (timeouts, mut orders) = {
+        let mut r = ctx.rec();
+        (
+            std::mem::take(&mut r.timeouts),
+            std::mem::take(&mut r.orders),
+        )
+    };
+    let mut audit = None;
+    if let Some(before) = &before {
+        let resolved = if cfg.resolve_timeouts && !timeouts.is_empty() {
+            resolve_timeouts(&client, &base, &timeouts, cfg.quantity, &mut orders).await
+        } else {
+            Default::default()
+        };
+        let after: SaleView = http::get_sale(&client, &base, &cfg.sale_id)
+            .await
+            .context("reading the sale after the run")?;
+        let redis = match &cfg.redis_url {
+            Some(url) => Some(redis_audit(url, &cfg.sale_id).await),
+            None => None,
+        };
+        let r = ctx.rec();
+        audit = Some(Audit::compute(AuditInput {
+            before,
+            after: &after,
+            orders: &orders,
+            success_answers: r.success_answers,
+            timeouts: r.counts()[Outcome::Timeout.index()],
+            timeouts_resolved: resolved,
+            missing: r.counts()[Outcome::NoAnswer.index()],
+            redis,
+        }));
+    }
+
+    let r = ctx.rec();
+    let dispatch_lag = LatencyStats::of(&dispatch_lag);
+    let start_lag = r.start_lag();
+    let max_lag_us = cfg.max_lag.as_micros() as u64;
+    let invalid_reason = if dispatch_lag.p99_us > max_lag_us {
+        Some(format!(
+            "the generator fell behind: dispatch lag p99 {} over --max-lag {}",
+            crate::report::fmt_us(dispatch_lag.p99_us),
+            crate::report::fmt_us(max_lag_us)
+        ))
+    } else if start_lag.p99_us > max_lag_us {
+        Some(format!(
+            "the client could not keep up: start lag p99 {} over --max-lag {}",
+            crate::report::fmt_us(start_lag.p99_us),
+            crate::report::fmt_us(max_lag_us)
+        ))
+    } else {
+        None
+    };
+    let duration = r.last_answer().max(Duration::from_millis(1));
+    let sold_out_now = audit.as_ref().is_some_and(|a| a.remaining_after == 0);
+    Ok(Report {
+        version: REPORT_VERSION,
+        generator: format!("loadtest {}", env!("CARGO_PKG_VERSION")),
+        started_unix_ms,
+        target: base,
+        sale_id: cfg.sale_id.clone(),
+        profile: cfg.profile.to_string(),
+        settings: Settings {
+            connections: cfg.connections,
+            timeout_ms: cfg.timeout.as_millis() as u64,
+            quantity: cfg.quantity,
+            double_click_share: cfg.double_click,
+            double_click_gap_ms: cfg.double_click_gap.as_millis() as u64,
+            retries: cfg.retries,
+            retry_backoff_ms: cfg.retry_backoff.as_millis() as u64,
+            retry_max_backoff_ms: cfg.retry_max_backoff.as_millis() as u64,
+            idempotency_keys: cfg.keys(),
+            user_prefix: cfg.user_prefix.clone(),
+            max_lag_ms: cfg.max_lag.as_millis() as u64,
+        },
+        buyers_planned: total,
+        requests_sent: r.sent,
+        answered: r.answered,
+        duration_s: round6(duration.as_secs_f64()),
+        throughput_rps: round6(r.answered as f64 / duration.as_secs_f64()),
+        offered_rps: round6(total as f64 / planned.max(Duration::from_millis(1)).as_secs_f64()),
+        schedule: Schedule {
+            dispatch_lag,
+            start_lag,
+        },
+        valid: invalid_reason.is_none(),
+        invalid_reason,
+        outcomes: r.outcome_stats(),
+        all: r.all_stats(),
+        buyers: r.buyers(),
+        retries: r.retries,
+        double_clicks: r.double_clicks,
+        errors: r.errors(),
+        sell_out: r.sell_out(sold_out_now),
+        timeline: r.timeline(),
+        audit,
+        assertions: Vec::new(),
+    })
+}
+
+#[cfg(feature = "redis")]
+async fn redis_audit(url: &str, sale_id: &str) -> crate::audit::RedisAudit {
+    crate::redis_audit::read(url, sale_id).await
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_audit(_url: &str, _sale_id: &str) -> crate::audit::RedisAudit {
+    crate::audit::RedisAudit {
+        error: Some("this build has no Redis support (feature `redis`)".into()),
+        ..Default::default()
+    }
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// The progress line's view of the recorder.
+fn ctx_counts(ctx: Arc<Ctx>) -> impl Fn() -> (u64, u64, [u64; Outcome::COUNT]) + Send + 'static {
+    move || {
+        let r = ctx.rec();
+        (r.sent, r.answered, r.counts())
+    }
+}
+
+/// The generator: sleeps until each arrival is due and hands the buyer to
+/// the runtime. Arrivals already due go out at once, so a late wake-up
+/// costs one sleep's overshoot, not a growing backlog. Returns the
+/// dispatch lag.
+fn generate(
+    profile: &Profile,
+    t0: Instant,
+    ctx: &Arc<Ctx>,
+    handle: &Handle,
+) -> hdrhistogram::Histogram<u64> {
+    let mut lag = histogram();
+    for (n, offset) in profile.arrivals().enumerate() {
+        let intended = t0 + offset;
+        loop {
+            if ctx.stop.load(Ordering::Relaxed) {
+                return lag;
+            }
+            let now = Instant::now();
+            if now >= intended {
+                break;
+            }
+            // Short naps while waiting long, so a stop is seen quickly.
+            std::thread::sleep((intended - now).min(Duration::from_millis(100)));
+        }
+        record::record(&mut lag, intended.elapsed());
+        ctx.tracker
+            .spawn_on(buyer(ctx.clone(), n as u64, intended), handle);
+    }
+    lag
+}
+
+/// One virtual buyer: a first click, perhaps a second one, and retries.
+async fn buyer(ctx: Arc<Ctx>, n: u64, intended: Instant) {
+    let key = ctx.keys.then(|| format!("{}{n}", ctx.key_prefix));
+    if ctx.double_click > 0.0 && unit(ctx.seed, n) < ctx.double_click {
+        let (ctx2, key2) = (ctx.clone(), key.clone());
+        ctx.tracker.spawn(async move {
+            let at = intended + ctx2.double_click_gap;
+            tokio::time::sleep_until(at.into()).await;
+            ctx2.rec().double_clicks += 1;
+            attempts(&ctx2, n, key2.as_deref(), at).await;
+        });
+    }
+    let outcome = attempts(&ctx, n, key.as_deref(), intended).await;
+    ctx.rec().buyer_done(outcome);
+}
+
+/// Sends until the answer is final or the retries are spent.
+async fn attempts(ctx: &Ctx, n: u64, key: Option<&str>, mut intended: Instant) -> Outcome {
+    let mut attempt = 0;
+    loop {
+        let outcome = send(ctx, n, key, intended).await;
+        if !outcome.retryable() || attempt >= ctx.retries || ctx.stop.load(Ordering::Relaxed) {
+            return outcome;
+        }
+        // Exponential backoff with "equal jitter": half fixed, half random.
+        let full = ctx
+            .retry_backoff
+            .saturating_mul(1 << attempt.min(16))
+            .min(ctx.retry_max_backoff);
+        let jitter = 0.5 + 0.5 * unit(ctx.seed ^ u64::from(attempt + 1), n);
+        attempt += 1;
+        ctx.rec().retries += 1;
+        intended = Instant::now() + full.mul_f64(jitter);
+        tokio::time::sleep_until(intended.into()).await;
+    }
+}
+
+/// One request: waits for a connection slot, sends, reads the answer and
+/// records it.
+async fn send(ctx: &Ctx, n: u64, key: Option<&str>, intended: Instant) -> Outcome {
+    ctx.rec().started(intended, Instant::now());
+    let permit = ctx.conns.acquire().await.expect("never closed");
+    let sent = Instant::now();
+    let body = format!(
+        r#"{{"user_id":"{}{n}","quantity":{}}}"#,
+        ctx.user_prefix, ctx.quantity
+    );
+    let mut req = Request::post(ctx.uri.clone()).header(CONTENT_TYPE, "application/json");
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid request");
+    let answer = tokio::time::timeout(ctx.timeout, async {
+        let resp = ctx.client.request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+    })
+    .await;
+    let done = Instant::now();
+    drop(permit);
+    let (outcome, body, error) = match answer {
+        Ok(Ok((status, bytes))) => {
+            let c = classify(status, &bytes);
+            (c.outcome, c.body, c.error)
+        }
+        Ok(Err(e)) => (
+            Outcome::NoAnswer,
+            AnswerBody::default(),
+            Some(describe(&*e)),
+        ),
+        Err(_) => (
+            Outcome::NoAnswer,
+            AnswerBody::default(),
+            Some("no answer within the client timeout".into()),
+        ),
+    };
+    ctx.rec().answer(Answer {
+        outcome,
+        intended,
+        sent,
+        done,
+        user: n,
+        quantity: body.quantity.unwrap_or(ctx.quantity),
+        request_id: body.request_id.as_deref(),
+        order_id: body.order_id.as_deref(),
+        error,
+    });
+    outcome
+}
+
+/// A short, low-variety description of a transport error: its innermost
+/// cause.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(s) = inner.source() {
+        inner = s;
+    }
+    let text = inner.to_string();
+    let text: String = text.chars().take(80).collect();
+    format!("no answer: {text}")
+}
+
+/// SplitMix64: a well-mixed 64-bit hash of `x`.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A deterministic number in `0..1` for buyer `n` under `seed`.
+fn unit(seed: u64, n: u64) -> f64 {
+    (splitmix(seed ^ splitmix(n)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buyer_choices_are_uniform_enough() {
+        let picked = (0..10_000).filter(|&n| unit(42, n) < 0.1).count();
+        assert!((800..1200).contains(&picked), "{picked}");
+        assert_eq!(unit(1, 5), unit(1, 5));
+    }
+
+    #[test]
+    fn keys_follow_from_double_clicks_and_retries() {
+        let p: Profile = "constant:1/1s".parse().unwrap();
+        let mut c = RunConfig::new("http://127.0.0.1:1", "s", p);
+        assert!(!c.keys());
+        c.retries = 2;
+        assert!(c.keys());
+    }
+}
