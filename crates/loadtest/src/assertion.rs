@@ -6,12 +6,14 @@
 //! - latency: `p50(o)`, `p99.9(o)`, `max(o)`, `min(o)`, `mean(o)` over the
 //!   corrected latency of outcome `o` (or `all`); `raw_p99(o)` etc. for the
 //!   raw latency; `p99(lag)` / `max(dispatch_lag)` for the generator's lag.
-//!   Values take a unit (`us`, `ms`, `s`); a bare number means ms.
+//!   Values take a unit (`us`, `ms`, `s`, `m`, `1h`, `1m30s`); a bare
+//!   number means ms.
 //! - counts: `count(o)`, `share(o)` (a fraction, or a percentage `5%`).
 //! - run: `sent`, `answered`, `throughput` (answers/s), `retries`,
 //!   `time_to_sell_out` (a duration), `valid` (1 or 0).
 //! - audit: `oversell`, `missing`, `over_limit`, `unrecorded`, `sold`,
-//!   `remaining`.
+//!   `remaining`, `orders` (distinct orders buyers were told of; repeats
+//!   of one idempotency key count once, unlike `count(success)`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,6 +89,7 @@ enum Metric {
     Unrecorded,
     Sold,
     Remaining,
+    Orders,
 }
 
 impl Metric {
@@ -204,6 +207,7 @@ fn parse_metric(m: &str) -> Result<Metric, String> {
         ("unrecorded", None) => Metric::Unrecorded,
         ("sold", None) => Metric::Sold,
         ("remaining", None) => Metric::Remaining,
+        ("orders", None) => Metric::Orders,
         _ => return Err(format!("unknown metric '{m}'")),
     })
 }
@@ -225,6 +229,9 @@ fn parse_value(v: &str, metric: Metric) -> Result<f64, String> {
                     return Ok(n * scale);
                 }
             }
+        }
+        if let Ok(d) = humantime::parse_duration(&v) {
+            return Ok(d.as_secs_f64());
         }
         return v.parse::<f64>().map(|n| n * 1e-3).map_err(|_| bad());
     }
@@ -328,6 +335,7 @@ impl Assertion {
             Metric::Unrecorded => audit()?.unrecorded as f64,
             Metric::Sold => audit()?.sold_after as f64,
             Metric::Remaining => audit()?.remaining_after as f64,
+            Metric::Orders => audit()?.orders as f64,
         })
     }
 }
@@ -373,6 +381,7 @@ mod tests {
             "throughput >= 1000",
             "time_to_sell_out < 2s",
             "valid == 1",
+            "orders == 1000",
         ] {
             let a: Assertion = s.parse().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(a.expr(), s.trim());

@@ -6,7 +6,8 @@ use std::fmt;
 use hyper::StatusCode;
 use serde::Deserialize;
 
-/// The outcome of one request, as the client saw it.
+/// The outcome of one request, as the client saw it. The order ranks
+/// them for a buyer with several clicks: the smallest is the best.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
     /// 200 `success`: a unit was reserved.

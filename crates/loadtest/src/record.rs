@@ -40,6 +40,9 @@ pub struct Order {
 pub struct Answer<'a> {
     pub outcome: Outcome,
     pub intended: Instant,
+    /// When the request's task began (the schedule's lag ends here).
+    pub started: Instant,
+    /// When it got a connection and went out.
     pub sent: Instant,
     pub done: Instant,
     /// Index of the buyer (its user id is derived from it).
@@ -120,16 +123,14 @@ impl Recorder {
         &mut self.buckets[i]
     }
 
-    /// A request's task started: it counts as sent from here.
-    pub fn started(&mut self, intended: Instant, now: Instant) {
-        self.sent += 1;
-        record(&mut self.start_lag, now.saturating_duration_since(intended));
-        self.bucket_mut(intended).sent += 1;
-    }
-
     /// A request ended, with or without an HTTP answer.
     pub fn answer(&mut self, a: Answer<'_>) {
         let o = a.outcome;
+        self.sent += 1;
+        record(
+            &mut self.start_lag,
+            a.started.saturating_duration_since(a.intended),
+        );
         let corrected = a.done.saturating_duration_since(a.intended);
         let raw = a.done.saturating_duration_since(a.sent);
         let at = a.done.saturating_duration_since(self.t0);
@@ -141,6 +142,7 @@ impl Recorder {
         }
         self.bucket_mut(a.done).answers[o.index()] += 1;
         let b = self.bucket_mut(a.intended);
+        b.sent += 1;
         let h = b.latency[o.index()].get_or_insert_with(|| {
             Histogram::new_with_bounds(1, HIGHEST_US, 2).expect("valid histogram bounds")
         });
@@ -306,6 +308,7 @@ mod tests {
         Answer {
             outcome: o,
             intended: t0 + Duration::from_millis(intended_ms),
+            started: t0 + Duration::from_millis(intended_ms),
             sent: t0 + Duration::from_millis(intended_ms + 1),
             done: t0 + Duration::from_millis(done_ms),
             user: 7,

@@ -7,7 +7,7 @@
 //! actual send (raw); the generator's own lag is measured too, and a run
 //! whose generator fell behind is marked invalid.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -106,6 +106,8 @@ struct Ctx {
     client: HttpClient,
     uri: Uri,
     rec: Mutex<Recorder>,
+    /// Requests started (the recorder counts them when they end).
+    sent: AtomicU64,
     conns: Semaphore,
     tracker: TaskTracker,
     stop: Arc<AtomicBool>,
@@ -152,7 +154,7 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
     };
 
     let planned = cfg.profile.duration();
-    let bucket = bucket_for(planned + cfg.timeout.min(Duration::from_secs(5)));
+    let bucket = bucket_for(planned + cfg.timeout.min(Duration::from_secs(1)));
     let started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -164,6 +166,7 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
         client: client.clone(),
         uri,
         rec: Mutex::new(Recorder::new(t0, bucket)),
+        sent: AtomicU64::new(0),
         conns: Semaphore::new(cfg.connections),
         tracker: tracker.clone(),
         stop: stop.clone(),
@@ -325,8 +328,9 @@ fn round6(x: f64) -> f64 {
 /// The progress line's view of the recorder.
 fn ctx_counts(ctx: Arc<Ctx>) -> impl Fn() -> (u64, u64, [u64; Outcome::COUNT]) + Send + 'static {
     move || {
+        let sent = ctx.sent.load(Ordering::Relaxed);
         let r = ctx.rec();
-        (r.sent, r.answered, r.counts())
+        (sent, r.answered, r.counts())
     }
 }
 
@@ -362,18 +366,23 @@ fn generate(
 }
 
 /// One virtual buyer: a first click, perhaps a second one, and retries.
+/// The buyer's final outcome is the better of its clicks' (a success on
+/// either click makes a successful buyer).
 async fn buyer(ctx: Arc<Ctx>, n: u64, intended: Instant) {
     let key = ctx.keys.then(|| format!("{}{n}", ctx.key_prefix));
-    if ctx.double_click > 0.0 && unit(ctx.seed, n) < ctx.double_click {
-        let (ctx2, key2) = (ctx.clone(), key.clone());
-        ctx.tracker.spawn(async move {
-            let at = intended + ctx2.double_click_gap;
+    let key = key.as_deref();
+    let outcome = if ctx.double_click > 0.0 && unit(ctx.seed, n) < ctx.double_click {
+        let second = async {
+            let at = intended + ctx.double_click_gap;
             tokio::time::sleep_until(at.into()).await;
-            ctx2.rec().double_clicks += 1;
-            attempts(&ctx2, n, key2.as_deref(), at).await;
-        });
-    }
-    let outcome = attempts(&ctx, n, key.as_deref(), intended).await;
+            ctx.rec().double_clicks += 1;
+            attempts(&ctx, n, key, at).await
+        };
+        let (a, b) = tokio::join!(attempts(&ctx, n, key, intended), second);
+        a.min(b)
+    } else {
+        attempts(&ctx, n, key, intended).await
+    };
     ctx.rec().buyer_done(outcome);
 }
 
@@ -401,7 +410,8 @@ async fn attempts(ctx: &Ctx, n: u64, key: Option<&str>, mut intended: Instant) -
 /// One request: waits for a connection slot, sends, reads the answer and
 /// records it.
 async fn send(ctx: &Ctx, n: u64, key: Option<&str>, intended: Instant) -> Outcome {
-    ctx.rec().started(intended, Instant::now());
+    let started = Instant::now();
+    ctx.sent.fetch_add(1, Ordering::Relaxed);
     let permit = ctx.conns.acquire().await.expect("never closed");
     let sent = Instant::now();
     let body = format!(
@@ -443,6 +453,7 @@ async fn send(ctx: &Ctx, n: u64, key: Option<&str>, intended: Instant) -> Outcom
     ctx.rec().answer(Answer {
         outcome,
         intended,
+        started,
         sent,
         done,
         user: n,

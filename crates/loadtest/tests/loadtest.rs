@@ -1,0 +1,338 @@
+//! The harness against fake gateways on real sockets: the scheduler keeps
+//! its arrival times when the target stalls, the audit catches a gateway
+//! that oversells or leaves requests unanswered, the JSON report
+//! round-trips, and assertions set the binary's exit code.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use loadtest::{Outcome, Profile, Report, RunConfig};
+use tokio::net::TcpListener;
+
+/// How a fake gateway misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Behaviour {
+    /// Sells its stock, then answers 410.
+    Honest,
+    /// Answers success to everyone, while its sale view claims the stock
+    /// was respected.
+    Oversell,
+    /// Drops the connection without an answer for every fourth buyer.
+    DropSome,
+    /// Holds the very first purchase this long, then behaves.
+    StallFirst(Duration),
+}
+
+struct Fake {
+    stock: u64,
+    sold: AtomicU64,
+    next: AtomicU64,
+    stalled: AtomicBool,
+    behaviour: Behaviour,
+    /// First answer per idempotency key: a repeat gets it again.
+    answers: Mutex<HashMap<String, (StatusCode, String)>>,
+}
+
+type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
+
+fn json(code: StatusCode, body: String) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    Ok(r)
+}
+
+impl Fake {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {
+        let path = req.uri().path().to_string();
+        if req.method() == Method::GET && path.starts_with("/api/v1/sales/") {
+            let sold = self.sold.load(Ordering::SeqCst);
+            // A broken gateway's books look fine: sold never above stock.
+            let shown = sold.min(self.stock);
+            return json(
+                StatusCode::OK,
+                format!(
+                    r#"{{"sale_id":"fake","stock":{},"remaining":{},"sold":{shown},"per_user_limit":1,"state":"active"}}"#,
+                    self.stock,
+                    self.stock - shown
+                ),
+            );
+        }
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .map(|k| k.to_str().unwrap().to_string());
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let user = body["user_id"].as_str().unwrap_or("").to_string();
+        let n: u64 = user.rsplit('-').next().unwrap().parse().unwrap();
+        match self.behaviour {
+            Behaviour::DropSome if n & 3 == 0 => {
+                // An error from the service makes hyper drop the connection
+                // without writing a response.
+                return Err(std::io::Error::other("dropped on purpose"));
+            }
+            Behaviour::StallFirst(d) if !self.stalled.swap(true, Ordering::SeqCst) => {
+                tokio::time::sleep(d).await;
+            }
+            _ => {}
+        }
+        if let Some(k) = &key {
+            if let Some((code, body)) = self.answers.lock().unwrap().get(k).cloned() {
+                return json(code, body);
+            }
+        }
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let sell = match self.behaviour {
+            Behaviour::Oversell => {
+                self.sold.fetch_add(1, Ordering::SeqCst);
+                true
+            }
+            _ => self
+                .sold
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                    (s < self.stock).then_some(s + 1)
+                })
+                .is_ok(),
+        };
+        let (code, body) = if sell {
+            (
+                StatusCode::OK,
+                format!(
+                    r#"{{"status":"success","request_id":"r{id}","order_id":"o{id}","sale_id":"fake","user_id":"{user}","quantity":1}}"#
+                ),
+            )
+        } else {
+            (
+                StatusCode::GONE,
+                r#"{"status":"sold_out","error":"sold out"}"#.to_string(),
+            )
+        };
+        if let Some(k) = key {
+            self.answers.lock().unwrap().insert(k, (code, body.clone()));
+        }
+        json(code, body)
+    }
+}
+
+/// Starts a fake gateway on a free port; returns its base URL.
+async fn fake(stock: u64, behaviour: Behaviour) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let fake = Arc::new(Fake {
+        stock,
+        sold: AtomicU64::new(0),
+        next: AtomicU64::new(0),
+        stalled: AtomicBool::new(false),
+        behaviour,
+        answers: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let fake = fake.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| fake.clone().handle(req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn config(base: &str, profile: &str) -> RunConfig {
+    let mut c = RunConfig::new(base, "fake", profile.parse::<Profile>().unwrap());
+    c.user_prefix = "u-".into();
+    c.timeout = Duration::from_secs(10);
+    c
+}
+
+async fn run(c: &RunConfig) -> Report {
+    loadtest::run(c, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrivals_keep_their_schedule_while_the_target_stalls() {
+    let stall = Duration::from_millis(600);
+    let base = fake(1_000_000, Behaviour::StallFirst(stall)).await;
+    // One connection: while it is held, later buyers queue behind it. A
+    // closed-loop client would stop sending and hide that wait; the open
+    // model sends on time and counts it.
+    let mut c = config(&base, "constant:50/2s");
+    c.connections = 1;
+    let r = run(&c).await;
+    assert_eq!(r.requests_sent, 100);
+    assert_eq!(r.answered, 100);
+    let success = &r.outcomes["success"];
+    let stall_us = stall.as_micros() as u64;
+    // The stall shows in the corrected latency: of the first request and,
+    // spread out, of the ~30 that arrived behind it.
+    assert!(
+        success.corrected.max_us >= stall_us,
+        "{:?}",
+        success.corrected
+    );
+    assert!(
+        success.corrected.p90_us >= stall_us / 3,
+        "corrected {:?}",
+        success.corrected
+    );
+    // The raw latency of those queued requests is their service time only.
+    assert!(
+        success.raw.p90_us < success.corrected.p90_us,
+        "raw {:?} corrected {:?}",
+        success.raw,
+        success.corrected
+    );
+    // And the generator did not wait for the target.
+    let lag = &r.schedule.dispatch_lag;
+    assert!(lag.p99_us < stall_us / 4, "dispatch lag {lag:?}");
+    assert!(r.valid, "{:?}", r.invalid_reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_catches_an_oversell() {
+    let base = fake(5, Behaviour::Oversell).await;
+    let r = run(&config(&base, "at-once:20/100ms")).await;
+    let audit = r.audit.as_ref().unwrap();
+    assert_eq!(r.count(Outcome::Success), 20);
+    assert_eq!(audit.oversell, 15, "{}", audit.summary());
+    assert!(!audit.passed);
+    assert!(!r.passed());
+    let failed: Vec<&str> = audit
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(failed.contains(&"no oversell"), "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_catches_missing_answers() {
+    let base = fake(1_000, Behaviour::DropSome).await;
+    let r = run(&config(&base, "at-once:40/200ms")).await;
+    let audit = r.audit.as_ref().unwrap();
+    // Buyers 0, 4, ..., 36 got no answer.
+    assert_eq!(audit.missing, 10, "{}", audit.summary());
+    assert_eq!(r.count(Outcome::NoAnswer), 10);
+    assert_eq!(r.count(Outcome::Success), 30);
+    assert!(!audit.passed);
+    assert!(!r.errors.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_sale_passes_and_its_report_round_trips() {
+    let base = fake(10, Behaviour::Honest).await;
+    let mut c = config(&base, "stages:100/200ms,50/200ms");
+    c.double_click = 0.2;
+    let mut r = run(&c).await;
+    let audit = r.audit.clone().unwrap();
+    assert!(audit.passed, "{}", audit.summary());
+    // Repeats of a key get the first answer again: more success answers
+    // than orders.
+    assert_eq!(audit.orders, 10);
+    assert!(r.count(Outcome::Success) >= 10);
+    assert!(r.double_clicks > 0);
+    assert_eq!(r.requests_sent, 30 + r.double_clicks);
+    assert!(r.sell_out.time_to_sell_out_s.is_some());
+    r.assertions = ["oversell==0", "p99(success)<1h", "count(sold_out)>0"]
+        .iter()
+        .map(|a| a.parse::<loadtest::Assertion>().unwrap().check(&r))
+        .collect();
+    assert!(r.assertions.iter().all(|a| a.passed), "{:?}", r.assertions);
+
+    let json = serde_json::to_string_pretty(&r).unwrap();
+    assert!(json.contains(r#""version": 1"#));
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+
+    let html = loadtest::html::render(&r);
+    assert_eq!(html.matches("<svg").count(), 3);
+    assert!(!html.contains("<script"));
+    assert!(!html.contains("src=") && !html.contains("<link"));
+}
+
+/// Runs the binary against `base` with extra arguments; returns its exit code.
+async fn exit_code(base: &str, args: &[&str]) -> i32 {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadtest"));
+    cmd.args(["run", "--target", base, "--sale", "fake", "--quiet"])
+        .args(args);
+    let status = tokio::task::spawn_blocking(move || cmd.status().unwrap())
+        .await
+        .unwrap();
+    status.code().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assertions_and_the_audit_set_the_exit_code() {
+    let honest = fake(5, Behaviour::Honest).await;
+    let profile = ["--profile", "at-once:20/100ms", "--max-lag-ms", "5000"];
+    let pass = [
+        &profile[..],
+        &["--assert", "oversell==0", "--assert", "count(success)==5"],
+    ]
+    .concat();
+    assert_eq!(exit_code(&honest, &pass).await, 0);
+
+    let honest = fake(5, Behaviour::Honest).await;
+    let fail = [&profile[..], &["--assert", "count(success)==6"]].concat();
+    assert_eq!(exit_code(&honest, &fail).await, 2);
+
+    let overselling = fake(5, Behaviour::Oversell).await;
+    let audit = [&profile[..], &["--assert", "count(success)==20"]].concat();
+    assert_eq!(exit_code(&overselling, &audit).await, 1);
+
+    // Bad options are a usage error.
+    assert_eq!(
+        exit_code(
+            &overselling,
+            &[&profile[..], &["--assert", "p99(x)<1"]].concat()
+        )
+        .await,
+        64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_against_the_calibration_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move { loadtest::calibrate::serve(listener, async move { stop.notified().await }).await }
+    });
+    let r = loadtest::throughput::run(loadtest::throughput::ThroughputConfig {
+        url: format!("http://{addr}/api/v1/sales/x/purchase"),
+        method: Method::POST,
+        body: Some(r#"{"user_id":"u-{n}"}"#.into()),
+        headers: vec![],
+        connections: 2,
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(50),
+    })
+    .await
+    .unwrap();
+    assert!(r.requests > 0);
+    assert_eq!(r.statuses.keys().copied().collect::<Vec<_>>(), vec![200]);
+    assert!(r.line().starts_with("rps="));
+    stop.notify_one();
+    server.await.unwrap();
+}
