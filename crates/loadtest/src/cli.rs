@@ -66,8 +66,10 @@ struct RunArgs {
     /// or stages:RATE/DURATION,RATE/DURATION,...
     #[arg(long)]
     profile: Profile,
-    /// Requests in flight at most; each holds one connection.
-    #[arg(long, default_value_t = 1000)]
+    /// Requests in flight at most; each holds one connection. More
+    /// connections cost the client (and the target) a connection setup
+    /// each; raise it for targets that hold requests for long.
+    #[arg(long, default_value_t = 256)]
     connections: usize,
     /// The client's own limit on one request (no answer by then = missing).
     #[arg(long, default_value_t = 10_000)]

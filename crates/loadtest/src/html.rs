@@ -549,11 +549,14 @@ fn outcome_table(h: &mut String, r: &Report) {
     let lag = &r.schedule;
     let _ = writeln!(
         h,
-        "<p class=\"muted\">Schedule lag: dispatch p99 {} (max {}), task start p99 {} (max {}). Buyers by final outcome: {}.</p>",
+        "<p class=\"muted\">Schedule lag: dispatch p99 {} (max {}), task start p99 {} (max {}); waiting for one of the {} connections p99 {} (max {}). Buyers by final outcome: {}.</p>",
         fmt_us(lag.dispatch_lag.p99_us),
         fmt_us(lag.dispatch_lag.max_us),
         fmt_us(lag.start_lag.p99_us),
         fmt_us(lag.start_lag.max_us),
+        r.settings.connections,
+        fmt_us(lag.connection_wait.p99_us),
+        fmt_us(lag.connection_wait.max_us),
         esc(&r
             .buyers
             .iter()

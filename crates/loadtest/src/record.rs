@@ -69,6 +69,7 @@ pub struct Recorder {
     raw: [Histogram<u64>; Outcome::COUNT],
     all: Histogram<u64>,
     start_lag: Histogram<u64>,
+    conn_wait: Histogram<u64>,
     buckets: Vec<Bucket>,
     buyers: [u64; Outcome::COUNT],
     errors: BTreeMap<String, u64>,
@@ -97,6 +98,7 @@ impl Recorder {
             raw: std::array::from_fn(|_| histogram()),
             all: histogram(),
             start_lag: histogram(),
+            conn_wait: histogram(),
             buckets: Vec::new(),
             buyers: [0; Outcome::COUNT],
             errors: BTreeMap::new(),
@@ -130,6 +132,10 @@ impl Recorder {
         record(
             &mut self.start_lag,
             a.started.saturating_duration_since(a.intended),
+        );
+        record(
+            &mut self.conn_wait,
+            a.sent.saturating_duration_since(a.started),
         );
         let corrected = a.done.saturating_duration_since(a.intended);
         let raw = a.done.saturating_duration_since(a.sent);
@@ -218,6 +224,10 @@ impl Recorder {
 
     pub fn start_lag(&self) -> LatencyStats {
         LatencyStats::of(&self.start_lag)
+    }
+
+    pub fn connection_wait(&self) -> LatencyStats {
+        LatencyStats::of(&self.conn_wait)
     }
 
     pub fn buyers(&self) -> BTreeMap<String, u64> {

@@ -95,6 +95,10 @@ pub struct Schedule {
     /// Intended arrival → the request's task started running (includes the
     /// dispatch lag; large values mean the client machine is saturated).
     pub start_lag: LatencyStats,
+    /// Task start → a connection slot was free (`--connections` all busy).
+    /// Part of the corrected latency, as behind any pool of connections.
+    #[serde(default)]
+    pub connection_wait: LatencyStats,
 }
 
 /// Latency percentiles, microseconds.
@@ -283,6 +287,13 @@ impl Report {
                     self.invalid_reason.as_deref().unwrap_or("fell behind")
                 )
             }
+        );
+        let _ = writeln!(
+            s,
+            "waiting for one of the {} connections: p99 {} max {}",
+            self.settings.connections,
+            fmt_us(lag.connection_wait.p99_us),
+            fmt_us(lag.connection_wait.max_us)
         );
         let _ = writeln!(s);
         let _ = writeln!(

@@ -77,7 +77,7 @@ impl RunConfig {
             target: target.into(),
             sale_id: sale_id.into(),
             profile,
-            connections: 1000,
+            connections: 256,
             timeout: Duration::from_secs(10),
             quantity: 1,
             double_click: 0.0,
@@ -292,6 +292,7 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
         schedule: Schedule {
             dispatch_lag,
             start_lag,
+            connection_wait: r.connection_wait(),
         },
         valid: invalid_reason.is_none(),
         invalid_reason,
