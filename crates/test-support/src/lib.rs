@@ -1,0 +1,380 @@
+//! Private `redis-server` processes for tests: a single server or a
+//! three-master cluster, on free loopback ports, in temporary directories.
+//!
+//! Every process is a child of the test process and is killed by its
+//! handle's `Drop` (also while a failing test unwinds), and its directory is
+//! removed. Nothing here needs a Redis client library: the few commands the
+//! setup sends (`PING`, `CLUSTER ...`) go through a tiny RESP exchange on a
+//! blocking socket.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer `PING` after it was spawned.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new cluster may take to agree on `cluster_state:ok`.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Slots of a Redis Cluster.
+const SLOTS: u32 = 16384;
+
+const MISSING: &str = "redis-server not found: install it (Debian: apt-get install -y redis-server)";
+
+/// How to run a server.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Keep an append-only file, so a restart replays the data.
+    pub appendonly: bool,
+    /// Run as a cluster node (`cluster-enabled yes`).
+    pub cluster: bool,
+}
+
+/// One private `redis-server` process.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    options: Options,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A server without persistence, answering `PING`.
+    pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    /// A server with the given options, answering `PING`.
+    pub fn start_with(options: Options) -> Self {
+        let mut server = RedisServer {
+            port: 0,
+            dir: temp_dir(),
+            options,
+            child: None,
+        };
+        // A free port can be taken by someone else between probing and
+        // binding; try a few. On panic, `Drop` removes the directory.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            server.port = free_port();
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => {
+                    last_error = e;
+                    server.kill();
+                }
+            }
+        }
+        panic!("redis-server did not start: {last_error}");
+    }
+
+    /// `redis://127.0.0.1:PORT/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's working directory (AOF, cluster config, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the process (SIGKILL: no final save). Idempotent.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the process again on the same port and directory, so an
+    /// append-only file is replayed.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                // The old socket may linger for a moment.
+                Err(e) if Instant::now() > deadline => panic!("redis-server did not restart: {e}"),
+                Err(_) => {
+                    self.kill();
+                    sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Sends one command and returns the reply (errors as `Err`).
+    pub fn command(&self, args: &[&str]) -> Result<Reply, String> {
+        command(self.port, args)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args([
+                "--appendonly",
+                if self.options.appendonly { "yes" } else { "no" },
+            ])
+            .args(["--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--logfile", "redis.log"])
+            .args(["--daemonize", "no"]);
+        if self.options.cluster {
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "2000"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
+            Err(e) => return Err(format!("cannot spawn redis-server: {e}")),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Reply::Status(s)) = command(self.port, &["PING"]) {
+                if s == "PONG" {
+                    return Ok(());
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(format!(
+                        "redis-server on port {} exited with {status}",
+                        self.port
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("redis-server on port {} did not answer", self.port));
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of private masters (no replicas), all slots covered.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes, spreads the slots over them, joins them and
+    /// waits until every node reports `cluster_state:ok`.
+    pub fn start(masters: usize) -> Self {
+        assert!(masters >= 1, "a cluster needs a master");
+        let options = Options {
+            appendonly: false,
+            cluster: true,
+        };
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| RedisServer::start_with(options))
+            .collect();
+        let n = masters as u32;
+        for (i, node) in nodes.iter().enumerate() {
+            let i = i as u32;
+            let first = SLOTS * i / n;
+            let last = SLOTS * (i + 1) / n - 1;
+            node.command(&[
+                "CLUSTER",
+                "ADDSLOTSRANGE",
+                &first.to_string(),
+                &last.to_string(),
+            ])
+            .expect("CLUSTER ADDSLOTSRANGE");
+        }
+        for node in &nodes[1..] {
+            node.command(&["CLUSTER", "MEET", "127.0.0.1", &nodes[0].port.to_string()])
+                .expect("CLUSTER MEET");
+        }
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// The nodes' URLs (seed list for a cluster client).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes, for commands addressed to one of them.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        let want = self.nodes.len().to_string();
+        loop {
+            let ok = self.nodes.iter().all(|node| {
+                match node.command(&["CLUSTER", "INFO"]) {
+                    Ok(Reply::Bulk(Some(info))) => {
+                        info.contains("cluster_state:ok")
+                            && info.contains(&format!("cluster_known_nodes:{want}"))
+                    }
+                    _ => false,
+                }
+            });
+            if ok {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("redis cluster did not reach cluster_state:ok");
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A RESP reply, as far as the setup needs one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Status(String),
+    Int(i64),
+    Bulk(Option<String>),
+    Array(Option<Vec<Reply>>),
+}
+
+/// Sends one command to `127.0.0.1:port` on a fresh connection.
+fn command(port: u16, args: &[&str]) -> Result<Reply, String> {
+    let addr = (Ipv4Addr::LOCALHOST, port).into();
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream
+        .write_all(out.as_bytes())
+        .map_err(|e| e.to_string())?;
+    read_reply(&mut BufReader::new(stream))
+}
+
+fn read_reply(r: &mut impl BufRead) -> Result<Reply, String> {
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.is_empty() {
+        return Err("connection closed".into());
+    }
+    let (kind, rest) = line.split_at(1);
+    let int = || rest.parse::<i64>().map_err(|e| e.to_string());
+    match kind {
+        "+" => Ok(Reply::Status(rest.to_string())),
+        "-" => Err(rest.to_string()),
+        ":" => Ok(Reply::Int(int()?)),
+        "$" => {
+            let len = int()?;
+            if len < 0 {
+                return Ok(Reply::Bulk(None));
+            }
+            let mut buf = vec![0; len as usize + 2];
+            r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+            buf.truncate(len as usize);
+            Ok(Reply::Bulk(Some(String::from_utf8_lossy(&buf).into_owned())))
+        }
+        "*" => {
+            let len = int()?;
+            if len < 0 {
+                return Ok(Reply::Array(None));
+            }
+            let items = (0..len)
+                .map(|_| read_reply(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Reply::Array(Some(items)))
+        }
+        other => Err(format!("unexpected reply type {other:?}")),
+    }
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a probe socket on 127.0.0.1")
+}
+
+/// A new empty directory under the system's temporary directory.
+fn temp_dir() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "seckill-redis-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_starts_restarts_and_stops() {
+        let mut s = RedisServer::start_with(Options {
+            appendonly: true,
+            cluster: false,
+        });
+        assert_eq!(s.command(&["SET", "k", "v"]), Ok(Reply::Status("OK".into())));
+        s.restart();
+        assert_eq!(s.command(&["GET", "k"]), Ok(Reply::Bulk(Some("v".into()))));
+        let dir = s.dir().to_path_buf();
+        let port = s.port();
+        s.stop();
+        assert!(command(port, &["PING"]).is_err());
+        drop(s);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn cluster_covers_all_slots() {
+        let c = RedisCluster::start(3);
+        assert_eq!(c.urls().len(), 3);
+        match c.nodes()[1].command(&["CLUSTER", "INFO"]) {
+            Ok(Reply::Bulk(Some(info))) => assert!(info.contains("cluster_slots_assigned:16384")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
