@@ -9,7 +9,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +24,8 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Slots of a Redis Cluster.
 const SLOTS: u32 = 16384;
 
-const MISSING: &str = "redis-server not found: install it (Debian: apt-get install -y redis-server)";
+const MISSING: &str =
+    "redis-server not found: install it (Debian: apt-get install -y redis-server)";
 
 /// How to run a server.
 #[derive(Clone, Copy, Debug, Default)]
@@ -239,15 +240,16 @@ impl RedisCluster {
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
         let want = self.nodes.len().to_string();
         loop {
-            let ok = self.nodes.iter().all(|node| {
-                match node.command(&["CLUSTER", "INFO"]) {
+            let ok = self
+                .nodes
+                .iter()
+                .all(|node| match node.command(&["CLUSTER", "INFO"]) {
                     Ok(Reply::Bulk(Some(info))) => {
                         info.contains("cluster_state:ok")
                             && info.contains(&format!("cluster_known_nodes:{want}"))
                     }
                     _ => false,
-                }
-            });
+                });
             if ok {
                 return;
             }
@@ -307,7 +309,9 @@ fn read_reply(r: &mut impl BufRead) -> Result<Reply, String> {
             let mut buf = vec![0; len as usize + 2];
             r.read_exact(&mut buf).map_err(|e| e.to_string())?;
             buf.truncate(len as usize);
-            Ok(Reply::Bulk(Some(String::from_utf8_lossy(&buf).into_owned())))
+            Ok(Reply::Bulk(Some(
+                String::from_utf8_lossy(&buf).into_owned(),
+            )))
         }
         "*" => {
             let len = int()?;
@@ -357,7 +361,10 @@ mod tests {
             appendonly: true,
             cluster: false,
         });
-        assert_eq!(s.command(&["SET", "k", "v"]), Ok(Reply::Status("OK".into())));
+        assert_eq!(
+            s.command(&["SET", "k", "v"]),
+            Ok(Reply::Status("OK".into()))
+        );
         s.restart();
         assert_eq!(s.command(&["GET", "k"]), Ok(Reply::Bulk(Some("v".into()))));
         let dir = s.dir().to_path_buf();

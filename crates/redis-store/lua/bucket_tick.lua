@@ -1,0 +1,60 @@
+-- One generator tick: holds (or takes over) the sale's generator lease and
+-- pushes the tokens due since the last tick into the capped token list.
+--
+-- KEYS[1] token list, KEYS[2] generator lease, KEYS[3] generator clock.
+-- ARGV: instance, rate per second, capacity, lease ms.
+-- Returns {issued, discarded, list length}; issued is -1 when another
+-- instance holds the lease (nothing pushed).
+--
+-- The schedule lives in Redis (time of the last tick, and the remainder in
+-- millionths of a token), so whoever holds the lease continues it exactly:
+-- integer arithmetic, no drift, and a takeover never doubles the rate.
+local holder = redis.call('GET', KEYS[2])
+if not holder then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+elseif holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+else
+  return {-1, 0, redis.call('LLEN', KEYS[1])}
+end
+
+local rate = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local s, us = tonumber(t[1]), tonumber(t[2])
+local len = redis.call('LLEN', KEYS[1])
+local clock = redis.call('HMGET', KEYS[3], 's', 'us', 'rem')
+-- The clock outlives a short gap between holders, not a long one.
+redis.call('PEXPIRE', KEYS[3], 60000)
+if not clock[1] then
+  redis.call('HSET', KEYS[3], 's', s, 'us', us, 'rem', 0)
+  redis.call('PEXPIRE', KEYS[3], 60000)
+  return {0, 0, len}
+end
+local elapsed = (s - tonumber(clock[1])) * 1000000 + (us - tonumber(clock[2]))
+local rem = tonumber(clock[3]) or 0
+if elapsed < 0 then
+  elapsed = 0
+end
+-- At most one second of catch-up (keeps the arithmetic exact in doubles).
+if elapsed > 1000000 then
+  elapsed = 1000000
+  rem = 0
+end
+local acc = elapsed * rate + rem
+local due = math.floor(acc / 1000000)
+rem = acc - due * 1000000
+redis.call('HSET', KEYS[3], 's', s, 'us', us, 'rem', rem)
+
+local fit = cap - len
+if fit < 0 then fit = 0 end
+if due < fit then fit = due end
+local left = fit
+while left > 0 do
+  local k = math.min(left, 1000)
+  local args = {}
+  for i = 1, k do args[i] = '1' end
+  redis.call('RPUSH', KEYS[1], unpack(args))
+  left = left - k
+end
+return {fit, due - fit, len + fit}

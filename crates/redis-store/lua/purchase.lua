@@ -1,0 +1,91 @@
+-- The atomic purchase step for a batch of requests of one sale.
+--
+-- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] order stream, then per
+-- request i: KEYS[2+2i] its record, KEYS[3+2i] its idempotency key (its
+-- record again when it has none).
+-- ARGV[1] retention ms, ARGV[2] sale id, ARGV[3] event channel, ARGV[4] n,
+-- then per request 6 values: request id, user, quantity, deadline ms,
+-- has key ("1"/"0"), order id to use on success.
+--
+-- Returns per request {status, detail, duplicate (0/1)}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local retention = ARGV[1]
+local sale = ARGV[2]
+local n = tonumber(ARGV[4])
+
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+local stock, sold, limit, starts, ends
+if exists then
+  local f = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'per_user_limit', 'starts_at_ms', 'ends_at_ms')
+  stock = tonumber(f[1])
+  sold = tonumber(f[2]) or 0
+  limit = tonumber(f[3])
+  starts = tonumber(f[4])
+  ends = tonumber(f[5])
+end
+
+local out = {}
+for i = 1, n do
+  local a = 4 + (i - 1) * 6
+  local rid, user, qty, deadline, keyed, oid =
+    ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6]
+  local req = KEYS[2 + 2 * i]
+  local idem = KEYS[3 + 2 * i]
+  local status, detail, dup = nil, '', 0
+
+  -- Decided before (a redelivery): the stored outcome, nothing changes.
+  local prev = redis.call('HMGET', req, 'status', 'detail')
+  if prev[1] and prev[1] ~= '' then
+    status, detail, dup = prev[1], prev[2] or '', 1
+  elseif not exists then
+    status, detail = 'rejected', 'sale_removed'
+  elseif keyed == '1' then
+    local first = redis.call('GET', idem)
+    if first and first ~= rid then
+      -- The key's first request decides; a second one never buys.
+      local fr = redis.call('HMGET', '{sale:' .. sale .. '}:req:' .. first, 'status', 'detail')
+      if fr[1] and fr[1] ~= '' then
+        status, detail = fr[1], fr[2] or ''
+      else
+        status, detail = 'rejected', 'duplicate_in_flight'
+      end
+      dup = 1
+    elseif not first then
+      redis.call('SET', idem, rid, 'PX', retention)
+    end
+  end
+
+  if not status then
+    if now > deadline then
+      status = 'expired'
+    elseif ends and now >= ends then
+      status, detail = 'rejected', 'sale_ended'
+    elseif starts and now < starts then
+      status, detail = 'rejected', 'sale_not_started'
+    else
+      local held = tonumber(redis.call('HGET', KEYS[2], user)) or 0
+      if held + qty > limit then
+        status = 'limit_exceeded'
+      elseif stock - sold < qty then
+        status = 'sold_out'
+      else
+        sold = redis.call('HINCRBY', KEYS[1], 'sold', qty)
+        redis.call('HINCRBY', KEYS[2], user, qty)
+        redis.call('XADD', KEYS[3], '*', 'order_id', oid, 'request_id', rid,
+          'user_id', user, 'quantity', qty, 'at_ms', now)
+        status, detail = 'success', oid
+        if sold == stock then
+          redis.call('PUBLISH', ARGV[3], 'sold_out:' .. sale)
+        end
+      end
+    end
+  end
+
+  if dup == 0 then
+    redis.call('HSET', req, 'user', user, 'qty', qty, 'status', status, 'detail', detail)
+    redis.call('PEXPIRE', req, retention)
+  end
+  out[i] = {status, detail, dup}
+end
+return out

@@ -1,0 +1,15 @@
+-- Creates a sale, or replaces one that has sold nothing.
+-- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] order stream.
+-- ARGV: spec JSON, stock, per-user limit, starts_at_ms, ends_at_ms ("" = unset).
+-- Returns 1 created, 0 replaced, -1 has sales already.
+local created = 1
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if (tonumber(redis.call('HGET', KEYS[1], 'sold')) or 0) > 0 then
+    return -1
+  end
+  created = 0
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'stock', ARGV[2], 'sold', 0,
+  'per_user_limit', ARGV[3], 'starts_at_ms', ARGV[4], 'ends_at_ms', ARGV[5])
+return created

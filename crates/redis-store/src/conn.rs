@@ -1,0 +1,121 @@
+//! One connection type over a single Redis and a Redis Cluster.
+//!
+//! Both variants multiplex many concurrent commands over few sockets and
+//! reconnect by themselves. Every command is bounded by a response timeout,
+//! so a dead or unreachable Redis turns into an error within that time,
+//! never into a hang.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+/// A connection to a single Redis or to a Redis Cluster.
+#[derive(Clone)]
+pub struct Conn {
+    inner: Inner,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Connects to `urls[0]` (single) or to the cluster seeded by `urls`.
+    pub async fn connect(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+    ) -> Result<Conn, RedisError> {
+        let Some(first) = urls.first() else {
+            return Err(invalid("no Redis URL given"));
+        };
+        let inner = if cluster {
+            let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .build()?;
+            let conn = bounded(timeout, client.get_async_connection()).await?;
+            Inner::Cluster(conn)
+        } else {
+            let client = redis::Client::open(first.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(200));
+            let conn = bounded(timeout, ConnectionManager::new_with_config(client, config)).await?;
+            Inner::Single(conn)
+        };
+        Ok(Conn { inner, timeout })
+    }
+
+    /// Whether this is a cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Inner::Cluster(_))
+    }
+}
+
+/// Runs `fut` with a deadline; running out of time is an I/O timeout error.
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "redis command timed out",
+        ))),
+    }
+}
+
+fn invalid(what: &'static str) -> RedisError {
+    RedisError::from((redis::ErrorKind::InvalidClientConfig, what))
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match &mut self.inner {
+                Inner::Single(c) => bounded(timeout, c.req_packed_command(cmd)).await,
+                Inner::Cluster(c) => bounded(timeout, c.req_packed_command(cmd)).await,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match &mut self.inner {
+                Inner::Single(c) => {
+                    bounded(timeout, c.req_packed_commands(pipeline, offset, count)).await
+                }
+                Inner::Cluster(c) => {
+                    bounded(timeout, c.req_packed_commands(pipeline, offset, count)).await
+                }
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.inner {
+            Inner::Single(c) => c.get_db(),
+            Inner::Cluster(c) => c.get_db(),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Every Redis key the store uses, in one place.
+//!
+//! All keys of a sale carry the hash tag `{sale:ID}`, so in a Redis Cluster
+//! they live in one slot and a sale's scripts run on one shard, while
+//! different sales spread over the shards. The two global sets sit in slots
+//! of their own and never appear in a command together with a sale's keys.
+//!
+//! Tools that audit a run read these names: the order stream
+//! (`{sale:ID}:orders`, `XLEN`) and the `stock` and `sold` fields of the
+//! sale hash (`{sale:ID}:sale`).
+
+/// Set of all sale ids.
+pub const SALES: &str = "seckill:sales";
+/// Set of the sale ids whose request queues consumers read.
+pub const QUEUES: &str = "seckill:queues";
+/// Pub/sub channel of catalog events: `changed:ID`, `removed:ID`, `sold_out:ID`.
+pub const EVENTS: &str = "seckill:events";
+/// The consumer group of every request stream.
+pub const GROUP: &str = "seckill";
+
+fn tag(sale_id: &str) -> String {
+    format!("{{sale:{sale_id}}}")
+}
+
+/// Hash: `spec` (JSON), `stock`, `sold`, `per_user_limit`, `starts_at_ms`,
+/// `ends_at_ms` (empty when unset).
+pub fn sale(sale_id: &str) -> String {
+    format!("{}:sale", tag(sale_id))
+}
+
+/// Hash: user id → units held.
+pub fn users(sale_id: &str) -> String {
+    format!("{}:users", tag(sale_id))
+}
+
+/// Stream of order events: `order_id`, `request_id`, `user_id`, `quantity`, `at_ms`.
+pub fn orders(sale_id: &str) -> String {
+    format!("{}:orders", tag(sale_id))
+}
+
+/// Hash of a request's record: `user`, `qty`, `status` (empty while
+/// pending), `detail` (order id or reason). Expires after the retention.
+pub fn request(sale_id: &str, request_id: &str) -> String {
+    format!("{}:req:{request_id}", tag(sale_id))
+}
+
+/// String: the request id that claimed `(user, key)`. Expires after the
+/// retention. Idempotency keys hold no `:`, so the name is unambiguous.
+pub fn idempotency(sale_id: &str, user_id: &str, key: &str) -> String {
+    format!("{}:idem:{user_id}:{key}", tag(sale_id))
+}
+
+/// List of tokens.
+pub fn tokens(sale_id: &str) -> String {
+    format!("{}:tokens", tag(sale_id))
+}
+
+/// String: the instance holding the generator lease (with expiry).
+pub fn generator(sale_id: &str) -> String {
+    format!("{}:gen", tag(sale_id))
+}
+
+/// Hash: the generator's schedule (`at` in µs of Redis time, `rem`).
+pub fn generator_clock(sale_id: &str) -> String {
+    format!("{}:genclock", tag(sale_id))
+}
+
+/// Stream of queued requests (field `t`: the ticket as JSON).
+pub fn queue(sale_id: &str) -> String {
+    format!("{}:q", tag(sale_id))
+}
+
+/// Hash: the queue's `capacity` and `open` flag.
+pub fn queue_config(sale_id: &str) -> String {
+    format!("{}:qcfg", tag(sale_id))
+}
+
+/// Stream of dead-lettered requests.
+pub fn dead_letters(sale_id: &str) -> String {
+    format!("{}:dlq", tag(sale_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sale_keys_share_the_hash_tag() {
+        for k in [
+            sale("s1"),
+            users("s1"),
+            orders("s1"),
+            request("s1", "s1.00ab"),
+            idempotency("s1", "u:1", "k"),
+            tokens("s1"),
+            generator("s1"),
+            generator_clock("s1"),
+            queue("s1"),
+            queue_config("s1"),
+            dead_letters("s1"),
+        ] {
+            assert!(k.starts_with("{sale:s1}:"), "{k}");
+        }
+        assert_eq!(sale("x"), "{sale:x}:sale");
+        assert_eq!(orders("x"), "{sale:x}:orders");
+    }
+}
