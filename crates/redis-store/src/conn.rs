@@ -5,6 +5,8 @@
 //! so a dead or unreachable Redis turns into an error within that time,
 //! never into a hang.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -17,6 +19,8 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 pub struct Conn {
     inner: Inner,
     timeout: Duration,
+    /// Requests sent (a pipeline counts once): round trips, for measuring.
+    round_trips: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -55,7 +59,16 @@ impl Conn {
             let conn = bounded(timeout, ConnectionManager::new_with_config(client, config)).await?;
             Inner::Single(conn)
         };
-        Ok(Conn { inner, timeout })
+        Ok(Conn {
+            inner,
+            timeout,
+            round_trips: Arc::default(),
+        })
+    }
+
+    /// Round trips made through this connection and its clones.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
     }
 
     /// Whether this is a cluster connection.
@@ -85,6 +98,7 @@ fn invalid(what: &'static str) -> RedisError {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let timeout = self.timeout;
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             match &mut self.inner {
                 Inner::Single(c) => bounded(timeout, c.req_packed_command(cmd)).await,
@@ -100,6 +114,7 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         let timeout = self.timeout;
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             match &mut self.inner {
                 Inner::Single(c) => {

@@ -17,8 +17,6 @@ use redis::RedisError;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::keys;
-
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -38,20 +36,21 @@ impl Subscriber {
     /// `connect` is missed) and starts the task that forwards messages.
     pub async fn start(
         urls: Vec<String>,
+        channel: String,
         events: broadcast::Sender<SaleEvent>,
         timeout: Duration,
     ) -> Result<Subscriber, RedisError> {
-        let first = subscribe(&urls[0], timeout).await?;
-        let task = tokio::spawn(forward(urls, first, events, timeout));
+        let first = subscribe(&urls[0], &channel, timeout).await?;
+        let task = tokio::spawn(forward(urls, channel, first, events, timeout));
         Ok(Subscriber { task })
     }
 }
 
-async fn subscribe(url: &str, timeout: Duration) -> Result<PubSub, RedisError> {
+async fn subscribe(url: &str, channel: &str, timeout: Duration) -> Result<PubSub, RedisError> {
     let client = redis::Client::open(url)?;
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(keys::EVENTS).await?;
+        pubsub.subscribe(channel).await?;
         Ok(pubsub)
     };
     match tokio::time::timeout(timeout, connect).await {
@@ -65,6 +64,7 @@ async fn subscribe(url: &str, timeout: Duration) -> Result<PubSub, RedisError> {
 
 async fn forward(
     urls: Vec<String>,
+    channel: String,
     first: PubSub,
     events: broadcast::Sender<SaleEvent>,
     timeout: Duration,
@@ -75,7 +75,7 @@ async fn forward(
     loop {
         let Some(ps) = pubsub.take() else {
             next = (next + 1) % urls.len();
-            match subscribe(&urls[next], timeout).await {
+            match subscribe(&urls[next], &channel, timeout).await {
                 Ok(ps) => {
                     tracing::info!("catalog event subscription restored");
                     pubsub = Some(ps);

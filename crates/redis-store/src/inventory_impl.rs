@@ -107,13 +107,17 @@ impl RedisInventory {
         self.shared.conn.clone()
     }
 
+    fn ns(&self) -> &str {
+        &self.shared.config.namespace
+    }
+
     fn retention_ms(&self) -> u64 {
         self.shared.config.retention.as_millis() as u64
     }
 
     async fn publish(&self, message: String) {
         let mut conn = self.conn();
-        let sent: Result<i64, _> = conn.publish(keys::EVENTS, message).await;
+        let sent: Result<i64, _> = conn.publish(keys::events(self.ns()), message).await;
         if let Err(e) = sent {
             // Gateways resynchronise periodically; a lost event only delays.
             tracing::warn!(error = %e, "cannot publish a catalog event");
@@ -129,7 +133,7 @@ impl RedisInventory {
             .key(keys::orders(sale))
             .arg(self.retention_ms())
             .arg(sale)
-            .arg(keys::EVENTS)
+            .arg(keys::events(self.ns()))
             .arg(batch.len());
         for p in batch {
             let (idem, keyed) = idem_key(p);
@@ -198,7 +202,7 @@ impl Inventory for RedisInventory {
         // the sale exists, so a listed id always resolves (or was removed).
         let _: i64 = self
             .conn()
-            .sadd(keys::SALES, &id)
+            .sadd(keys::sales(self.ns()), &id)
             .await
             .map_err(unavailable)?;
         self.publish(format!("changed:{id}")).await;
@@ -208,7 +212,7 @@ impl Inventory for RedisInventory {
     async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError> {
         let listed: i64 = self
             .conn()
-            .srem(keys::SALES, sale_id)
+            .srem(keys::sales(self.ns()), sale_id)
             .await
             .map_err(unavailable)?;
         let existed: i64 = REMOVE_SALE
@@ -238,7 +242,7 @@ impl Inventory for RedisInventory {
     async fn sales(&self) -> Result<Vec<SaleStatus>, InventoryError> {
         let mut ids: Vec<String> = self
             .conn()
-            .smembers(keys::SALES)
+            .smembers(keys::sales(self.ns()))
             .await
             .map_err(unavailable)?;
         ids.sort();

@@ -3,18 +3,33 @@
 //! All keys of a sale carry the hash tag `{sale:ID}`, so in a Redis Cluster
 //! they live in one slot and a sale's scripts run on one shard, while
 //! different sales spread over the shards. The two global sets sit in slots
-//! of their own and never appear in a command together with a sale's keys.
+//! of their own and never appear in a command together with a sale's keys;
+//! their names start with a namespace (`seckill` unless configured), so
+//! deployments can share a Redis as long as their sale ids differ.
 //!
 //! Tools that audit a run read these names: the order stream
 //! (`{sale:ID}:orders`, `XLEN`) and the `stock` and `sold` fields of the
 //! sale hash (`{sale:ID}:sale`).
 
-/// Set of all sale ids.
-pub const SALES: &str = "seckill:sales";
-/// Set of the sale ids whose request queues consumers read.
-pub const QUEUES: &str = "seckill:queues";
-/// Pub/sub channel of catalog events: `changed:ID`, `removed:ID`, `sold_out:ID`.
-pub const EVENTS: &str = "seckill:events";
+/// The default namespace of the global keys.
+pub const NAMESPACE: &str = "seckill";
+
+/// Set of all sale ids: `seckill:sales` in the default namespace.
+pub fn sales(namespace: &str) -> String {
+    format!("{namespace}:sales")
+}
+
+/// Set of the sale ids whose request queues consumers read:
+/// `seckill:queues` in the default namespace.
+pub fn queues(namespace: &str) -> String {
+    format!("{namespace}:queues")
+}
+
+/// Pub/sub channel of catalog events (`changed:ID`, `removed:ID`,
+/// `sold_out:ID`): `seckill:events` in the default namespace.
+pub fn events(namespace: &str) -> String {
+    format!("{namespace}:events")
+}
 /// The consumer group of every request stream.
 pub const GROUP: &str = "seckill";
 

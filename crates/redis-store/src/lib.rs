@@ -71,6 +71,8 @@ pub struct StoreConfig {
     pub token_lease: Duration,
     /// Most tokens a gateway takes with one `LPOP`.
     pub max_token_batch: u32,
+    /// Prefix of the global keys and the event channel (see [`keys`]).
+    pub namespace: String,
 }
 
 impl Default for StoreConfig {
@@ -86,6 +88,7 @@ impl Default for StoreConfig {
             generator_tick: Duration::from_millis(10),
             token_lease: Duration::from_millis(150),
             max_token_batch: 32,
+            namespace: keys::NAMESPACE.to_string(),
         }
     }
 }
@@ -120,9 +123,13 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let conn = Conn::connect(urls, cluster, config.command_timeout).await?;
         let (events, _) = broadcast::channel(1024);
-        let subscriber =
-            events::Subscriber::start(urls.to_vec(), events.clone(), config.command_timeout)
-                .await?;
+        let subscriber = events::Subscriber::start(
+            urls.to_vec(),
+            keys::events(&config.namespace),
+            events.clone(),
+            config.command_timeout,
+        )
+        .await?;
         Ok(RedisStore {
             shared: Arc::new(Shared {
                 conn,

@@ -15,7 +15,7 @@
 //! * A lost consumer group (`NOGROUP`: the stream was deleted, or Redis came
 //!   back without it) is recreated from the stream's start, transparently.
 //!
-//! Consumers learn the sales to read from the set [`keys::QUEUES`], which
+//! Consumers learn the sales to read from the set [`keys::queues(&self.shared.config.namespace)`], which
 //! `open` adds to; a closed queue leaves it once drained.
 
 use std::collections::HashMap;
@@ -127,7 +127,7 @@ impl RedisQueue {
         }
         let mut ids: Vec<String> = self
             .conn()
-            .smembers(keys::QUEUES)
+            .smembers(keys::queues(&self.shared.config.namespace))
             .await
             .map_err(unavailable)?;
         ids.sort();
@@ -160,7 +160,7 @@ impl RedisQueue {
             return Ok(false);
         }
         let _: i64 = conn
-            .srem(keys::QUEUES, sale_id)
+            .srem(keys::queues(&self.shared.config.namespace), sale_id)
             .await
             .map_err(unavailable)?;
         let open: Option<String> = conn
@@ -169,7 +169,7 @@ impl RedisQueue {
             .map_err(unavailable)?;
         if open.as_deref() == Some("1") {
             let _: i64 = conn
-                .sadd(keys::QUEUES, sale_id)
+                .sadd(keys::queues(&self.shared.config.namespace), sale_id)
                 .await
                 .map_err(unavailable)?;
             return Ok(false);
@@ -345,7 +345,7 @@ impl RequestQueue for RedisQueue {
             .map_err(unavailable)?;
         let _: i64 = self
             .conn()
-            .sadd(keys::QUEUES, sale_id)
+            .sadd(keys::queues(&self.shared.config.namespace), sale_id)
             .await
             .map_err(unavailable)?;
         let mut state = self.state.lock().unwrap();

@@ -1,0 +1,199 @@
+//! The request-queue suite: bounds, delivery, acknowledgement, closing;
+//! and for Redis, redelivery by reclaim, dead letters and a lost group.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use queue::{Delivery, QueueError, RequestQueue, Ticket};
+use redis::AsyncCommands;
+use redis_store::keys;
+
+use super::harness::{purchase, sale_id, Env};
+
+crate::each_backend!(
+    bounded_fifo_and_ack,
+    closed_queue_drains,
+    empty_queue_waits_then_returns,
+    reclaims_a_dead_consumers_entries,
+    recovers_a_lost_group,
+);
+
+fn ticket(sale: &str, user: &str) -> Ticket {
+    Ticket {
+        purchase: purchase(sale, user, 1),
+        reply_to: "127.0.0.1:50051".into(),
+        enqueued_at_ms: inventory::now_ms(),
+    }
+}
+
+/// Takes until `n` deliveries arrived or two seconds passed.
+async fn take(q: &dyn RequestQueue, n: usize) -> Vec<Delivery> {
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < until {
+        out.extend(
+            q.next_batch(n - out.len(), Duration::from_millis(100))
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+async fn bounded_fifo_and_ack(env: Env) {
+    let q = &env.queue;
+    let sale = sale_id("q");
+    q.open(&sale, 3).await.unwrap();
+    let tickets: Vec<Ticket> = (0..3).map(|i| ticket(&sale, &format!("u{i}"))).collect();
+    for t in &tickets {
+        q.enqueue(t.clone()).await.unwrap();
+    }
+    assert!(matches!(
+        q.enqueue(ticket(&sale, "over")).await,
+        Err(QueueError::Full(s)) if s == sale
+    ));
+    assert_eq!(q.depth(&sale).await.unwrap(), 3);
+    assert!(matches!(
+        q.enqueue(ticket(&sale_id("nosuch"), "u")).await,
+        Err(QueueError::UnknownSale(_))
+    ));
+
+    let got = take(&**q, 3).await;
+    assert_eq!(
+        got.iter().map(|d| d.ticket.clone()).collect::<Vec<_>>(),
+        tickets,
+        "first in, first out"
+    );
+    assert!(got.iter().all(|d| d.deliveries == 1));
+    q.ack(&got).await.unwrap();
+    assert_eq!(q.depth(&sale).await.unwrap(), 0);
+    // Acknowledged entries free their room.
+    for i in 0..3 {
+        q.enqueue(ticket(&sale, &format!("v{i}"))).await.unwrap();
+    }
+    // A larger capacity applies to an open queue.
+    q.open(&sale, 5).await.unwrap();
+    q.enqueue(ticket(&sale, "w")).await.unwrap();
+    let got = take(&**q, 4).await;
+    assert_eq!(got.len(), 4);
+    q.ack(&got).await.unwrap();
+    q.ping().await.unwrap();
+}
+
+async fn closed_queue_drains(env: Env) {
+    let q = &env.queue;
+    let sale = sale_id("qc");
+    q.open(&sale, 10).await.unwrap();
+    q.enqueue(ticket(&sale, "a")).await.unwrap();
+    q.enqueue(ticket(&sale, "b")).await.unwrap();
+    q.close(&sale).await.unwrap();
+    assert!(matches!(
+        q.enqueue(ticket(&sale, "c")).await,
+        Err(QueueError::UnknownSale(_))
+    ));
+    // Entries already queued are still delivered.
+    let got = take(&**q, 2).await;
+    assert_eq!(got.len(), 2);
+    q.ack(&got).await.unwrap();
+    // Reopening accepts again.
+    q.open(&sale, 10).await.unwrap();
+    q.enqueue(ticket(&sale, "d")).await.unwrap();
+    let got = take(&**q, 1).await;
+    assert_eq!(got[0].ticket.purchase.user_id, "d");
+    q.ack(&got).await.unwrap();
+}
+
+async fn empty_queue_waits_then_returns(env: Env) {
+    let q = &env.queue;
+    let sale = sale_id("qe");
+    q.open(&sale, 10).await.unwrap();
+    let started = Instant::now();
+    let got = q.next_batch(10, Duration::from_millis(200)).await.unwrap();
+    let waited = started.elapsed();
+    assert!(got.is_empty());
+    assert!(waited >= Duration::from_millis(150), "waited {waited:?}");
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    // An entry enqueued while a consumer waits is picked up.
+    let q2 = q.clone();
+    let s2 = sale.clone();
+    let waiter = tokio::spawn(async move { take(&*q2, 1).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    q.enqueue(ticket(&sale, "late")).await.unwrap();
+    let got = waiter.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].ticket.purchase.sale_id, s2);
+    q.ack(&got).await.unwrap();
+}
+
+async fn reclaims_a_dead_consumers_entries(env: Env) {
+    if !env.is_redis() {
+        // One process cannot lose a consumer without the queue itself.
+        return;
+    }
+    let sale = sale_id("qr");
+    let dead = env.second_store().await.queue();
+    let alive = env.store().queue();
+    dead.open(&sale, 10).await.unwrap();
+    for i in 0..3 {
+        dead.enqueue(ticket(&sale, &format!("u{i}"))).await.unwrap();
+    }
+    let taken = take(&dead, 3).await;
+    assert_eq!(taken.len(), 3);
+    drop(dead); // never acknowledges
+
+    // Not before the idle time...
+    let early = alive
+        .next_batch(10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(early.is_empty(), "reclaimed too early: {early:?}");
+    // ... but after it, with the delivery count.
+    let again = take(&alive, 3).await;
+    assert_eq!(again.len(), 3);
+    let ids: HashSet<_> = again.iter().map(|d| d.entry_id.clone()).collect();
+    assert_eq!(ids, taken.iter().map(|d| d.entry_id.clone()).collect());
+    assert!(again.iter().all(|d| d.deliveries == 2), "{again:?}");
+    assert_eq!(
+        alive.depth(&sale).await.unwrap(),
+        3,
+        "pending until acknowledged"
+    );
+
+    // Failing again: the third delivery; then dead-lettered.
+    let third = take(&alive, 3).await;
+    assert!(third.iter().all(|d| d.deliveries == 3), "{third:?}");
+    alive.dead_letter(&third).await.unwrap();
+    alive.ack(&third).await.unwrap();
+    assert_eq!(alive.depth(&sale).await.unwrap(), 0);
+    let dlq: u64 = env
+        .store()
+        .conn()
+        .xlen(keys::dead_letters(&sale))
+        .await
+        .unwrap();
+    assert_eq!(dlq, 3);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(alive
+        .next_batch(10, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn recovers_a_lost_group(env: Env) {
+    if !env.is_redis() {
+        return;
+    }
+    let q = env.store().queue();
+    let sale = sale_id("qg");
+    q.open(&sale, 10).await.unwrap();
+    q.enqueue(ticket(&sale, "before")).await.unwrap();
+    // The stream (and its group) is lost; the queue's settings remain.
+    let _: i64 = env.store().conn().del(keys::queue(&sale)).await.unwrap();
+    q.enqueue(ticket(&sale, "after")).await.unwrap();
+    let got = take(&q, 1).await;
+    assert_eq!(got.len(), 1, "NOGROUP recreated the group");
+    assert_eq!(got[0].ticket.purchase.user_id, "after");
+    q.ack(&got).await.unwrap();
+    assert_eq!(q.depth(&sale).await.unwrap(), 0);
+}
