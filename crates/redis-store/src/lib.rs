@@ -110,7 +110,8 @@ pub(crate) struct Shared {
 
 impl RedisStore {
     /// Connects with the default configuration. `urls`: one URL for a single
-    /// Redis (`cluster` false), or the seed nodes of a Redis Cluster.
+    /// Redis (`cluster` false), or the seed nodes of a Redis Cluster. A bare
+    /// `host:port` means `redis://host:port/`.
     pub async fn connect(urls: &[String], cluster: bool) -> Result<RedisStore, StoreError> {
         Self::connect_with(urls, cluster, StoreConfig::default()).await
     }
@@ -121,6 +122,8 @@ impl RedisStore {
         cluster: bool,
         config: StoreConfig,
     ) -> Result<RedisStore, StoreError> {
+        let urls: Vec<String> = urls.iter().map(|u| normalize(u)).collect();
+        let urls = &urls[..];
         let conn = Conn::connect(urls, cluster, config.command_timeout).await?;
         let (events, _) = broadcast::channel(1024);
         let subscriber = events::Subscriber::start(
@@ -166,7 +169,27 @@ impl RedisStore {
     }
 }
 
+/// `host:port` → `redis://host:port/`; URLs with a scheme stay as they are.
+fn normalize(url: &str) -> String {
+    let url = url.trim();
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("redis://{url}/")
+    }
+}
+
 /// Maps a Redis error to the text of an `Unavailable` error.
 pub(crate) fn describe(e: &redis::RedisError) -> String {
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bare_addresses_become_urls() {
+        assert_eq!(super::normalize("10.0.0.1:7000"), "redis://10.0.0.1:7000/");
+        assert_eq!(super::normalize(" redis://a:1/ "), "redis://a:1/");
+        assert_eq!(super::normalize("rediss://a:1"), "rediss://a:1");
+    }
 }

@@ -200,6 +200,8 @@ async fn round_trips_per_admitted_purchase() {
     let bucket = gateway.buckets().bucket(&sale, config);
 
     const N: usize = 2000;
+    let server = env.server.as_ref().unwrap();
+    let stats0 = top_level_calls(server);
     let (g0, s0) = (gateway.conn().round_trips(), service.conn().round_trips());
     let started = Instant::now();
     let mut admitted = tokio::task::JoinSet::new();
@@ -238,6 +240,17 @@ async fn round_trips_per_admitted_purchase() {
     let g = gateway.conn().round_trips() - g0;
     let s = service.conn().round_trips() - s0;
     let per = (g + s) as f64 / N as f64;
+    let stats1 = top_level_calls(server);
+    for (name, before) in &stats0 {
+        let after = stats1
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, c)| *c);
+        eprintln!(
+            "  INFO commandstats {name}: {:.3} per purchase",
+            (after - before) as f64 / N as f64
+        );
+    }
     eprintln!(
         "round trips per admitted purchase: {per:.2} (gateway {:.2}, service {:.2}); {N} purchases in {elapsed:?}",
         g as f64 / N as f64,
@@ -245,4 +258,26 @@ async fn round_trips_per_admitted_purchase() {
     );
     assert!(per <= 3.5, "{per} round trips per purchase");
     assert_eq!(s_inv.orders(&sale).await.unwrap().len(), N);
+}
+
+/// Calls of the commands the hot path sends at top level (EVALSHA includes
+/// the generator's ticks), from `INFO commandstats`.
+fn top_level_calls(server: &test_support::RedisServer) -> Vec<(String, u64)> {
+    let info = match server.command(&["INFO", "commandstats"]) {
+        Ok(test_support::Reply::Bulk(Some(info))) => info,
+        other => panic!("INFO: {other:?}"),
+    };
+    ["evalsha", "lpop", "xreadgroup"]
+        .iter()
+        .map(|name| {
+            let prefix = format!("cmdstat_{name}:calls=");
+            let calls = info
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (name.to_string(), calls)
+        })
+        .collect()
 }
