@@ -2,16 +2,13 @@
 //! validated configuration built from them. Bad configuration is reported
 //! as one line and exit status 64.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use inventory::{valid_id, SaleSpec};
-use seckill_service::{RiskConfig, ServiceConfig};
-
-/// Exit status for bad configuration (`EX_USAGE`).
-pub const EXIT_CONFIG: i32 = 64;
+pub use seckill_service::cli::{ConfigError, Mode, ServiceArgs, StoreArgs, EXIT_CONFIG};
+use seckill_service::ServiceConfig;
 
 /// Options of the `gateway` binary.
 #[derive(Parser, Debug, Clone)]
@@ -33,12 +30,10 @@ pub struct Args {
     /// Address seckill services call back on [default: the gRPC listen address].
     #[arg(long, env = "SECKILL_ADVERTISE_GRPC")]
     pub advertise_grpc: Option<String>,
-    /// Redis URL: distributed mode. Unset = embedded mode (all in this process).
-    #[arg(long, env = "SECKILL_REDIS_URL", conflicts_with = "redis_cluster")]
-    pub redis_url: Option<String>,
-    /// Comma-separated seed nodes of a Redis Cluster (instead of --redis-url).
-    #[arg(long, env = "SECKILL_REDIS_CLUSTER", value_delimiter = ',')]
-    pub redis_cluster: Vec<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Bearer token for /admin/* [default: random, printed once at start].
     #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -64,33 +59,13 @@ pub struct Args {
     /// Per-user edge limit: burst allowed above the rate.
     #[arg(long, env = "SECKILL_USER_BURST", default_value_t = 5)]
     pub user_burst: u32,
-    /// How long results and idempotency keys stay readable (embedded mode).
-    #[arg(long, env = "SECKILL_RESULT_RETENTION_MS", default_value_t = 600_000)]
-    pub result_retention_ms: u64,
     /// How long shutdown waits for waiting requests to be answered.
     #[arg(long, env = "SECKILL_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
-    /// Seckill workers of the embedded service.
-    #[arg(long, env = "SECKILL_WORKERS", default_value_t = 4)]
-    pub workers: usize,
-    /// Requests one embedded worker decides at once.
-    #[arg(long, env = "SECKILL_BATCH_SIZE", default_value_t = 64)]
-    pub batch_size: usize,
-    /// Comma-separated users refused by risk control (embedded service).
-    #[arg(long, env = "SECKILL_BLACKLIST", value_delimiter = ',')]
-    pub blacklist: Vec<String>,
-    /// Risk control: attempts per user per second reaching the service (0 = off).
-    #[arg(long, env = "SECKILL_RISK_MAX_ATTEMPTS_PER_SEC", default_value_t = 0)]
-    pub risk_max_attempts_per_sec: u32,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "SECKILL_LOG", default_value = "info")]
     pub log: String,
 }
-
-/// A configuration error: one line for stderr.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
 
 /// The gateway's validated configuration.
 #[derive(Clone, Debug)]
@@ -129,22 +104,10 @@ impl GatewayConfig {
     }
 }
 
-/// Where the shared state lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Embedded,
-    Redis(String),
-    RedisCluster(Vec<String>),
-}
-
 impl Args {
     /// Embedded unless a Redis URL or cluster is given.
     pub fn mode(&self) -> Mode {
-        match (&self.redis_url, self.redis_cluster.is_empty()) {
-            (Some(url), _) => Mode::Redis(url.clone()),
-            (None, false) => Mode::RedisCluster(self.redis_cluster.clone()),
-            (None, true) => Mode::Embedded,
-        }
+        self.store.mode()
     }
 
     /// Validates the options into a gateway configuration.
@@ -159,6 +122,7 @@ impl Args {
         if self.max_connections == 0 || self.max_waiters == 0 {
             return err("--max-connections and --max-waiters must be at least 1".into());
         }
+        self.store.result_retention()?;
         if self.header_read_timeout_ms == 0 {
             return err("--header-read-timeout-ms must be at least 1".into());
         }
@@ -196,26 +160,7 @@ impl Args {
 
     /// The configuration of the embedded seckill service.
     pub fn service_config(&self) -> Result<ServiceConfig, ConfigError> {
-        if self.workers == 0 || self.workers > 1024 {
-            return Err(ConfigError("--workers must be 1..=1024".into()));
-        }
-        if self.batch_size == 0 || self.batch_size > 10_000 {
-            return Err(ConfigError("--batch-size must be 1..=10000".into()));
-        }
-        Ok(ServiceConfig {
-            workers: self.workers,
-            batch_size: self.batch_size,
-            risk: RiskConfig {
-                blacklist: self
-                    .blacklist
-                    .iter()
-                    .map(|u| u.trim().to_string())
-                    .filter(|u| !u.is_empty())
-                    .collect::<HashSet<_>>(),
-                max_attempts_per_user_per_sec: self.risk_max_attempts_per_sec,
-            },
-            ..ServiceConfig::default()
-        })
+        self.service.service_config()
     }
 }
 

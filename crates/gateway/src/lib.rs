@@ -60,6 +60,15 @@ impl Backend {
             buckets: Arc::new(MemoryBuckets),
         }
     }
+
+    /// The shared stores of the distributed mode, on Redis or Redis Cluster.
+    pub fn redis(store: &redis_store::RedisStore) -> Self {
+        Backend {
+            inventory: Arc::new(store.inventory()),
+            queue: Arc::new(store.queue()),
+            buckets: Arc::new(store.buckets()),
+        }
+    }
 }
 
 /// The three listeners of a gateway, bound by the caller (tests bind port 0).
@@ -105,10 +114,13 @@ impl Gateway {
     /// Loads the catalog from the inventory and creates the demo sale if
     /// configured (a demo sale that exists already is left as it is).
     pub async fn new(config: GatewayConfig, backend: Backend) -> Result<Self, InventoryError> {
+        // The metrics first: they install the recorder the waiter table's
+        // gauge registers with.
+        let metrics = GatewayMetrics::new();
         let shared = Arc::new(Shared {
             waiters: Waiters::new(config.max_waiters),
             limiter: EdgeLimiter::new(config.user_rate_per_sec, config.user_burst),
-            metrics: GatewayMetrics::new(),
+            metrics,
             catalog: Catalog::default(),
             draining: AtomicBool::new(false),
             config,
@@ -294,6 +306,20 @@ async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
         shared.limiter.sweep();
     }
+}
+
+/// The distributed mode: this gateway on the shared stores in Redis, until
+/// `shutdown` fires and it drained; the seckill services run as processes
+/// of their own and call back over gRPC.
+pub async fn run_distributed(
+    listeners: Listeners,
+    config: GatewayConfig,
+    store: &redis_store::RedisStore,
+    shutdown: CancellationToken,
+) -> Result<(), InventoryError> {
+    let gateway = Gateway::new(config, Backend::redis(store)).await?;
+    gateway.serve(listeners, shutdown).await;
+    Ok(())
 }
 
 /// Options of the embedded mode that tests and drills change.

@@ -1,12 +1,15 @@
 //! `gateway`: parses the options, sets up logging, binds the listeners and
-//! runs the gateway until SIGINT or SIGTERM, then drains.
+//! runs the gateway until SIGINT or SIGTERM, then drains. Without Redis
+//! options it runs the whole sale in this process (embedded mode); with
+//! `--redis-url` or `--redis-cluster` it is one of many gateways sharing
+//! the sale through Redis, and seckill services run as their own processes.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use gateway::config::{Args, Mode, EXIT_CONFIG};
-use gateway::{run_embedded, EmbeddedOptions, Listeners};
+use gateway::{run_distributed, run_embedded, EmbeddedOptions, Listeners};
+use seckill_service::cli::{init_logging, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -21,36 +24,49 @@ fn main() -> ExitCode {
     };
     let (config, service) = match (args.gateway_config(), args.service_config()) {
         (Ok(c), Ok(s)) => (c, s),
-        (Err(e), _) | (_, Err(e)) => return config_error(&e.to_string()),
+        (Err(e), _) | (_, Err(e)) => return config_error(&e.0),
     };
-    if args.mode() != Mode::Embedded {
-        return config_error(
-            "distributed mode (--redis-url / --redis-cluster) is not available in this build",
-        );
+    if let Err(e) = init_logging(&args.log) {
+        return config_error(&e.0);
     }
-    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
-        Ok(f) => f,
-        Err(e) => return config_error(&format!("--log: {e}")),
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("the Tokio runtime starts");
     runtime.block_on(async move {
+        // Before any metric handle is resolved, here or in the store.
+        let _ = seckill_service::metrics::recorder();
         let listeners =
             match Listeners::bind(args.listen, args.admin_listen, args.grpc_listen).await {
                 Ok(l) => l,
                 Err(e) => return config_error(&format!("cannot bind the listeners: {e}")),
             };
-        println!("seckill gateway (embedded mode)");
+        let store = match args.store.connect().await {
+            None => None,
+            Some(Ok(store)) => Some(store),
+            Some(Err(e)) => {
+                eprintln!("gateway: cannot connect to Redis: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match args.mode() {
+            Mode::Embedded => println!("seckill gateway (embedded mode)"),
+            Mode::Redis(url) => println!("seckill gateway (distributed mode, Redis {url})"),
+            Mode::RedisCluster(seeds) => println!(
+                "seckill gateway (distributed mode, Redis Cluster {})",
+                seeds.join(",")
+            ),
+        }
         println!("  public API  http://{}", args.listen);
         println!(
             "  admin API   http://{}  (/metrics, /healthz, /readyz)",
             args.admin_listen
         );
-        println!("  gRPC        {}", args.grpc_listen);
+        println!(
+            "  gRPC        {} (advertised as {})",
+            args.grpc_listen, config.advertise_grpc
+        );
         if args.admin_token.is_none() {
             println!("  admin token {}", config.admin_token);
         }
@@ -58,18 +74,32 @@ fn main() -> ExitCode {
             println!("  demo sale   {} (stock {})", sale.sale_id, sale.stock);
         }
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal(shutdown.clone()));
-        let retention = Duration::from_millis(args.result_retention_ms);
-        match run_embedded(
-            listeners,
-            config,
-            service,
-            EmbeddedOptions::default(),
-            retention,
-            shutdown,
-        )
-        .await
-        {
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown_signal().await;
+                shutdown.cancel();
+            }
+        });
+        let result = match &store {
+            Some(store) => run_distributed(listeners, config, store, shutdown).await,
+            None => {
+                let retention = args
+                    .store
+                    .result_retention()
+                    .expect("validated with the configuration");
+                run_embedded(
+                    listeners,
+                    config,
+                    service,
+                    EmbeddedOptions::default(),
+                    retention,
+                    shutdown,
+                )
+                .await
+            }
+        };
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gateway: {e}");
@@ -82,17 +112,5 @@ fn main() -> ExitCode {
 fn config_error(message: &str) -> ExitCode {
     let message = message.strip_prefix("error: ").unwrap_or(message);
     eprintln!("gateway: {message}");
-    ExitCode::from(EXIT_CONFIG as u8)
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
-    shutdown.cancel();
+    ExitCode::from(EXIT_CONFIG)
 }

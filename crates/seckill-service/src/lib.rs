@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod callback;
+pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod risk;

@@ -108,6 +108,8 @@ pub struct ServiceMetrics {
 
 impl ServiceMetrics {
     pub fn new() -> Self {
+        // The recorder must exist before handles are resolved.
+        let _ = recorder();
         let processed =
             |r: &'static str| metrics::counter!("seckill_service_processed_total", "result" => r);
         ServiceMetrics {

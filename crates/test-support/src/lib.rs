@@ -1,5 +1,6 @@
 //! Private `redis-server` processes for tests: a single server or a
-//! three-master cluster, on free loopback ports, in temporary directories.
+//! three-master cluster, on free loopback ports, in temporary directories;
+//! and the project's own binaries as child processes ([`process`]).
 //!
 //! Every process is a child of the test process and is killed by its
 //! handle's `Drop` (also while a failing test unwinds), and its directory is
@@ -8,6 +9,8 @@
 //! blocking socket.
 
 #![forbid(unsafe_code)]
+
+pub mod process;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -328,7 +331,7 @@ fn read_reply(r: &mut impl BufRead) -> Result<Reply, String> {
 }
 
 /// A port nobody listens on right now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -336,7 +339,7 @@ fn free_port() -> u16 {
 }
 
 /// A new empty directory under the system's temporary directory.
-fn temp_dir() -> PathBuf {
+pub(crate) fn temp_dir() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
