@@ -464,3 +464,62 @@ async fn a_redis_cluster_sells_exactly_the_stock() {
         500.0
     );
 }
+
+#[test]
+fn the_load_harness_audits_a_distributed_sale_in_redis() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "20000"]);
+    let _svc = Svc::start("service", &store, &[]);
+    let args: Vec<String> = [
+        "run",
+        "--target",
+        &format!("http://{}", gw.public),
+        "--admin-url",
+        &format!("http://{}", gw.admin),
+        "--admin-token",
+        procs::TOKEN,
+        "--sale",
+        "audited",
+        "--create-sale",
+        "300",
+        "--token-rate",
+        "5000",
+        "--token-capacity",
+        "2000",
+        "--profile",
+        "at-once:3000/1s",
+        "--double-click",
+        "0.05",
+        "--connections",
+        "128",
+        "--timeout-ms",
+        "30000",
+        "--allow-invalid",
+        "--redis-url",
+        &redis.url(),
+        "--assert",
+        "oversell==0",
+        "--assert",
+        "missing==0",
+        "--assert",
+        "orders==300",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut lt = test_support::process::Process::spawn(
+        "loadtest",
+        &test_support::process::binary("loadtest"),
+        &args,
+        &[],
+    );
+    let status = lt.wait_exit(Duration::from_secs(90));
+    let out = lt.log();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{out}");
+    assert!(
+        out.contains("redis: order stream 300, hash stock 300 sold 300"),
+        "{out}"
+    );
+    assert_eq!(gw.sold("audited"), (300, 0));
+}

@@ -61,8 +61,6 @@ pub struct Audit {
 pub struct RedisAudit {
     /// Entries of the order stream (`XLEN`).
     pub orders_stream_len: Option<u64>,
-    /// The stock counter (units left).
-    pub stock_key: Option<i64>,
     /// `stock` and `sold` of the sale hash.
     pub hash_stock: Option<u64>,
     pub hash_sold: Option<u64>,
@@ -208,9 +206,8 @@ impl Audit {
             let o = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
             let _ = writeln!(
                 s,
-                "  redis: order stream {}, stock key {}, hash stock {} sold {}{}",
+                "  redis: order stream {}, hash stock {} sold {}{}",
                 o(r.orders_stream_len),
-                r.stock_key.map_or("-".into(), |v| v.to_string()),
                 o(r.hash_stock),
                 o(r.hash_sold),
                 r.error
@@ -255,13 +252,6 @@ fn redis_checks(r: &RedisAudit, stock: u64, sold: u64) -> Vec<Check> {
             "redis: order stream within the stock",
             n <= stock,
             format!("{n} order events, stock {stock}"),
-        ));
-    }
-    if let Some(left) = r.stock_key {
-        checks.push(check(
-            "redis: stock key not negative",
-            left >= 0,
-            format!("stock key {left}"),
         ));
     }
     if let (Some(hs), Some(hsold)) = (r.hash_stock, r.hash_sold) {
@@ -387,13 +377,12 @@ mod tests {
         let mut i = input(&b, &a, &o);
         i.redis = Some(RedisAudit {
             orders_stream_len: Some(3),
-            stock_key: Some(-1),
             hash_stock: Some(2),
-            hash_sold: Some(2),
+            hash_sold: Some(3),
             error: None,
         });
         let audit = Audit::compute(i);
         let failed: Vec<_> = audit.checks.iter().filter(|c| !c.passed).collect();
-        assert_eq!(failed.len(), 2, "{}", audit.summary());
+        assert_eq!(failed.len(), 3, "{}", audit.summary());
     }
 }
