@@ -285,7 +285,13 @@ async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => sync_all(&shared).await,
+            _ = tick.tick() => {
+                // Sweeping the edge limiter walks every recent user: off the
+                // runtime's threads, so no connection waits behind it.
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || s.limiter.sweep()).await;
+                sync_all(&shared).await
+            }
             ev = events.recv() => match ev {
                 Ok(SaleEvent::SoldOut(id)) => {
                     if let Some(e) = shared.catalog.get(&id) {
@@ -304,7 +310,6 @@ async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
         if let Err(e) = result {
             tracing::debug!(error = %e, "catalog sync failed; retrying");
         }
-        shared.limiter.sweep();
     }
 }
 
