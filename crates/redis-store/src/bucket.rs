@@ -89,6 +89,10 @@ struct Lease {
     tokens: u64,
     expires: Instant,
     batch: u32,
+    /// The list was found empty: refuse locally until then instead of
+    /// asking Redis again, so a spike on an empty bucket costs one `LPOP`
+    /// per generator tick, not one per buyer.
+    empty_until: Instant,
 }
 
 struct Metrics {
@@ -121,6 +125,7 @@ impl RedisBucket {
                 tokens: 0,
                 expires: Instant::now(),
                 batch: FIRST_BATCH,
+                empty_until: Instant::now(),
             }),
             refill: tokio::sync::Mutex::new(()),
             seen: AtomicU64::new(0),
@@ -182,6 +187,11 @@ impl Inner {
         false
     }
 
+    /// Whether the list was found empty less than a generator tick ago.
+    fn known_empty(&self) -> bool {
+        Instant::now() < self.lease.lock().unwrap().empty_until
+    }
+
     /// The size of the next batch, adapted to how the last lease went.
     fn next_batch(&self) -> u32 {
         let mut lease = self.lease.lock().unwrap();
@@ -211,6 +221,9 @@ impl Inner {
         self.seen.store(len, Ordering::Relaxed);
         let got = popped.map_or(0, |v| v.len() as u64);
         if got == 0 {
+            // Nothing comes before the generator's next tick.
+            self.lease.lock().unwrap().empty_until =
+                Instant::now() + self.shared.config.generator_tick;
             return Ok(false);
         }
         let mut lease = self.lease.lock().unwrap();
@@ -285,10 +298,17 @@ impl TokenBucket for RedisBucket {
         if self.inner.take_local() {
             return Ok(true);
         }
+        if self.inner.known_empty() {
+            return Ok(false);
+        }
         let _flight = self.inner.refill.lock().await;
-        // The refill another caller just made may have left tokens.
+        // The refill another caller just made may have left tokens, or
+        // found none.
         if self.inner.take_local() {
             return Ok(true);
+        }
+        if self.inner.known_empty() {
+            return Ok(false);
         }
         self.inner.refill().await
     }

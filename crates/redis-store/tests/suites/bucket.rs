@@ -80,6 +80,24 @@ async fn empty_bucket_refuses_at_once(env: Env) {
     let started = Instant::now();
     assert!(!b.try_take().await.unwrap());
     assert!(started.elapsed() < Duration::from_millis(500));
+    if !env.is_redis() {
+        return;
+    }
+    // A crowd on an empty bucket is refused locally: one look at Redis per
+    // generator tick, not one per buyer.
+    let conn = env.store().conn();
+    let before = conn.round_trips();
+    let crowd: Vec<_> = (0..1000)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { b.try_take().await.unwrap() })
+        })
+        .collect();
+    for c in crowd {
+        assert!(!c.await.unwrap());
+    }
+    let trips = conn.round_trips() - before;
+    assert!(trips < 100, "{trips} round trips for 1000 refusals");
 }
 
 async fn one_generator_and_failover(env: Env) {
