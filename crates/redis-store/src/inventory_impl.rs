@@ -115,15 +115,6 @@ impl RedisInventory {
         self.shared.config.retention.as_millis() as u64
     }
 
-    async fn publish(&self, message: String) {
-        let mut conn = self.conn();
-        let sent: Result<i64, _> = conn.publish(keys::events(self.ns()), message).await;
-        if let Err(e) = sent {
-            // Gateways resynchronise periodically; a lost event only delays.
-            tracing::warn!(error = %e, "cannot publish a catalog event");
-        }
-    }
-
     /// Decides one sale's part of a batch in one script.
     async fn purchase_sale(&self, batch: &[&Purchase]) -> Result<Vec<Decision>, InventoryError> {
         let sale = &batch[0].sale_id;
@@ -205,7 +196,7 @@ impl Inventory for RedisInventory {
             .sadd(keys::sales(self.ns()), &id)
             .await
             .map_err(unavailable)?;
-        self.publish(format!("changed:{id}")).await;
+        self.shared.publish(format!("changed:{id}")).await;
         Ok(put)
     }
 
@@ -225,7 +216,7 @@ impl Inventory for RedisInventory {
             .map_err(unavailable)?;
         let removed = listed > 0 || existed > 0;
         if removed {
-            self.publish(format!("removed:{sale_id}")).await;
+            self.shared.publish(format!("removed:{sale_id}")).await;
         }
         Ok(removed)
     }

@@ -63,6 +63,9 @@ pub struct StoreConfig {
     pub reclaim_every: Duration,
     /// Longest pause between two reads of idle queues.
     pub max_poll_interval: Duration,
+    /// How often a consumer re-reads the set of open queues. A queue opened
+    /// in between is announced by a catalog event and read at once.
+    pub queue_refresh_every: Duration,
     /// Expiry of the generator lease; a dead generator is replaced after it.
     pub generator_lease: Duration,
     /// How often the lease holder adds tokens.
@@ -84,6 +87,7 @@ impl Default for StoreConfig {
             reclaim_idle: Duration::from_secs(5),
             reclaim_every: Duration::from_secs(1),
             max_poll_interval: Duration::from_millis(10),
+            queue_refresh_every: Duration::from_secs(1),
             generator_lease: Duration::from_secs(3),
             generator_tick: Duration::from_millis(10),
             token_lease: Duration::from_millis(150),
@@ -106,6 +110,21 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<SaleEvent>,
     /// Ends the subscription task with the store.
     _subscriber: events::Subscriber,
+}
+
+impl Shared {
+    /// Publishes a catalog event (`changed:ID`, `removed:ID`, `sold_out:ID`)
+    /// to every process. Best effort: gateways and consumers also re-read
+    /// the catalog periodically, so a lost event only delays.
+    pub(crate) async fn publish(&self, message: String) {
+        let mut conn = self.conn.clone();
+        let sent: Result<i64, _> =
+            redis::AsyncCommands::publish(&mut conn, keys::events(&self.config.namespace), message)
+                .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot publish a catalog event");
+        }
+    }
 }
 
 impl RedisStore {

@@ -24,8 +24,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use inventory::SaleEvent;
 use queue::{Delivery, QueueError, RequestQueue, Ticket, MAX_WAIT};
 use redis::{AsyncCommands, RedisError, Script};
+use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::time::Instant;
 
 use crate::{describe, keys, Conn, Shared};
@@ -43,8 +45,6 @@ static CLOSE: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'open', 0) end return 0")
 });
 
-/// How often a consumer re-reads the set of open queues.
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Dead letters kept per sale (approximately), for inspection.
 const MAX_DEAD_LETTERS: u32 = 100_000;
 
@@ -57,10 +57,12 @@ pub struct RedisQueue {
     cursor: AtomicUsize,
 }
 
-#[derive(Default)]
 struct State {
     sales: Arc<Vec<String>>,
     refreshed: Option<Instant>,
+    /// Catalog events: a new queue is announced with `changed:ID`, so an
+    /// idle consumer reads it at once instead of at the next refresh.
+    events: broadcast::Receiver<SaleEvent>,
     reclaimed: Option<Instant>,
     metrics: HashMap<String, SaleMetrics>,
 }
@@ -82,9 +84,15 @@ fn is_nogroup(e: &RedisError) -> bool {
 impl RedisQueue {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         RedisQueue {
-            shared,
+            shared: shared.clone(),
             consumer: format!("c-{}-{}", std::process::id(), inventory::unique_id()),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                sales: Arc::default(),
+                refreshed: None,
+                events: shared.events.subscribe(),
+                reclaimed: None,
+                metrics: HashMap::new(),
+            }),
             cursor: AtomicUsize::new(0),
         }
     }
@@ -114,13 +122,21 @@ impl RedisQueue {
     }
 
     /// The sales to read, re-read from Redis at most once per
-    /// [`REFRESH_EVERY`] (or when `force`).
+    /// [`StoreConfig::queue_refresh_every`](crate::StoreConfig), at once after a
+    /// catalog event (or when `force`).
     async fn sales(&self, force: bool) -> Result<Arc<Vec<String>>, QueueError> {
         {
-            let state = self.state.lock().unwrap();
-            let fresh = state
+            let mut state = self.state.lock().unwrap();
+            let mut fresh = state
                 .refreshed
-                .is_some_and(|at| at.elapsed() < REFRESH_EVERY);
+                .is_some_and(|at| at.elapsed() < self.shared.config.queue_refresh_every);
+            loop {
+                match state.events.try_recv() {
+                    Ok(SaleEvent::Changed(_)) | Err(TryRecvError::Lagged(_)) => fresh = false,
+                    Ok(_) => {}
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
             if fresh && !force {
                 return Ok(state.sales.clone());
             }
@@ -343,11 +359,16 @@ impl RequestQueue for RedisQueue {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let _: i64 = self
+        let added: i64 = self
             .conn()
             .sadd(keys::queues(&self.shared.config.namespace), sale_id)
             .await
             .map_err(unavailable)?;
+        if added == 1 {
+            // Consumers elsewhere learn of the queue now, not at their next
+            // refresh: the first buyers of a new sale do not wait for it.
+            self.shared.publish(format!("changed:{sale_id}")).await;
+        }
         let mut state = self.state.lock().unwrap();
         if !state.sales.iter().any(|s| s == sale_id) {
             let mut sales = (*state.sales).clone();

@@ -86,11 +86,19 @@ impl Env {
 
     /// Another connection to the same Redis (another "process").
     pub async fn second_store(&self) -> RedisStore {
-        match (&self.server, &self.cluster) {
-            (Some(s), _) => connect(&[s.url()], false, &self.namespace).await,
-            (_, Some(c)) => connect(&c.urls(), true, &self.namespace).await,
+        self.second_store_with(test_config(&self.namespace)).await
+    }
+
+    /// Another connection to the same Redis, with its own configuration.
+    pub async fn second_store_with(&self, config: StoreConfig) -> RedisStore {
+        let (urls, cluster) = match (&self.server, &self.cluster) {
+            (Some(s), _) => (vec![s.url()], false),
+            (_, Some(c)) => (c.urls(), true),
             _ => panic!("memory has no second store"),
-        }
+        };
+        RedisStore::connect_with(&urls, cluster, config)
+            .await
+            .expect("connect to redis")
     }
 
     pub fn store(&self) -> &RedisStore {

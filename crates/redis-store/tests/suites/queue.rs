@@ -8,7 +8,7 @@ use queue::{Delivery, QueueError, RequestQueue, Ticket};
 use redis::AsyncCommands;
 use redis_store::keys;
 
-use super::harness::{purchase, sale_id, Env};
+use super::harness::{purchase, sale_id, test_config, Env};
 
 crate::each_backend!(
     bounded_fifo_and_ack,
@@ -16,6 +16,7 @@ crate::each_backend!(
     empty_queue_waits_then_returns,
     reclaims_a_dead_consumers_entries,
     recovers_a_lost_group,
+    a_new_queue_is_read_at_once,
 );
 
 fn ticket(sale: &str, user: &str) -> Ticket {
@@ -196,4 +197,34 @@ async fn recovers_a_lost_group(env: Env) {
     assert_eq!(got[0].ticket.purchase.user_id, "after");
     q.ack(&got).await.unwrap();
     assert_eq!(q.depth(&sale).await.unwrap(), 0);
+}
+
+/// A consumer that listed the queues moments ago learns of a new one from
+/// the catalog event, not at its next periodic refresh (set to an hour
+/// here, so only the event can announce it).
+async fn a_new_queue_is_read_at_once(env: Env) {
+    if !env.is_redis() {
+        // The memory queue has no list of queues to refresh.
+        return;
+    }
+    let consumer = env
+        .second_store_with(redis_store::StoreConfig {
+            queue_refresh_every: Duration::from_secs(3600),
+            ..test_config(&env.namespace)
+        })
+        .await
+        .queue();
+    let idle = consumer
+        .next_batch(10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(idle.is_empty(), "{idle:?}");
+
+    let sale = sale_id("qn");
+    env.queue.open(&sale, 10).await.unwrap();
+    env.queue.enqueue(ticket(&sale, "first")).await.unwrap();
+    let got = take(&consumer, 1).await;
+    assert_eq!(got.len(), 1, "the new queue was not read");
+    assert_eq!(got[0].ticket.purchase.user_id, "first");
+    consumer.ack(&got).await.unwrap();
 }
