@@ -170,44 +170,29 @@ async fn admit_and_wait(
         idempotency_key,
         deadline_ms: deadline,
     };
-    let inventory = &shared.backend.inventory;
 
-    // A repeat of a known idempotency key gets the first request's result
-    // and costs no token; so keyed requests are admitted before the token.
-    let keyed = purchase.idempotency_key.is_some();
-    if keyed {
-        match inventory.admit(&purchase).await {
-            Ok(Admission::Admitted) => {}
-            Ok(Admission::Duplicate { request_id: first }) => {
-                return repeat_of(shared, &first).await;
-            }
-            Err(_) => return overloaded(request_id),
-        }
-    }
-
-    // 4. A token, or an immediate refusal.
+    // 4. A token, or an immediate refusal: nothing before it touches the
+    // store, so a crowd without tokens never reaches the backend.
     match sale.bucket.try_take().await {
         Ok(true) => {}
-        Ok(false) => {
-            withdraw(shared, &purchase, keyed).await;
-            return refuse(Status::RateLimited);
-        }
-        Err(_) => {
-            withdraw(shared, &purchase, keyed).await;
-            return overloaded(request_id);
-        }
+        Ok(false) => return refuse(Status::RateLimited),
+        Err(_) => return overloaded(request_id),
     }
-    if !keyed {
-        match inventory.admit(&purchase).await {
-            Ok(Admission::Admitted) => {}
-            // Unkeyed requests cannot collide; treat it as a store fault.
-            Ok(Admission::Duplicate { .. }) | Err(_) => return overloaded(request_id),
+    // Record the request and claim its idempotency key. A repeat of a key
+    // gets the first request's result (the token it took is spent: a repeat
+    // without one is refused like any other request, and retries).
+    match shared.backend.inventory.admit(&purchase).await {
+        Ok(Admission::Admitted) => {}
+        Ok(Admission::Duplicate { request_id: first }) if purchase.idempotency_key.is_some() => {
+            return repeat_of(shared, &first).await;
         }
+        // Unkeyed requests cannot collide; treat it as a store fault.
+        Ok(Admission::Duplicate { .. }) | Err(_) => return overloaded(request_id),
     }
 
     // 5. Park, then enqueue: a result can never arrive before its waiter.
     let Some(waiter) = shared.waiters.park(request_id) else {
-        withdraw(shared, &purchase, true).await;
+        withdraw(shared, &purchase).await;
         return overloaded(request_id);
     };
     let ticket = Ticket {
@@ -217,7 +202,7 @@ async fn admit_and_wait(
     };
     if let Err(e) = shared.backend.queue.enqueue(ticket.clone()).await {
         drop(waiter);
-        withdraw(shared, &ticket.purchase, true).await;
+        withdraw(shared, &ticket.purchase).await;
         return match e {
             QueueError::UnknownSale(_) => refuse(Status::NotFound),
             QueueError::Full(_) | QueueError::Unavailable(_) => overloaded(request_id),
@@ -257,13 +242,10 @@ async fn admit_and_wait(
     }
 }
 
-/// Undoes the admission of a request that will not be queued. Unkeyed
-/// requests admitted after the token (`admitted` false) have nothing to undo.
-async fn withdraw(shared: &Shared, purchase: &Purchase, admitted: bool) {
-    if admitted {
-        if let Err(e) = shared.backend.inventory.withdraw(purchase).await {
-            tracing::warn!(error = %e, "cannot withdraw an admission");
-        }
+/// Undoes the admission of a request that will not be queued.
+async fn withdraw(shared: &Shared, purchase: &Purchase) {
+    if let Err(e) = shared.backend.inventory.withdraw(purchase).await {
+        tracing::warn!(error = %e, "cannot withdraw an admission");
     }
 }
 

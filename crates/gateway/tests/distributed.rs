@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use procs::{cluster_args, redis_args, spike, Answer, Gw, Svc};
 use redis_store::keys;
 use serde_json::json;
-use test_support::process::wait_until;
+use test_support::process::{http, wait_until};
 use test_support::{Options, RedisCluster, RedisServer, Reply};
 
 fn int(r: Result<Reply, String>) -> i64 {
@@ -240,6 +240,57 @@ async fn a_killed_service_is_taken_over_without_oversell() {
     assert!(
         survivor.metric(r#"seckill_service_processed_total{result="success"}"#) > 0.0,
         "the survivor took over"
+    );
+}
+
+/// Calls of `command` Redis has run so far (those run by scripts included).
+fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let Ok(Reply::Bulk(Some(info))) = redis.command(&["INFO", "commandstats"]) else {
+        panic!("INFO commandstats")
+    };
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn keyed_buyers_without_a_token_never_reach_redis() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "300"]);
+    assert_eq!(gw.put_sale("dry", &sale_body(100, 1, 1)), 201);
+    wait_sale(&[&gw], "dry");
+
+    // Every buyer sends an Idempotency-Key; claiming one is a SET NX in
+    // Redis, so the SET count tells which requests reached the store.
+    let sets_before = calls(&redis, "set");
+    let mut statuses: HashMap<u16, u64> = HashMap::new();
+    for i in 0..200 {
+        let key = format!("key-{i}");
+        let (status, body) = http(
+            gw.public,
+            "POST",
+            "/api/v1/sales/dry/purchase",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", &key),
+            ],
+            &format!(r#"{{"user_id":"dry-{i}"}}"#),
+        )
+        .unwrap();
+        assert!(matches!(status, 429 | 504), "{status} {body}");
+        *statuses.entry(status).or_default() += 1;
+    }
+    let refused = statuses.get(&429).copied().unwrap_or(0);
+    let admitted = 200 - refused;
+    assert!(refused >= 190, "{statuses:?}");
+    let sets = calls(&redis, "set") - sets_before;
+    // The admitted few claimed their keys; a generator lease may be taken.
+    assert!(
+        sets <= admitted + 2,
+        "{sets} SETs for {admitted} admitted requests: refused buyers reached Redis"
     );
 }
 
