@@ -220,13 +220,16 @@ impl Inner {
             .map_err(|e| BucketError::Unavailable(describe(&e)))?;
         self.seen.store(len, Ordering::Relaxed);
         let got = popped.map_or(0, |v| v.len() as u64);
+        let mut lease = self.lease.lock().unwrap();
+        if len == 0 {
+            // This look emptied the list (or found it empty): nothing comes
+            // before the generator's next tick, so once the lease is spent
+            // the bucket refuses locally until then.
+            lease.empty_until = Instant::now() + self.shared.config.generator_tick;
+        }
         if got == 0 {
-            // Nothing comes before the generator's next tick.
-            self.lease.lock().unwrap().empty_until =
-                Instant::now() + self.shared.config.generator_tick;
             return Ok(false);
         }
-        let mut lease = self.lease.lock().unwrap();
         lease.tokens = got - 1;
         lease.expires = Instant::now() + self.shared.config.token_lease;
         self.metrics.taken.increment(1);
