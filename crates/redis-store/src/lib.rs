@@ -66,6 +66,9 @@ pub struct StoreConfig {
     /// How often a consumer re-reads the set of open queues. A queue opened
     /// in between is announced by a catalog event and read at once.
     pub queue_refresh_every: Duration,
+    /// How often a consumer reads a queue that has been empty for a second
+    /// (a quiet or sold-out sale); busy queues are read on every pass.
+    pub idle_queue_poll: Duration,
     /// Expiry of the generator lease; a dead generator is replaced after it.
     pub generator_lease: Duration,
     /// How often the lease holder adds tokens.
@@ -88,6 +91,7 @@ impl Default for StoreConfig {
             reclaim_every: Duration::from_secs(1),
             max_poll_interval: Duration::from_millis(10),
             queue_refresh_every: Duration::from_secs(1),
+            idle_queue_poll: Duration::from_millis(50),
             generator_lease: Duration::from_secs(3),
             generator_tick: Duration::from_millis(10),
             token_lease: Duration::from_millis(150),

@@ -7,8 +7,12 @@
 //!   every [`StoreConfig::reclaim_every`](crate::StoreConfig) first claims
 //!   entries idle longer than the reclaim time (`XAUTOCLAIM`, with their
 //!   delivery counts from `XPENDING`), so a dead consumer's entries are
-//!   delivered again. Idle queues are polled with a pause that grows to
-//!   [`StoreConfig::max_poll_interval`](crate::StoreConfig): a blocking read
+//!   delivered again. When nothing is there, the queues are polled again
+//!   after a pause that grows to
+//!   [`StoreConfig::max_poll_interval`](crate::StoreConfig); a queue empty
+//!   for a second (a quiet or sold-out sale) is read only every
+//!   [`StoreConfig::idle_queue_poll`](crate::StoreConfig), by one of the
+//!   handle's workers, until it has entries again. A blocking read
 //!   would hold the shared multiplexed connection, and in a cluster the
 //!   sales' streams live on different shards.
 //! * `ack` and `dead_letter` acknowledge and delete in one script per sale.
@@ -45,6 +49,9 @@ static CLOSE: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'open', 0) end return 0")
 });
 
+/// A queue found empty for this long is idle: read every
+/// [`StoreConfig::idle_queue_poll`](crate::StoreConfig) instead of on every pass.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Dead letters kept per sale (approximately), for inspection.
 const MAX_DEAD_LETTERS: u32 = 100_000;
 
@@ -65,6 +72,15 @@ struct State {
     events: broadcast::Receiver<SaleEvent>,
     reclaimed: Option<Instant>,
     metrics: HashMap<String, SaleMetrics>,
+    /// When each queue last had entries, and when it is read next: a sold
+    /// out or quiet sale costs a read per idle interval, not one per pass
+    /// of every worker.
+    activity: HashMap<String, Activity>,
+}
+
+struct Activity {
+    worked: Instant,
+    next_read: Instant,
 }
 
 #[derive(Clone)]
@@ -92,8 +108,38 @@ impl RedisQueue {
                 events: shared.events.subscribe(),
                 reclaimed: None,
                 metrics: HashMap::new(),
+                activity: HashMap::new(),
             }),
             cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether `sale_id`'s queue is due for a read.
+    fn due(&self, sale_id: &str, now: Instant) -> bool {
+        let state = self.state.lock().unwrap();
+        state
+            .activity
+            .get(sale_id)
+            .is_none_or(|a| now >= a.next_read)
+    }
+
+    /// Records what a read of `sale_id` found.
+    fn note_read(&self, sale_id: &str, found: bool) {
+        let now = Instant::now();
+        let idle_poll = self.shared.config.idle_queue_poll;
+        let mut state = self.state.lock().unwrap();
+        let a = state
+            .activity
+            .entry(sale_id.to_string())
+            .or_insert(Activity {
+                worked: now,
+                next_read: now,
+            });
+        if found {
+            a.worked = now;
+            a.next_read = now;
+        } else if now.duration_since(a.worked) >= IDLE_AFTER {
+            a.next_read = now + idle_poll;
         }
     }
 
@@ -132,7 +178,12 @@ impl RedisQueue {
                 .is_some_and(|at| at.elapsed() < self.shared.config.queue_refresh_every);
             loop {
                 match state.events.try_recv() {
-                    Ok(SaleEvent::Changed(_)) | Err(TryRecvError::Lagged(_)) => fresh = false,
+                    Ok(SaleEvent::Changed(id)) => {
+                        // A new or changed sale is read at once, idle or not.
+                        state.activity.remove(&id);
+                        fresh = false;
+                    }
+                    Err(TryRecvError::Lagged(_)) => fresh = false,
                     Ok(_) => {}
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 }
@@ -428,9 +479,15 @@ impl RequestQueue for RedisQueue {
         loop {
             let n = sales.len();
             let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
             for i in 0..n {
-                self.read(&sales[(start + i) % n], max - out.len(), &mut out)
-                    .await?;
+                let sale = &sales[(start + i) % n];
+                if !self.due(sale, now) {
+                    continue;
+                }
+                let before = out.len();
+                self.read(sale, max - out.len(), &mut out).await?;
+                self.note_read(sale, out.len() > before);
                 if out.len() >= max {
                     break;
                 }

@@ -17,6 +17,7 @@ crate::each_backend!(
     reclaims_a_dead_consumers_entries,
     recovers_a_lost_group,
     a_new_queue_is_read_at_once,
+    idle_queues_are_read_sparingly,
 );
 
 fn ticket(sale: &str, user: &str) -> Ticket {
@@ -227,4 +228,57 @@ async fn a_new_queue_is_read_at_once(env: Env) {
     assert_eq!(got.len(), 1, "the new queue was not read");
     assert_eq!(got[0].ticket.purchase.user_id, "first");
     consumer.ack(&got).await.unwrap();
+}
+
+/// Quiet queues cost a read per idle interval, not one per pass of every
+/// worker; an entry in one of them is still delivered.
+async fn idle_queues_are_read_sparingly(env: Env) {
+    if !env.is_redis() {
+        return;
+    }
+    let store = env.second_store().await;
+    let q = std::sync::Arc::new(store.queue());
+    let sales: Vec<String> = (0..5).map(|i| sale_id(&format!("qi{i}"))).collect();
+    for sale in &sales {
+        q.open(sale, 10).await.unwrap();
+    }
+    // Four workers polling for 1.5 s: the queues become idle.
+    let poll = |q: std::sync::Arc<redis_store::RedisQueue>, d: Duration| async move {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            assert!(q
+                .next_batch(10, Duration::from_millis(100))
+                .await
+                .unwrap()
+                .is_empty());
+        }
+    };
+    let workers = |d: Duration| {
+        let q = q.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                set.spawn(poll(q.clone(), d));
+            }
+            while set.join_next().await.is_some() {}
+        }
+    };
+    workers(Duration::from_millis(1500)).await;
+    let conn = store.conn();
+    let before = conn.round_trips();
+    workers(Duration::from_secs(1)).await;
+    let reads = conn.round_trips() - before;
+    // Every 50 ms for each of 5 queues is 100 a second, with the reclaim
+    // passes (every 100 ms here) and the queue list besides: about 300.
+    // Four workers reading 5 queues on every pass (10 ms at most) make
+    // about 2,000.
+    assert!(
+        reads < 800,
+        "{reads} round trips in a second for 5 idle queues"
+    );
+
+    q.enqueue(ticket(&sales[3], "late")).await.unwrap();
+    let got = take(&*q, 1).await;
+    assert_eq!(got.len(), 1, "an entry in an idle queue was not delivered");
+    q.ack(&got).await.unwrap();
 }
