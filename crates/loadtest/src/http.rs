@@ -16,6 +16,14 @@ use serde::Deserialize;
 /// The client every request of a run goes through.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// How long an idle connection stays in the pool: shorter than the
+/// servers' keep-alive timeouts (the gateway closes a connection that sends
+/// no request for its header read timeout, 5 s by default), so a request is
+/// never written to a connection the server is closing at that moment,
+/// which would show as an answer missing although the server did nothing
+/// wrong.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A client keeping up to `connections` idle connections to the target.
 pub fn client(connections: usize) -> HttpClient {
     let mut connector = HttpConnector::new();
@@ -23,7 +31,7 @@ pub fn client(connections: usize) -> HttpClient {
     connector.set_connect_timeout(Some(Duration::from_secs(10)));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(connections)
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .build(connector)
 }
 

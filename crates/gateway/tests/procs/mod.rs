@@ -190,6 +190,8 @@ pub async fn spike(buyers: Vec<(SocketAddr, String)>, sale: &str, in_flight: usi
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(in_flight)
+        // Below the gateway's 5 s idle close, so no request races it.
+        .pool_idle_timeout(Duration::from_secs(2))
         .build(connector);
     let gate = Arc::new(Semaphore::new(in_flight));
     let mut tasks = Vec::with_capacity(buyers.len());
@@ -203,16 +205,22 @@ pub async fn spike(buyers: Vec<(SocketAddr, String)>, sale: &str, in_flight: usi
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(format!(r#"{{"user_id":"{user}"}}"#))))
                 .unwrap();
+            // Status 0 carries the client's error as its body, for the
+            // failure message.
             let answer = tokio::time::timeout(Duration::from_secs(60), async {
-                let resp = client.request(req).await.ok()?;
+                let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
                 let status = resp.status().as_u16();
-                let body = resp.into_body().collect().await.ok()?.to_bytes();
-                Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("body: {e:?}"))?
+                    .to_bytes();
+                Ok::<_, String>((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
             })
             .await
-            .ok()
-            .flatten();
-            let (status, body) = answer.unwrap_or((0, Value::Null));
+            .unwrap_or_else(|_| Err("no answer within 60 s".into()));
+            let (status, body) = answer.unwrap_or_else(|e| (0, Value::String(e)));
             Answer { user, status, body }
         }));
     }

@@ -81,6 +81,8 @@ impl TestGateway {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1024)
+            // Below the gateway's 5 s idle close, so no request races it.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build(connector);
         let gw = TestGateway {
             public,
