@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What a finished command left.
@@ -39,7 +38,7 @@ pub fn run_with_input(
     input: Option<&str>,
     timeout: Duration,
 ) -> Output {
-    let dir = scratch_dir();
+    let dir = test_support::temp_dir();
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
     let stdin = match input {
@@ -103,22 +102,6 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-/// A new empty folder under the system's temporary folder.
-pub fn scratch_dir() -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "deploy-check-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create a temporary folder");
-    dir
 }
 
 #[cfg(test)]

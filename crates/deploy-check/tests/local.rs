@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use deploy_check::command::{promtool, run, scratch_dir, which, Output};
+use deploy_check::command::{promtool, run, which, Output};
 use deploy_check::{deploy, read};
 use test_support::free_port;
 use test_support::process::{binary, http, wait_until};
@@ -61,7 +61,7 @@ impl Topology {
             distinct.insert(free_port());
         }
         Topology {
-            dir: scratch_dir().join("run"),
+            dir: test_support::temp_dir().join("run"),
             ports: PORTS.iter().copied().zip(distinct).collect(),
             pids: BTreeMap::new(),
         }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use deploy_check::command::{promtool, run, scratch_dir};
+use deploy_check::command::{promtool, run};
 use deploy_check::yaml::{self, items, text};
 use deploy_check::{deploy, read};
 
@@ -63,7 +63,7 @@ fn kubernetes_configuration_is_valid() {
         out.describe()
     );
     eprintln!("this promtool has no Kubernetes discovery: checking kubernetes.yml with static targets instead");
-    let scratch = scratch_dir();
+    let scratch = test_support::temp_dir();
     let config = read(dir.join("kubernetes.yml"))
         .replace("kubernetes_sd_configs:", "static_configs:")
         .replace("- role: pod", "- targets: []");

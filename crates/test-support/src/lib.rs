@@ -338,15 +338,16 @@ pub fn free_port() -> u16 {
         .expect("bind a probe socket on 127.0.0.1")
 }
 
-/// A new empty directory under the system's temporary directory.
-pub(crate) fn temp_dir() -> PathBuf {
+/// A new empty directory under the system's temporary directory, unique to
+/// this process and call.
+pub fn temp_dir() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let dir = std::env::temp_dir().join(format!(
-        "seckill-redis-{}-{}-{nanos}",
+        "seckill-test-{}-{}-{nanos}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
