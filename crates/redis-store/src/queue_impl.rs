@@ -207,6 +207,7 @@ impl RedisQueue {
         }
         let kept = Arc::new(kept);
         let mut state = self.state.lock().unwrap();
+        state.activity.retain(|sale, _| kept.contains(sale));
         state.sales = kept.clone();
         state.refreshed = Some(Instant::now());
         Ok(kept)
