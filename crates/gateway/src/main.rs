@@ -6,21 +6,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use gateway::config::{Args, Mode, EXIT_CONFIG};
+use gateway::config::{Args, Mode};
 use gateway::{run_distributed, run_embedded, EmbeddedOptions, Listeners};
-use seckill_service::cli::{init_logging, shutdown_signal};
+use seckill_service::cli::{self, init_logging, parse_args, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match parse_args("gateway") {
         Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            // --help, --version
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => return config_error(e.to_string().lines().next().unwrap_or("bad options")),
+        Err(status) => return status,
     };
     let (config, service) = match (args.gateway_config(), args.service_config()) {
         (Ok(c), Ok(s)) => (c, s),
@@ -110,7 +104,5 @@ fn main() -> ExitCode {
 }
 
 fn config_error(message: &str) -> ExitCode {
-    let message = message.strip_prefix("error: ").unwrap_or(message);
-    eprintln!("gateway: {message}");
-    ExitCode::from(EXIT_CONFIG)
+    cli::config_error("gateway", message)
 }

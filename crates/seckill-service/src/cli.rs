@@ -3,6 +3,7 @@
 //! workers run. Each option is a flag and an environment variable.
 
 use std::collections::HashSet;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use redis_store::{RedisStore, StoreConfig, StoreError};
@@ -134,6 +135,30 @@ impl ServiceArgs {
             ..ServiceConfig::default()
         })
     }
+}
+
+/// Parses a binary's options. `--help` and `--version` print and end with
+/// status 0; a bad option is one line on stderr and status 64.
+pub fn parse_args<T: clap::Parser>(program: &str) -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        if e.use_stderr() {
+            config_error(
+                program,
+                e.to_string().lines().next().unwrap_or("bad options"),
+            )
+        } else {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Reports a configuration error as `program: message` on stderr and
+/// returns the status for it ([`EXIT_CONFIG`]).
+pub fn config_error(program: &str, message: &str) -> ExitCode {
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    eprintln!("{program}: {message}");
+    ExitCode::from(EXIT_CONFIG)
 }
 
 /// Sets up logging with a tracing `EnvFilter` expression.

@@ -14,7 +14,7 @@ use hyper::{Method, StatusCode};
 use inventory::Inventory;
 use queue::RequestQueue;
 use seckill_service::cli::{
-    init_logging, shutdown_signal, ConfigError, Mode, ServiceArgs, StoreArgs, EXIT_CONFIG,
+    self, init_logging, parse_args, shutdown_signal, ConfigError, Mode, ServiceArgs, StoreArgs,
 };
 use seckill_service::http::{
     healthz, json, metrics_response, readyz, serve, HttpResponse, ServerLimits,
@@ -51,14 +51,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match parse_args("seckill-service") {
         Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            // --help, --version
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => return config_error(e.to_string().lines().next().unwrap_or("bad options")),
+        Err(status) => return status,
     };
     let config = match check(&args) {
         Ok(c) => c,
@@ -195,7 +190,5 @@ async fn ready(inventory: &dyn Inventory, queue: &dyn RequestQueue) -> Result<()
 }
 
 fn config_error(message: &str) -> ExitCode {
-    let message = message.strip_prefix("error: ").unwrap_or(message);
-    eprintln!("seckill-service: {message}");
-    ExitCode::from(EXIT_CONFIG)
+    cli::config_error("seckill-service", message)
 }
