@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use support::{sample, Setup, TestGateway, TOKEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 
 fn status_of(v: &Value) -> &str {
     v["status"].as_str().unwrap_or("<none>")
@@ -367,25 +366,22 @@ async fn a_spike_of_20000_buyers_sells_exactly_the_stock() {
     let gw = Arc::new(TestGateway::start().await);
     gw.open_sale("spike", 500, 1).await;
 
-    let gate = Arc::new(Semaphore::new(1000));
-    let mut tasks = Vec::with_capacity(20_000);
-    for i in 0..20_000 {
-        let gw = gw.clone();
-        let gate = gate.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.unwrap();
+    let g = gw.clone();
+    let answers = test_support::crowd((0..20_000).collect(), 1000, move |i| {
+        let gw = g.clone();
+        async move {
             let (s, v) = gw.buy("spike", &format!("buyer-{i}")).await;
             (
                 s,
                 status_of(&v).to_string(),
                 v["order_id"].as_str().map(String::from),
             )
-        }));
-    }
+        }
+    })
+    .await;
     let mut by_status: HashMap<String, usize> = HashMap::new();
     let mut orders = HashSet::new();
-    for t in tasks {
-        let (s, status, order) = t.await.expect("every request answered");
+    for (s, status, order) in answers {
         match status.as_str() {
             "success" => {
                 assert_eq!(s, StatusCode::OK);

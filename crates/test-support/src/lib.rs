@@ -1,6 +1,7 @@
 //! Private `redis-server` processes for tests: a single server or a
 //! three-master cluster, on free loopback ports, in temporary directories;
-//! and the project's own binaries as child processes ([`process`]).
+//! the project's own binaries as child processes ([`process`]); and a crowd
+//! of concurrent clients ([`crowd()`]).
 //!
 //! Every process is a child of the test process and is killed by its
 //! handle's `Drop` (also while a failing test unwinds), and its directory is
@@ -10,7 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+mod crowd;
 pub mod process;
+
+pub use crowd::crowd;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,6 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use test_support::free_port;
 use test_support::process::{binary, http, sample, wait_until, Process};
-use tokio::sync::Semaphore;
 
 pub const TOKEN: &str = "test-admin-token";
 
@@ -193,12 +191,10 @@ pub async fn spike(buyers: Vec<(SocketAddr, String)>, sale: &str, in_flight: usi
         // Below the gateway's 5 s idle close, so no request races it.
         .pool_idle_timeout(Duration::from_secs(2))
         .build(connector);
-    let gate = Arc::new(Semaphore::new(in_flight));
-    let mut tasks = Vec::with_capacity(buyers.len());
-    for (target, user) in buyers {
-        let (client, gate, sale) = (client.clone(), gate.clone(), sale.to_string());
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.unwrap();
+    let sale = sale.to_string();
+    test_support::crowd(buyers, in_flight, move |(target, user)| {
+        let (client, sale) = (client.clone(), sale.clone());
+        async move {
             let req = Request::builder()
                 .method(Method::POST)
                 .uri(format!("http://{target}/api/v1/sales/{sale}/purchase"))
@@ -222,11 +218,7 @@ pub async fn spike(buyers: Vec<(SocketAddr, String)>, sale: &str, in_flight: usi
             .unwrap_or_else(|_| Err("no answer within 60 s".into()));
             let (status, body) = answer.unwrap_or_else(|e| (0, Value::String(e)));
             Answer { user, status, body }
-        }));
-    }
-    let mut answers = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        answers.push(t.await.unwrap());
-    }
-    answers
+        }
+    })
+    .await
 }
