@@ -66,7 +66,7 @@ svg text {{ font: 11px system-ui, sans-serif; fill: #444; }}
 .legend span {{ margin-right: 14px; }}
 </style></head><body>
 <h1>Flash-sale load test: sale <code>{sale}</code> <span class="badge {cls}">{verdict}</span></h1>
-<div class="muted">{gen} · target {target} · profile <code>{profile}</code> · started {started} (Unix ms)</div>
+<div class="muted">{gen} · target {target} · profile <code>{profile}</code> · started {started}</div>
 "#,
         sale = esc(&r.sale_id),
         verdict = verdict,
@@ -74,7 +74,7 @@ svg text {{ font: 11px system-ui, sans-serif; fill: #444; }}
         gen = esc(&r.generator),
         target = esc(&r.target),
         profile = esc(&r.profile),
-        started = r.started_unix_ms,
+        started = utc(r.started_unix_ms),
     );
     if !r.valid {
         let _ = write!(
@@ -289,6 +289,28 @@ fn tick_us(us: u64) -> String {
         1_000..=999_999 => format!("{}ms", us as f64 / 1e3),
         _ => format!("{}s", us as f64 / 1e6),
     }
+}
+
+/// `2026-11-25 09:23:59.902 UTC` from Unix milliseconds.
+fn utc(unix_ms: u64) -> String {
+    let (days, ms) = ((unix_ms / 86_400_000) as i64, unix_ms % 86_400_000);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 fn secs(x: f64) -> String {
@@ -658,6 +680,14 @@ mod tests {
         assert_eq!(t.first().unwrap().1, "100µs");
         assert_eq!(t.last().unwrap().1, "100ms");
         assert!((nines(99.0) - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn start_time_is_a_utc_date() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
+        assert_eq!(utc(1_795_598_639_902), "2026-11-25 09:23:59.902 UTC");
+        assert_eq!(utc(4_107_542_399_999), "2100-02-28 23:59:59.999 UTC");
     }
 
     #[test]
