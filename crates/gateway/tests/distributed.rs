@@ -203,7 +203,7 @@ async fn a_killed_service_is_taken_over_without_oversell() {
             .metric(r#"seckill_service_processed_total{result="success"}"#)
             >= 20.0
             && pending_of(&redis, "kill", victim_pid) > 0),
-        "the victim never decided anything"
+        "the victim was never seen holding entries after deciding 20"
     );
     victim.p.kill();
     let held = pending_of(&redis, "kill", victim_pid);
