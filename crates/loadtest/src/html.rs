@@ -291,26 +291,10 @@ fn tick_us(us: u64) -> String {
     }
 }
 
-/// `2026-11-25 09:23:59.902 UTC` from Unix milliseconds.
+/// `2026-11-25T09:23:59.902Z` (RFC 3339, UTC) from Unix milliseconds.
 fn utc(unix_ms: u64) -> String {
-    let (days, ms) = ((unix_ms / 86_400_000) as i64, unix_ms % 86_400_000);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn secs(x: f64) -> String {
@@ -684,10 +668,9 @@ mod tests {
 
     #[test]
     fn start_time_is_a_utc_date() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00.000 UTC");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
-        assert_eq!(utc(1_795_598_639_902), "2026-11-25 09:23:59.902 UTC");
-        assert_eq!(utc(4_107_542_399_999), "2100-02-28 23:59:59.999 UTC");
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc(1_795_598_639_902), "2026-11-25T09:23:59.902Z");
     }
 
     #[test]
