@@ -1,0 +1,1181 @@
+//! The container files against the binaries' real options: the Dockerfile,
+//! docker-compose.yml (with the Prometheus configuration it runs) and the
+//! Kubernetes base all parse, and every image, port, environment variable,
+//! probe and grace period they name matches what `gateway --help` and
+//! `seckill-service --help` say (flags, `[env: ...]`, default ports), and
+//! what the other files name (stages, services, labels, ports).
+//!
+//! Docker is not needed: the files are read, not run. When `kubectl` is on
+//! the PATH, `kubectl kustomize` also builds the Kubernetes base.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use deploy_check::command::{run, which};
+use deploy_check::options::Options;
+use deploy_check::yaml::{self, at, entries, items, missing, text, Yaml};
+use deploy_check::{deploy, read, repo_root};
+use seckill_test_support::process::binary;
+
+/// The version images are tagged with: the workspace's.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+// === The binaries ===
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bin {
+    Gateway,
+    Service,
+}
+
+impl Bin {
+    fn name(self) -> &'static str {
+        match self {
+            Bin::Gateway => "gateway",
+            Bin::Service => "seckill-service",
+        }
+    }
+
+    /// The image name deploy files use for it.
+    fn image(self) -> &'static str {
+        match self {
+            Bin::Gateway => "seckill-gateway",
+            Bin::Service => "seckill-service",
+        }
+    }
+
+    fn from_image(image: &str) -> Option<Bin> {
+        let name = image.split(':').next().unwrap();
+        [Bin::Gateway, Bin::Service]
+            .into_iter()
+            .find(|b| b.image() == name)
+    }
+
+    fn from_stage(stage: &str) -> Option<Bin> {
+        [Bin::Gateway, Bin::Service]
+            .into_iter()
+            .find(|b| b.name() == stage)
+    }
+}
+
+struct Binaries {
+    gateway: Options,
+    service: Options,
+}
+
+impl Binaries {
+    fn load() -> Self {
+        Binaries {
+            gateway: Options::of(&binary("gateway")),
+            service: Options::of(&binary("seckill-service")),
+        }
+    }
+
+    fn of(&self, bin: Bin) -> &Options {
+        match bin {
+            Bin::Gateway => &self.gateway,
+            Bin::Service => &self.service,
+        }
+    }
+}
+
+/// One process's configuration as a deploy file sets it: environment
+/// variables over the binary's defaults.
+struct Config<'a> {
+    bin: Bin,
+    options: &'a Options,
+    /// Variable → value (`None`: set from elsewhere, e.g. a Secret).
+    env: BTreeMap<String, Option<String>>,
+    /// Where it was read, for messages.
+    origin: String,
+}
+
+impl<'a> Config<'a> {
+    fn new(bins: &'a Binaries, bin: Bin, origin: impl Into<String>) -> Self {
+        Config {
+            bin,
+            options: bins.of(bin),
+            env: BTreeMap::new(),
+            origin: origin.into(),
+        }
+    }
+
+    fn set(&mut self, name: &str, value: Option<String>) {
+        self.env.insert(name.to_string(), value);
+    }
+
+    /// Every variable is an option of the binary (or a helper another
+    /// variable refers to as `$(NAME)`), and every listen address is
+    /// `0.0.0.0` on the binary's default port.
+    fn check(&self, helpers: &BTreeSet<String>) {
+        for (name, value) in &self.env {
+            let Some(opt) = self.options.env(name) else {
+                assert!(
+                    helpers.contains(name),
+                    "{}: {name} is not an environment variable of {} (see {} --help)",
+                    self.origin,
+                    self.bin.name(),
+                    self.bin.name()
+                );
+                continue;
+            };
+            if opt.flag.ends_with("listen") {
+                let default = self.options.default_port(&opt.flag).unwrap();
+                assert_eq!(
+                    value.as_deref(),
+                    Some(format!("0.0.0.0:{default}").as_str()),
+                    "{}: {name} should listen on every interface on {}'s default port",
+                    self.origin,
+                    self.bin.name()
+                );
+            }
+        }
+    }
+
+    /// The value of an option: the environment's, else the default.
+    fn value(&self, flag: &str) -> Option<String> {
+        let opt = self
+            .options
+            .flag(flag)
+            .unwrap_or_else(|| panic!("{} has no {flag}", self.bin.name()));
+        match opt.env.as_ref().and_then(|e| self.env.get(e)) {
+            Some(v) => v.clone(),
+            None => opt.default.clone(),
+        }
+    }
+
+    fn port(&self, flag: &str) -> u16 {
+        let v = self.value(flag).unwrap();
+        v.rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("{}: {flag} = {v} has no port", self.origin))
+    }
+
+    fn number(&self, flag: &str) -> u64 {
+        let v = self.value(flag).unwrap();
+        v.parse()
+            .unwrap_or_else(|_| panic!("{}: {flag} = {v} is not a number", self.origin))
+    }
+
+    /// Every listening port: flag → port.
+    fn listen_ports(&self) -> BTreeMap<String, u16> {
+        self.options
+            .all()
+            .filter(|o| o.flag.ends_with("listen"))
+            .map(|o| (o.flag.clone(), self.port(&o.flag)))
+            .collect()
+    }
+
+    fn admin_port(&self) -> u16 {
+        self.port("--admin-listen")
+    }
+
+    /// Seconds a graceful stop may take: a gateway answers its waiting
+    /// requests (request timeout + shutdown grace), a service finishes its
+    /// batches (shutdown grace).
+    fn drain_seconds(&self) -> u64 {
+        let ms = match self.bin {
+            Bin::Gateway => {
+                self.number("--request-timeout-ms") + self.number("--shutdown-grace-ms")
+            }
+            Bin::Service => self.number("--shutdown-grace-ms"),
+        };
+        ms.div_ceil(1000)
+    }
+}
+
+#[test]
+fn both_binaries_have_the_contracts_options() {
+    let bins = Binaries::load();
+    for (bin, flag, env, port) in [
+        (Bin::Gateway, "--listen", "SECKILL_LISTEN", Some(8080)),
+        (
+            Bin::Gateway,
+            "--admin-listen",
+            "SECKILL_ADMIN_LISTEN",
+            Some(8081),
+        ),
+        (
+            Bin::Gateway,
+            "--grpc-listen",
+            "SECKILL_GRPC_LISTEN",
+            Some(50051),
+        ),
+        (
+            Bin::Gateway,
+            "--advertise-grpc",
+            "SECKILL_ADVERTISE_GRPC",
+            None,
+        ),
+        (Bin::Gateway, "--redis-url", "SECKILL_REDIS_URL", None),
+        (
+            Bin::Gateway,
+            "--redis-cluster",
+            "SECKILL_REDIS_CLUSTER",
+            None,
+        ),
+        (Bin::Gateway, "--admin-token", "SECKILL_ADMIN_TOKEN", None),
+        (
+            Bin::Gateway,
+            "--request-timeout-ms",
+            "SECKILL_REQUEST_TIMEOUT_MS",
+            None,
+        ),
+        (
+            Bin::Gateway,
+            "--shutdown-grace-ms",
+            "SECKILL_SHUTDOWN_GRACE_MS",
+            None,
+        ),
+        (
+            Bin::Service,
+            "--admin-listen",
+            "SECKILL_ADMIN_LISTEN",
+            Some(8091),
+        ),
+        (Bin::Service, "--redis-url", "SECKILL_REDIS_URL", None),
+        (
+            Bin::Service,
+            "--shutdown-grace-ms",
+            "SECKILL_SHUTDOWN_GRACE_MS",
+            None,
+        ),
+    ] {
+        let options = bins.of(bin);
+        let opt = options
+            .flag(flag)
+            .unwrap_or_else(|| panic!("{} has no {flag}", bin.name()));
+        assert_eq!(opt.env.as_deref(), Some(env), "{} {flag}", bin.name());
+        if port.is_some() {
+            assert_eq!(options.default_port(flag), port, "{} {flag}", bin.name());
+        }
+    }
+}
+
+// === Dockerfile ===
+
+struct Stage {
+    name: String,
+    from: String,
+    /// (INSTRUCTION, arguments), continuation lines joined.
+    lines: Vec<(String, String)>,
+}
+
+fn dockerfile() -> Vec<Stage> {
+    let text = read(deploy("Dockerfile"));
+    let mut joined = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if current.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if t.starts_with('#') {
+            continue;
+        }
+        if let Some(part) = t.strip_suffix('\\') {
+            current.push_str(part);
+            current.push(' ');
+        } else {
+            current.push_str(t);
+            joined.push(std::mem::take(&mut current));
+        }
+    }
+    let mut stages: Vec<Stage> = Vec::new();
+    for line in joined {
+        let (instr, args) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
+        let (instr, args) = (instr.to_ascii_uppercase(), args.trim().to_string());
+        if instr == "FROM" {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            let name = match words.as_slice() {
+                [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
+                _ => format!("stage-{}", stages.len()),
+            };
+            stages.push(Stage {
+                name,
+                from: words[0].to_string(),
+                lines: Vec::new(),
+            });
+        } else if let Some(stage) = stages.last_mut() {
+            stage.lines.push((instr, args));
+        }
+    }
+    stages
+}
+
+impl Stage {
+    fn all<'a>(&'a self, instr: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.lines
+            .iter()
+            .filter(move |(i, _)| i == instr)
+            .map(|(_, a)| a.as_str())
+    }
+}
+
+/// The stage and its ancestors, oldest first.
+fn lineage<'a>(stages: &'a [Stage], name: &str) -> Vec<&'a Stage> {
+    let stage = stages.iter().find(|s| s.name == name).unwrap();
+    let mut chain = match stages.iter().find(|s| s.name == stage.from) {
+        Some(parent) => lineage(stages, &parent.name),
+        None => Vec::new(),
+    };
+    chain.push(stage);
+    chain
+}
+
+/// `ENV A=1 B=2` (and the old `ENV A 1`) of a stage and its ancestors.
+fn image_env(stages: &[Stage], name: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for stage in lineage(stages, name) {
+        for args in stage.all("ENV") {
+            if args.contains('=') {
+                for pair in args.split_whitespace() {
+                    let (k, v) = pair.split_once('=').unwrap();
+                    env.insert(k.to_string(), v.trim_matches('"').to_string());
+                }
+            } else if let Some((k, v)) = args.split_once(' ') {
+                env.insert(k.to_string(), v.trim().to_string());
+            }
+        }
+    }
+    env
+}
+
+/// The user a stage runs as (from it or its ancestors).
+fn image_user(stages: &[Stage], name: &str) -> Option<String> {
+    lineage(stages, name)
+        .iter()
+        .flat_map(|s| s.all("USER"))
+        .last()
+        .map(String::from)
+}
+
+/// The image's configuration of `bin`, as the Dockerfile sets it.
+fn image_config<'a>(bins: &'a Binaries, stages: &[Stage], bin: Bin) -> Config<'a> {
+    let mut config = Config::new(bins, bin, format!("Dockerfile stage {}", bin.name()));
+    for (k, v) in image_env(stages, bin.name()) {
+        config.set(&k, Some(v));
+    }
+    config
+}
+
+/// The numeric user id the images run as.
+fn image_uid(stages: &[Stage]) -> u32 {
+    let user = image_user(stages, "gateway").expect("the gateway image sets USER");
+    user.split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric USER")
+}
+
+#[test]
+fn dockerfile_builds_both_binaries_into_small_non_root_images() {
+    let bins = Binaries::load();
+    let stages = dockerfile();
+    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["build", "runtime", "seckill-service", "gateway"]);
+
+    // Builder: the Rust image, at least the workspace's rust-version.
+    let build = &stages[0];
+    assert!(build.from.starts_with("rust:"), "{}", build.from);
+    let rust_version = read(repo_root().join("Cargo.toml"))
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("rust-version = ")
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap();
+    let arg = stages_arg("RUST_VERSION");
+    assert!(
+        version_at_least(&arg, &rust_version),
+        "RUST_VERSION {arg} is older than the workspace's rust-version {rust_version}"
+    );
+    let cargo = build
+        .all("RUN")
+        .find(|r| r.contains("cargo build"))
+        .expect("a cargo build");
+    for part in ["--release", "--locked", "-p gateway", "-p seckill-service"] {
+        assert!(cargo.contains(part), "cargo build without {part}: {cargo}");
+    }
+
+    // Runtime: slim Debian, an unprivileged user.
+    assert!(stages[1].from.contains("slim"), "{}", stages[1].from);
+    assert!(
+        image_uid(&stages) >= 1000,
+        "the images run as a system user id"
+    );
+
+    for bin in [Bin::Gateway, Bin::Service] {
+        let stage = stages.iter().find(|s| s.name == bin.name()).unwrap();
+        assert_eq!(stage.from, "runtime", "{}", bin.name());
+        assert_ne!(image_user(&stages, bin.name()).as_deref(), Some("root"));
+        let path = format!("/usr/local/bin/{}", bin.name());
+        let entry = stage.all("ENTRYPOINT").last().expect("an ENTRYPOINT");
+        let entry: Vec<String> = serde_json::from_str(entry).expect("ENTRYPOINT in exec form");
+        assert_eq!(
+            entry,
+            std::slice::from_ref(&path),
+            "{} ENTRYPOINT",
+            bin.name()
+        );
+        assert!(
+            stage
+                .all("COPY")
+                .any(|c| c.starts_with("--from=build") && c.ends_with(&path)),
+            "{}: the binary is not copied from the build stage",
+            bin.name()
+        );
+        assert!(
+            stages
+                .iter()
+                .all(|s| s.name == bin.name() || !s.all("COPY").any(|c| c.ends_with(&path))),
+            "{} lands in another image too",
+            bin.name()
+        );
+
+        let config = image_config(&bins, &stages, bin);
+        config.check(&BTreeSet::new());
+        let exposed: BTreeSet<u16> = stage
+            .all("EXPOSE")
+            .flat_map(|e| e.split_whitespace())
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let listening: BTreeSet<u16> = config.listen_ports().into_values().collect();
+        assert_eq!(exposed, listening, "{}: EXPOSE vs listen ports", bin.name());
+    }
+    assert!(deploy("Dockerfile.dockerignore").exists());
+    let ignore = read(deploy("Dockerfile.dockerignore"));
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        "the build context leaves out target/"
+    );
+}
+
+fn stages_arg(name: &str) -> String {
+    read(deploy("Dockerfile"))
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("ARG {name}=")).map(String::from))
+        .unwrap_or_else(|| panic!("no ARG {name}"))
+}
+
+fn version_at_least(version: &str, min: &str) -> bool {
+    let parse = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap()).collect() };
+    parse(version) >= parse(min)
+}
+
+// === docker-compose.yml ===
+
+/// `15s`, `1m30s`, `500ms` → whole seconds (rounded down).
+fn seconds(duration: &str) -> u64 {
+    let mut total_ms = 0;
+    let mut number = String::new();
+    let mut chars = duration.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().unwrap();
+        number.clear();
+        total_ms += match c {
+            'h' => n * 3_600_000,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                n
+            }
+            'm' => n * 60_000,
+            's' => n * 1000,
+            _ => panic!("bad duration {duration}"),
+        };
+    }
+    assert!(number.is_empty(), "bad duration {duration}");
+    total_ms / 1000
+}
+
+/// A Compose `environment:` (map or `K=V` list).
+fn compose_env(service: &Yaml) -> BTreeMap<String, String> {
+    let env = &service["environment"];
+    let mut out = BTreeMap::new();
+    for (k, v) in entries(env) {
+        out.insert(k, text(v).unwrap_or_default());
+    }
+    for item in items(env).iter().filter_map(text) {
+        let (k, v) = item.split_once('=').unwrap_or((&item, ""));
+        out.insert(k.to_string(), v.to_string());
+    }
+    out
+}
+
+#[test]
+fn compose_matches_the_binaries_and_prometheus() {
+    let bins = Binaries::load();
+    let stages = dockerfile();
+    let compose = yaml::load_one(&deploy("docker-compose.yml"));
+    let services = entries(&compose["services"]);
+    let names: BTreeSet<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
+    for wanted in [
+        "redis",
+        "gateway-1",
+        "gateway-2",
+        "seckill-service-1",
+        "seckill-service-2",
+        "prometheus",
+        "grafana",
+        "blackbox",
+    ] {
+        assert!(names.contains(wanted), "docker-compose.yml has no {wanted}");
+    }
+
+    let mut host_ports = BTreeSet::new();
+    // job → targets Prometheus should scrape, from the Compose services.
+    let mut expected_targets: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut expected_probes = BTreeSet::new();
+    for (name, service) in &services {
+        // Published ports: loopback only, no host port twice.
+        for port in items(&service["ports"]).iter().filter_map(text) {
+            let parts: Vec<&str> = port.split(':').collect();
+            assert_eq!(
+                parts.len(),
+                3,
+                "{name}: publish as IP:HOST:CONTAINER, got {port}"
+            );
+            assert_eq!(
+                parts[0], "127.0.0.1",
+                "{name}: {port} is published beyond loopback"
+            );
+            assert!(
+                host_ports.insert(parts[1].to_string()),
+                "{name}: host port {} twice",
+                parts[1]
+            );
+        }
+        let image = text(&service["image"]).unwrap_or_else(|| panic!("{name}: no image"));
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "{name}: pin the image version ({image})"
+        );
+        let Some(target) = text(&service["build"]["target"]) else {
+            continue;
+        };
+
+        // A process of ours, built from the Dockerfile.
+        let bin = Bin::from_stage(&target)
+            .unwrap_or_else(|| panic!("{name}: build target {target} is not a binary's stage"));
+        assert_eq!(image, format!("{}:{VERSION}", bin.image()), "{name}: image");
+        let context = text(&service["build"]["context"]).unwrap();
+        let file = text(&service["build"]["dockerfile"]).unwrap();
+        let dockerfile = deploy(&context).join(&file);
+        assert_eq!(
+            dockerfile.canonicalize().ok(),
+            deploy("Dockerfile").canonicalize().ok(),
+            "{name}: build {context} {file}"
+        );
+
+        let mut config = image_config(&bins, &stages, bin);
+        config.origin = format!("docker-compose.yml {name}");
+        let env = compose_env(service);
+        for (k, v) in &env {
+            config.set(k, Some(v.clone()));
+        }
+        config.check(&BTreeSet::new());
+        let listening: BTreeSet<u16> = config.listen_ports().into_values().collect();
+        for port in items(&service["ports"]).iter().filter_map(text) {
+            let container: u16 = port.rsplit(':').next().unwrap().parse().unwrap();
+            assert!(
+                listening.contains(&container),
+                "{name}: publishes {container}, but the process listens on {listening:?}"
+            );
+        }
+        let admin = config.admin_port();
+
+        let redis = config.value("--redis-url").expect("a Redis URL");
+        let host = redis
+            .strip_prefix("redis://")
+            .and_then(|r| r.split(':').next())
+            .unwrap();
+        assert!(
+            names.contains(host),
+            "{name}: {redis} names no Compose service"
+        );
+        assert!(
+            at(service, &["depends_on", host]).as_hash().is_some(),
+            "{name}: does not wait for {host}"
+        );
+
+        if bin == Bin::Gateway {
+            let advertised = config.value("--advertise-grpc").unwrap();
+            assert_eq!(
+                advertised,
+                format!("{name}:{}", config.port("--grpc-listen")),
+                "{name}: the services must call it back on its own name and gRPC port"
+            );
+            let token = env.get("SECKILL_ADMIN_TOKEN").expect("an admin token");
+            assert!(
+                token.starts_with("${SECKILL_ADMIN_TOKEN:?"),
+                "{name}: the admin token must come from the operator's environment, required"
+            );
+        }
+
+        let health: Vec<String> = items(&service["healthcheck"]["test"])
+            .iter()
+            .filter_map(text)
+            .collect();
+        let health = health.join(" ");
+        assert!(
+            health.contains(&format!("/dev/tcp/127.0.0.1/{admin}")) && health.contains("/readyz"),
+            "{name}: the health check probes /readyz on the admin port {admin}: {health}"
+        );
+        let grace = seconds(&text(&service["stop_grace_period"]).expect("a stop_grace_period"));
+        assert!(
+            grace > config.drain_seconds(),
+            "{name}: stop_grace_period {grace}s does not cover the drain ({}s)",
+            config.drain_seconds()
+        );
+
+        let job = match bin {
+            Bin::Gateway => "seckill-gateway",
+            Bin::Service => "seckill-service",
+        };
+        expected_targets
+            .entry(job)
+            .or_default()
+            .insert(format!("{name}:{admin}"));
+        expected_probes.insert(format!("http://{name}:{admin}/readyz"));
+    }
+    assert_eq!(expected_targets["seckill-gateway"].len(), 2);
+    assert_eq!(expected_targets["seckill-service"].len(), 2);
+
+    // Redis keeps an append-only file.
+    let redis_cmd: Vec<String> = items(&compose["services"]["redis"]["command"])
+        .iter()
+        .filter_map(text)
+        .collect();
+    assert!(
+        redis_cmd
+            .windows(2)
+            .any(|w| w[0] == "--appendonly" && w[1] == "yes"),
+        "Redis without AOF: {redis_cmd:?}"
+    );
+
+    // Mounted files exist.
+    for (name, service) in &services {
+        for volume in items(&service["volumes"]).iter().filter_map(text) {
+            let source = volume.split(':').next().unwrap();
+            if source.starts_with('.') {
+                assert!(
+                    deploy(source).exists(),
+                    "{name}: mounts {source}, which does not exist"
+                );
+            }
+        }
+    }
+
+    // Prometheus scrapes exactly these processes, and probes their readiness.
+    let prom = yaml::load_one(&deploy("prometheus/prometheus.yml"));
+    let jobs = items(&prom["scrape_configs"]);
+    let targets_of = |job: &str| -> BTreeSet<String> {
+        let j = jobs
+            .iter()
+            .find(|j| text(&j["job_name"]).as_deref() == Some(job))
+            .unwrap_or_else(|| panic!("prometheus.yml has no job {job}"));
+        items(&j["static_configs"])
+            .iter()
+            .flat_map(|s| items(&s["targets"]))
+            .filter_map(text)
+            .collect()
+    };
+    for (job, targets) in &expected_targets {
+        assert_eq!(&targets_of(job), targets, "prometheus.yml job {job}");
+    }
+    assert_eq!(targets_of("seckill-readyz"), expected_probes);
+    let readyz = jobs
+        .iter()
+        .find(|j| text(&j["job_name"]).as_deref() == Some("seckill-readyz"))
+        .unwrap();
+    let exporter = items(&readyz["relabel_configs"])
+        .iter()
+        .find(|r| text(&r["target_label"]).as_deref() == Some("__address__"))
+        .and_then(|r| text(&r["replacement"]))
+        .unwrap();
+    let (host, port) = exporter.split_once(':').unwrap();
+    assert!(
+        names.contains(host),
+        "the blackbox exporter {exporter} is no Compose service"
+    );
+    assert_eq!(port, "9115");
+}
+
+// === Kubernetes ===
+
+struct Manifests {
+    docs: Vec<(String, Yaml)>,
+    kustomization: Yaml,
+}
+
+impl Manifests {
+    fn load() -> Self {
+        let base = deploy("k8s/base");
+        let kustomization = yaml::load_one(&base.join("kustomization.yaml"));
+        let mut docs = Vec::new();
+        for resource in items(&kustomization["resources"]).iter().filter_map(text) {
+            for doc in yaml::load(&base.join(&resource)) {
+                assert!(
+                    text(&doc["kind"]).is_some() && text(&doc["apiVersion"]).is_some(),
+                    "{resource}: a document without kind or apiVersion"
+                );
+                docs.push((resource.clone(), doc));
+            }
+        }
+        Manifests {
+            docs,
+            kustomization,
+        }
+    }
+
+    fn of_kind(&self, kind: &str) -> impl Iterator<Item = &Yaml> + '_ {
+        let kind = kind.to_string();
+        self.docs
+            .iter()
+            .map(|(_, d)| d)
+            .filter(move |d| text(&d["kind"]).as_deref() == Some(kind.as_str()))
+    }
+
+    fn get(&self, kind: &str, name: &str) -> Option<&Yaml> {
+        self.of_kind(kind)
+            .find(|d| text(&d["metadata"]["name"]).as_deref() == Some(name))
+    }
+
+    /// Deployments and StatefulSets.
+    fn workloads(&self) -> impl Iterator<Item = &Yaml> {
+        self.of_kind("Deployment")
+            .chain(self.of_kind("StatefulSet"))
+    }
+}
+
+fn labels(y: &Yaml) -> BTreeMap<String, String> {
+    entries(y)
+        .into_iter()
+        .map(|(k, v)| (k, text(v).unwrap_or_default()))
+        .collect()
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A container's port by name or number.
+fn container_port(container: &Yaml, port: &Yaml) -> Option<u16> {
+    let ports = items(&container["ports"]);
+    match port {
+        Yaml::Integer(n) => ports
+            .iter()
+            .find(|p| p["containerPort"].as_i64() == Some(*n))
+            .map(|_| *n as u16),
+        _ => {
+            let name = text(port)?;
+            ports
+                .iter()
+                .find(|p| text(&p["name"]).as_deref() == Some(&name))
+                .and_then(|p| p["containerPort"].as_i64())
+                .map(|n| n as u16)
+        }
+    }
+}
+
+#[test]
+fn kubernetes_base_matches_the_binaries() {
+    let bins = Binaries::load();
+    let stages = dockerfile();
+    let uid = image_uid(&stages) as i64;
+    let m = Manifests::load();
+    let kinds: BTreeSet<String> = m
+        .docs
+        .iter()
+        .filter_map(|(_, d)| text(&d["kind"]))
+        .collect();
+    for kind in [
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "StatefulSet",
+    ] {
+        assert!(kinds.contains(kind), "the base has no {kind}");
+    }
+    assert_eq!(
+        text(&m.kustomization["namespace"]),
+        m.of_kind("Namespace")
+            .next()
+            .and_then(|n| text(&n["metadata"]["name"])),
+        "kustomization namespace"
+    );
+
+    // Images: ours are tagged with the workspace version.
+    let images: BTreeMap<String, String> = items(&m.kustomization["images"])
+        .iter()
+        .map(|i| (text(&i["name"]).unwrap(), text(&i["newTag"]).unwrap()))
+        .collect();
+    for bin in [Bin::Gateway, Bin::Service] {
+        assert_eq!(
+            images.get(bin.image()).map(String::as_str),
+            Some(VERSION),
+            "{} tag",
+            bin.image()
+        );
+    }
+
+    let mut seen = BTreeSet::new();
+    for deployment in m.of_kind("Deployment") {
+        let name = text(&deployment["metadata"]["name"]).unwrap();
+        let template = &deployment["spec"]["template"];
+        let pod_labels = labels(&template["metadata"]["labels"]);
+        assert!(
+            selects(
+                &labels(&deployment["spec"]["selector"]["matchLabels"]),
+                &pod_labels
+            ),
+            "{name}: the selector does not match the pod labels"
+        );
+        let spec = &template["spec"];
+        let containers = items(&spec["containers"]);
+        assert_eq!(containers.len(), 1, "{name}: one container");
+        let c = &containers[0];
+        let image = text(&c["image"]).unwrap();
+        let bin =
+            Bin::from_image(&image).unwrap_or_else(|| panic!("{name}: image {image} is not ours"));
+        assert!(
+            images.contains_key(&image),
+            "{name}: image {image} not tagged by the kustomization"
+        );
+        seen.insert(bin.image());
+        let origin = format!("k8s {name}");
+
+        // Environment: the image's, the ConfigMaps', then the container's.
+        let mut config = image_config(&bins, &stages, bin);
+        config.origin = origin.clone();
+        for from in items(&c["envFrom"]) {
+            let cm_name = text(&from["configMapRef"]["name"]).expect("envFrom a ConfigMap");
+            let cm = m
+                .get("ConfigMap", &cm_name)
+                .unwrap_or_else(|| panic!("{name}: no ConfigMap {cm_name}"));
+            for (k, v) in entries(&cm["data"]) {
+                config.set(&k, text(v));
+            }
+        }
+        let mut defined = BTreeSet::new();
+        let mut helpers = BTreeSet::new();
+        for e in items(&c["env"]) {
+            let var = text(&e["name"]).unwrap();
+            let value = text(&e["value"]);
+            if let Some(v) = &value {
+                // $(NAME) refers to a variable defined above it.
+                for part in v.split("$(").skip(1) {
+                    let referred = part.split(')').next().unwrap();
+                    assert!(
+                        defined.contains(referred),
+                        "{origin}: {var} refers to $({referred}) before it is defined"
+                    );
+                    helpers.insert(referred.to_string());
+                }
+            } else {
+                assert!(!missing(&e["valueFrom"]), "{origin}: {var} has no value");
+            }
+            defined.insert(var.clone());
+            config.set(&var, value);
+        }
+        config.check(&helpers);
+
+        // Ports, probes, scrape annotations.
+        let listening = config.listen_ports();
+        let declared: BTreeSet<u16> = items(&c["ports"])
+            .iter()
+            .map(|p| p["containerPort"].as_i64().unwrap() as u16)
+            .collect();
+        assert_eq!(
+            declared,
+            listening.values().copied().collect::<BTreeSet<_>>(),
+            "{origin}: container ports vs listen ports"
+        );
+        let admin = config.admin_port();
+        for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+            let get = &c[probe]["httpGet"];
+            assert_eq!(
+                text(&get["path"]).as_deref(),
+                Some(path),
+                "{origin}: {probe} path"
+            );
+            assert_eq!(
+                container_port(c, &get["port"]),
+                Some(admin),
+                "{origin}: {probe} port"
+            );
+        }
+        let annotations = labels(&template["metadata"]["annotations"]);
+        assert_eq!(
+            annotations.get("prometheus.io/scrape").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            annotations.get("prometheus.io/port"),
+            Some(&admin.to_string()),
+            "{origin}"
+        );
+        assert_eq!(
+            annotations.get("prometheus.io/path").map(String::as_str),
+            Some("/metrics")
+        );
+        assert_eq!(
+            pod_labels.get("app.kubernetes.io/name").map(String::as_str),
+            Some(match bin {
+                Bin::Gateway => "seckill-gateway",
+                Bin::Service => "seckill-service",
+            }),
+            "{origin}: the job name Prometheus takes from app.kubernetes.io/name (alerts use it)"
+        );
+
+        // Callbacks reach the gateway on its pod IP.
+        if bin == Bin::Gateway {
+            assert_eq!(
+                config.value("--advertise-grpc"),
+                Some(format!("$(POD_IP):{}", config.port("--grpc-listen"))),
+                "{origin}: advertise the pod IP"
+            );
+            let pod_ip = items(&c["env"])
+                .iter()
+                .find(|e| text(&e["name"]).as_deref() == Some("POD_IP"))
+                .expect("POD_IP");
+            assert_eq!(
+                text(&pod_ip["valueFrom"]["fieldRef"]["fieldPath"]).as_deref(),
+                Some("status.podIP")
+            );
+            assert!(
+                config.env.contains_key("SECKILL_ADMIN_TOKEN"),
+                "{origin}: no admin token"
+            );
+            assert!(
+                config.env["SECKILL_ADMIN_TOKEN"].is_none(),
+                "{origin}: the admin token comes from a Secret, not the manifest"
+            );
+        }
+
+        // The drain fits in the termination grace period.
+        let grace = spec["terminationGracePeriodSeconds"]
+            .as_i64()
+            .expect("terminationGracePeriodSeconds") as u64;
+        let pre_stop: u64 = items(&c["lifecycle"]["preStop"]["exec"]["command"])
+            .iter()
+            .filter_map(text)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .find(|w| w[0] == "sleep")
+            .map(|w| w[1].parse().unwrap())
+            .unwrap_or(0);
+        assert!(
+            grace > pre_stop + config.drain_seconds(),
+            "{origin}: terminationGracePeriodSeconds {grace} <= preStop {pre_stop}s + drain {}s",
+            config.drain_seconds()
+        );
+        if bin == Bin::Gateway {
+            assert!(
+                pre_stop > 0,
+                "{origin}: a preStop pause lets endpoints drop the pod before it stops accepting"
+            );
+        }
+
+        // Resources and hardening.
+        for key in ["cpu", "memory"] {
+            assert!(
+                text(&c["resources"]["requests"][key]).is_some(),
+                "{origin}: no {key} request"
+            );
+        }
+        assert!(
+            text(&c["resources"]["limits"]["memory"]).is_some(),
+            "{origin}: no memory limit"
+        );
+        assert_eq!(
+            spec["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{origin}"
+        );
+        assert_eq!(
+            spec["securityContext"]["runAsUser"].as_i64(),
+            Some(uid),
+            "{origin}: the image's user"
+        );
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+            Some(true),
+            "{origin}"
+        );
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{origin}"
+        );
+    }
+    assert_eq!(seen.len(), 2, "a Deployment for each binary");
+
+    // Every ConfigMap key is an option of every binary that reads it.
+    for cm in m.of_kind("ConfigMap") {
+        let cm_name = text(&cm["metadata"]["name"]).unwrap();
+        for (key, _) in entries(&cm["data"]) {
+            for bin in [Bin::Gateway, Bin::Service] {
+                assert!(
+                    bins.of(bin).env(&key).is_some(),
+                    "ConfigMap {cm_name}: {key} is not an option of {}",
+                    bin.name()
+                );
+            }
+        }
+    }
+
+    // Services select a workload and target its named ports.
+    for service in m.of_kind("Service") {
+        let name = text(&service["metadata"]["name"]).unwrap();
+        let selector = labels(&service["spec"]["selector"]);
+        let workload = m
+            .workloads()
+            .find(|w| {
+                selects(
+                    &selector,
+                    &labels(&w["spec"]["template"]["metadata"]["labels"]),
+                )
+            })
+            .unwrap_or_else(|| panic!("Service {name} selects no workload"));
+        let c = &items(&workload["spec"]["template"]["spec"]["containers"])[0];
+        for port in items(&service["spec"]["ports"]) {
+            let target = if missing(&port["targetPort"]) {
+                &port["port"]
+            } else {
+                &port["targetPort"]
+            };
+            assert!(
+                container_port(c, target).is_some(),
+                "Service {name}: targetPort {target:?} is no container port"
+            );
+        }
+    }
+
+    // The autoscaler drives the seckill service on CPU, which it requests.
+    let hpas: Vec<&Yaml> = m.of_kind("HorizontalPodAutoscaler").collect();
+    assert_eq!(hpas.len(), 1);
+    let target = &hpas[0]["spec"]["scaleTargetRef"];
+    assert_eq!(text(&target["kind"]).as_deref(), Some("Deployment"));
+    let target_name = text(&target["name"]).unwrap();
+    let scaled = m
+        .get("Deployment", &target_name)
+        .expect("the HPA's target exists");
+    let image = text(&scaled["spec"]["template"]["spec"]["containers"][0]["image"]).unwrap();
+    assert_eq!(Bin::from_image(&image), Some(Bin::Service));
+    let (min, max) = (
+        hpas[0]["spec"]["minReplicas"].as_i64().unwrap(),
+        hpas[0]["spec"]["maxReplicas"].as_i64().unwrap(),
+    );
+    assert!(1 < min && min < max, "HPA replicas {min}..{max}");
+
+    // Disruption budgets cover both binaries and leave room to evict.
+    for bin in [Bin::Gateway, Bin::Service] {
+        let workload = m
+            .of_kind("Deployment")
+            .find(|d| {
+                text(&d["spec"]["template"]["spec"]["containers"][0]["image"]).as_deref()
+                    == Some(bin.image())
+            })
+            .unwrap();
+        let pod_labels = labels(&workload["spec"]["template"]["metadata"]["labels"]);
+        let pdb = m
+            .of_kind("PodDisruptionBudget")
+            .find(|p| selects(&labels(&p["spec"]["selector"]["matchLabels"]), &pod_labels))
+            .unwrap_or_else(|| panic!("no PodDisruptionBudget for {}", bin.name()));
+        let replicas = workload["spec"]["replicas"].as_i64().unwrap();
+        if let Some(min) = pdb["spec"]["minAvailable"].as_i64() {
+            assert!(
+                min < replicas,
+                "{}: minAvailable {min} blocks every eviction",
+                bin.name()
+            );
+        }
+        if let Some(max) = pdb["spec"]["maxUnavailable"].as_i64() {
+            assert!(max >= 1);
+        }
+    }
+
+    // Redis: the URL names the StatefulSet's first pod through its headless
+    // Service, and Redis keeps an append-only file.
+    let cm = m.of_kind("ConfigMap").next().unwrap();
+    let url = text(&cm["data"]["SECKILL_REDIS_URL"]).expect("SECKILL_REDIS_URL in the ConfigMap");
+    let host_port = url.strip_prefix("redis://").unwrap();
+    let (host, port) = host_port.split_once(':').unwrap();
+    let (pod, service) = host.split_once('.').expect("POD.SERVICE");
+    let svc = m
+        .get("Service", service)
+        .unwrap_or_else(|| panic!("{url}: no Service {service}"));
+    assert_eq!(
+        text(&svc["spec"]["clusterIP"]).as_deref(),
+        Some("None"),
+        "a headless Service"
+    );
+    assert!(items(&svc["spec"]["ports"])
+        .iter()
+        .any(|p| text(&p["port"]).as_deref() == Some(port)));
+    let sts = m
+        .of_kind("StatefulSet")
+        .find(|s| text(&s["spec"]["serviceName"]).as_deref() == Some(service))
+        .expect("a StatefulSet behind the Redis Service");
+    let sts_name = text(&sts["metadata"]["name"]).unwrap();
+    assert_eq!(pod, format!("{sts_name}-0"));
+    let args: Vec<String> = items(&sts["spec"]["template"]["spec"]["containers"][0]["args"])
+        .iter()
+        .filter_map(text)
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--appendonly" && w[1] == "yes"),
+        "Redis without AOF"
+    );
+}
+
+/// With kubectl at hand, the base also builds as Kustomize sees it.
+#[test]
+fn kustomize_builds_the_base_when_kubectl_is_installed() {
+    let Some(kubectl) = which("kubectl") else {
+        eprintln!(
+            "kubectl not installed: the Kustomize build is not checked (the YAML checks still run)"
+        );
+        return;
+    };
+    let out = run(
+        "kubectl kustomize deploy/k8s/base",
+        Command::new(kubectl)
+            .args(["kustomize", "deploy/k8s/base"])
+            .current_dir(repo_root()),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        out.describe()
+    );
+    let built = yaml::parse(&out.stdout).expect("kustomize output is YAML");
+    let m = Manifests::load();
+    assert_eq!(built.len(), m.docs.len());
+    for doc in &built {
+        let kind = text(&doc["kind"]).unwrap();
+        if kind != "Namespace" {
+            assert_eq!(
+                text(&doc["metadata"]["namespace"]).as_deref(),
+                Some("seckill"),
+                "{kind}"
+            );
+        }
+        if kind == "Deployment" {
+            let image = text(&doc["spec"]["template"]["spec"]["containers"][0]["image"]).unwrap();
+            assert!(image.ends_with(&format!(":{VERSION}")), "{image}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The admin API (`/admin/v1/sales`, bearer token) and the operational
+//! endpoints (`/metrics`, `/healthz`, `/readyz`) on the admin listener.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::{Method, Request, StatusCode};
+use seckill_inventory::{
+    parse_rfc3339, valid_id, InventoryError, Put, SaleSpec, DEFAULT_PER_USER_LIMIT,
+    DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY, DEFAULT_TOKEN_RATE,
+};
+use seckill_service::http::{healthz, json, metrics_response, readyz, HttpResponse};
+use serde::Deserialize;
+
+use crate::answer::error;
+use crate::public::{read_body, set_request_id, unavailable, SaleView};
+use crate::Shared;
+
+/// Upper bound of every flow-control setting: well past any real sale,
+/// low enough that a typo cannot make the gateway allocate gigabytes.
+const MAX_SETTING: u32 = 10_000_000;
+
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut resp = match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => metrics_response(),
+        (&Method::GET, ["healthz"]) => healthz(),
+        (&Method::GET, ["readyz"]) => readyz(ready(&shared).await),
+        (_, ["admin", ..]) if !authorized(&shared, &req) => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            );
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        (&Method::GET, ["admin", "v1", "sales"]) => list(&shared).await,
+        (&Method::PUT, ["admin", "v1", "sales", id]) => {
+            let id = id.to_string();
+            put(&shared, id, req).await
+        }
+        (&Method::DELETE, ["admin", "v1", "sales", id]) => delete(&shared, id).await,
+        (_, ["admin", "v1", "sales", ..]) | (_, ["metrics" | "healthz" | "readyz"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        ),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    };
+    set_request_id(&mut resp, seckill_inventory::unique_id());
+    resp
+}
+
+async fn ready(shared: &Shared) -> Result<(), String> {
+    let backend = &shared.backend;
+    backend
+        .inventory
+        .ping()
+        .await
+        .map_err(|e| format!("inventory: {e}"))?;
+    backend
+        .queue
+        .ping()
+        .await
+        .map_err(|e| format!("queue: {e}"))
+}
+
+/// Compares the bearer token in constant time.
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let want = shared.config.admin_token.as_bytes();
+    let given = given.trim().as_bytes();
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The body of `PUT /admin/v1/sales/{id}`; unknown fields are refused so a
+/// typo in a setting is an error, not a silent default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaleBody {
+    stock: u64,
+    per_user_limit: Option<u32>,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    token_rate: Option<u32>,
+    token_capacity: Option<u32>,
+    queue_capacity: Option<u32>,
+}
+
+fn bad(message: &str) -> HttpResponse {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Validates a sale body; the error is the message for the 400.
+fn spec_of(sale_id: String, body: SaleBody) -> Result<SaleSpec, String> {
+    let time = |name: &str, v: Option<String>| match v {
+        None => Ok(None),
+        Some(s) => parse_rfc3339(&s)
+            .map(Some)
+            .ok_or_else(|| format!("{name} must be an RFC 3339 time or null")),
+    };
+    let setting = |name: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
+        n @ 1..=MAX_SETTING => Ok(n),
+        _ => Err(format!("{name} must be 1..={MAX_SETTING}")),
+    };
+    let spec = SaleSpec {
+        sale_id,
+        stock: body.stock,
+        per_user_limit: setting(
+            "per_user_limit",
+            body.per_user_limit,
+            DEFAULT_PER_USER_LIMIT,
+        )?,
+        starts_at_ms: time("starts_at", body.starts_at)?,
+        ends_at_ms: time("ends_at", body.ends_at)?,
+        token_rate: setting("token_rate", body.token_rate, DEFAULT_TOKEN_RATE)?,
+        token_capacity: setting(
+            "token_capacity",
+            body.token_capacity,
+            DEFAULT_TOKEN_CAPACITY,
+        )?,
+        queue_capacity: setting(
+            "queue_capacity",
+            body.queue_capacity,
+            DEFAULT_QUEUE_CAPACITY,
+        )?,
+    };
+    if spec.stock > u64::from(u32::MAX) {
+        return Err("stock must be at most 4294967295".into());
+    }
+    if let (Some(s), Some(e)) = (spec.starts_at_ms, spec.ends_at_ms) {
+        if e <= s {
+            return Err("ends_at must be after starts_at".into());
+        }
+    }
+    Ok(spec)
+}
+
+async fn put(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpResponse {
+    if !valid_id(&sale_id) {
+        return bad("sale_id must be 1..=64 characters of [A-Za-z0-9_-]");
+    }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err((_, resp)) => return resp,
+    };
+    let body: SaleBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad(&format!("invalid sale: {e}")),
+    };
+    let spec = match spec_of(sale_id, body) {
+        Ok(s) => s,
+        Err(message) => return bad(&message),
+    };
+    let sale_id = spec.sale_id.clone();
+    let code = match crate::put_sale(shared, spec).await {
+        Ok(Put::Created) => StatusCode::CREATED,
+        Ok(Put::Replaced) => StatusCode::OK,
+        Err(InventoryError::HasSales(_)) => {
+            return error(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the sale has sold units already and cannot be replaced",
+            )
+        }
+        Err(InventoryError::Unavailable(_)) => return unavailable(),
+    };
+    tracing::info!(sale = %sale_id, created = code == StatusCode::CREATED, "sale put");
+    match shared.backend.inventory.sale(&sale_id).await {
+        Ok(Some(s)) => json(
+            code,
+            serde_json::to_vec(&SaleView::new(&s, true)).expect("views serialize"),
+        ),
+        Ok(None) => error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the sale was removed meanwhile",
+        ),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn delete(shared: &Shared, sale_id: &str) -> HttpResponse {
+    if !valid_id(sale_id) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such sale");
+    }
+    match shared.backend.inventory.remove_sale(sale_id).await {
+        Ok(true) => {
+            crate::remove_local(shared, sale_id).await;
+            tracing::info!(sale = %sale_id, "sale removed");
+            let mut r = json(StatusCode::NO_CONTENT, bytes::Bytes::new());
+            r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+            r
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no such sale"),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn list(shared: &Shared) -> HttpResponse {
+    match shared.backend.inventory.sales().await {
+        Ok(sales) => {
+            let views: Vec<_> = sales.iter().map(|s| SaleView::new(s, true)).collect();
+            json(
+                StatusCode::OK,
+                serde_json::to_vec(&serde_json::json!({ "sales": views }))
+                    .expect("views serialize"),
+            )
+        }
+        Err(_) => unavailable(),
+    }
+}

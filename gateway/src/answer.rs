@@ -1,0 +1,187 @@
+//! The answers of the purchase API: each `status` of `API.md` with its HTTP
+//! code, and the JSON bodies.
+
+use bytes::Bytes;
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::StatusCode;
+use seckill_inventory::Outcome;
+use seckill_service::http::{json, HttpResponse};
+use serde::Serialize;
+
+/// The `status` of a purchase answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    Pending,
+    BadRequest,
+    LimitExceeded,
+    Rejected,
+    NotFound,
+    NotStarted,
+    Ended,
+    SoldOut,
+    TooLarge,
+    RateLimited,
+    Overloaded,
+    Timeout,
+}
+
+impl Status {
+    pub const ALL: [Status; 13] = [
+        Status::Success,
+        Status::Pending,
+        Status::BadRequest,
+        Status::LimitExceeded,
+        Status::Rejected,
+        Status::NotFound,
+        Status::NotStarted,
+        Status::Ended,
+        Status::SoldOut,
+        Status::TooLarge,
+        Status::RateLimited,
+        Status::Overloaded,
+        Status::Timeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Pending => "pending",
+            Status::BadRequest => "bad_request",
+            Status::LimitExceeded => "limit_exceeded",
+            Status::Rejected => "rejected",
+            Status::NotFound => "not_found",
+            Status::NotStarted => "not_started",
+            Status::Ended => "ended",
+            Status::SoldOut => "sold_out",
+            Status::TooLarge => "too_large",
+            Status::RateLimited => "rate_limited",
+            Status::Overloaded => "overloaded",
+            Status::Timeout => "timeout",
+        }
+    }
+
+    pub fn code(self) -> StatusCode {
+        match self {
+            Status::Success => StatusCode::OK,
+            Status::Pending => StatusCode::ACCEPTED,
+            Status::BadRequest => StatusCode::BAD_REQUEST,
+            Status::LimitExceeded | Status::Rejected => StatusCode::FORBIDDEN,
+            Status::NotFound => StatusCode::NOT_FOUND,
+            Status::NotStarted | Status::Ended => StatusCode::CONFLICT,
+            Status::SoldOut => StatusCode::GONE,
+            Status::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Status::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Status::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Status::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The status a final outcome is answered with.
+    pub fn of(outcome: &Outcome) -> Status {
+        match outcome {
+            Outcome::Success { .. } => Status::Success,
+            Outcome::SoldOut => Status::SoldOut,
+            Outcome::LimitExceeded => Status::LimitExceeded,
+            Outcome::Rejected { .. } => Status::Rejected,
+            // The service dropped it at its deadline: to the client that is
+            // a timeout, and no stock was taken.
+            Outcome::Expired => Status::Timeout,
+        }
+    }
+
+    fn message(self) -> Option<&'static str> {
+        Some(match self {
+            Status::Success | Status::Pending => return None,
+            Status::BadRequest => "bad request",
+            Status::LimitExceeded => "this user already holds the per-user limit for this sale",
+            Status::Rejected => "refused by risk control",
+            Status::NotFound => "no such sale",
+            Status::NotStarted => "the sale has not started",
+            Status::Ended => "the sale has ended",
+            Status::SoldOut => "sold out",
+            Status::TooLarge => "request body over 4 KiB",
+            Status::RateLimited => "too many requests; try again later",
+            Status::Overloaded => "overloaded; try again later",
+            Status::Timeout => {
+                "no result before the deadline; poll GET /api/v1/requests/{request_id}"
+            }
+        })
+    }
+}
+
+/// The JSON body of a purchase answer.
+#[derive(Serialize, Default)]
+pub struct Answer<'a> {
+    pub status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sale_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+impl<'a> Answer<'a> {
+    /// An answer with `status`'s name and standard message.
+    pub fn of(status: Status) -> Self {
+        Answer {
+            status: status.name(),
+            error: status.message(),
+            ..Default::default()
+        }
+    }
+
+    /// The answer for a request's final outcome.
+    pub fn outcome(outcome: &'a Outcome, request_id: &'a str) -> Self {
+        let mut a = Answer::of(Status::of(outcome));
+        a.request_id = Some(request_id);
+        match outcome {
+            Outcome::Success { order_id } => a.order_id = Some(order_id),
+            Outcome::Rejected { reason } => a.reason = Some(reason),
+            _ => {}
+        }
+        a
+    }
+
+    pub fn error(mut self, message: &'a str) -> Self {
+        self.error = Some(message);
+        self
+    }
+
+    pub fn request_id(mut self, request_id: &'a str) -> Self {
+        self.request_id = Some(request_id);
+        self
+    }
+
+    /// The HTTP response: JSON body, and `Retry-After` where the client
+    /// should come back.
+    pub fn into_response(self, status: Status) -> HttpResponse {
+        let body = serde_json::to_vec(&self).expect("answers serialize");
+        let mut resp = json(status.code(), Bytes::from(body));
+        if matches!(status, Status::RateLimited | Status::Overloaded) {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// A JSON error body for the non-purchase endpoints.
+pub fn error(code: StatusCode, status: &str, message: &str) -> HttpResponse {
+    let body = serde_json::to_vec(&Answer {
+        status,
+        error: Some(message),
+        ..Default::default()
+    })
+    .expect("answers serialize");
+    json(code, body)
+}

@@ -1,0 +1,236 @@
+//! Command-line options (each also an environment variable) and the
+//! validated configuration built from them. Bad configuration is reported
+//! as one line and exit status 64.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use seckill_inventory::{valid_id, SaleSpec};
+pub use seckill_service::cli::{ConfigError, Mode, ServiceArgs, StoreArgs, EXIT_CONFIG};
+use seckill_service::ServiceConfig;
+
+/// Options of the `gateway` binary.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Flash-sale gateway: token bucket, request queue and callback in front of a seckill backend."
+)]
+pub struct Args {
+    /// Public HTTP listener (purchase and read API).
+    #[arg(long, env = "SECKILL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin HTTP listener (sale admin API, /metrics, /healthz, /readyz).
+    #[arg(long, env = "SECKILL_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+    /// gRPC listener of the seckill.v1.Callback server.
+    #[arg(long, env = "SECKILL_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// Address seckill services call back on [default: the gRPC listen address].
+    #[arg(long, env = "SECKILL_ADVERTISE_GRPC")]
+    pub advertise_grpc: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Bearer token for /admin/* [default: random, printed once at start].
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Deadline stamped on each admitted request.
+    #[arg(long, env = "SECKILL_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+    /// `ID:STOCK` sale created at start; `none` = no demo sale
+    /// [default: demo:100 in embedded mode, none in distributed mode].
+    #[arg(long, env = "SECKILL_DEMO_SALE")]
+    pub demo_sale: Option<String>,
+    /// Open connections per HTTP listener at most.
+    #[arg(long, env = "SECKILL_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Requests waiting for their result at most; beyond it, 503.
+    #[arg(long, env = "SECKILL_MAX_WAITERS", default_value_t = 100_000)]
+    pub max_waiters: usize,
+    /// Time a client has to send a request's headers.
+    #[arg(long, env = "SECKILL_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_read_timeout_ms: u64,
+    /// Per-user edge limit: purchase attempts per second per user and sale (0 = off).
+    #[arg(long, env = "SECKILL_USER_RATE_PER_SEC", default_value_t = 5)]
+    pub user_rate_per_sec: u32,
+    /// Per-user edge limit: burst allowed above the rate.
+    #[arg(long, env = "SECKILL_USER_BURST", default_value_t = 5)]
+    pub user_burst: u32,
+    /// How long shutdown waits for waiting requests to be answered.
+    #[arg(long, env = "SECKILL_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "SECKILL_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// The gateway's validated configuration.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub admin_token: String,
+    pub advertise_grpc: String,
+    pub request_timeout: Duration,
+    /// Extra wait past the deadline for a result decided just in time.
+    pub reply_grace: Duration,
+    pub max_connections: usize,
+    pub max_waiters: usize,
+    pub header_read_timeout: Duration,
+    pub user_rate_per_sec: u32,
+    pub user_burst: u32,
+    pub shutdown_grace: Duration,
+    pub demo_sale: Option<SaleSpec>,
+}
+
+impl GatewayConfig {
+    /// Defaults for a gateway advertising `advertise_grpc`, with the given
+    /// admin token (tests and embedding programs start from here).
+    pub fn new(admin_token: impl Into<String>, advertise_grpc: impl Into<String>) -> Self {
+        GatewayConfig {
+            admin_token: admin_token.into(),
+            advertise_grpc: advertise_grpc.into(),
+            request_timeout: Duration::from_millis(2000),
+            reply_grace: Duration::from_millis(250),
+            max_connections: 10_000,
+            max_waiters: 100_000,
+            header_read_timeout: Duration::from_secs(5),
+            user_rate_per_sec: 5,
+            user_burst: 5,
+            shutdown_grace: Duration::from_secs(10),
+            demo_sale: None,
+        }
+    }
+}
+
+impl Args {
+    /// Embedded unless a Redis URL or cluster is given.
+    pub fn mode(&self) -> Mode {
+        self.store.mode()
+    }
+
+    /// Validates the options into a gateway configuration.
+    pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if !(1..=600_000).contains(&self.request_timeout_ms) {
+            return err(format!(
+                "--request-timeout-ms must be 1..=600000, got {}",
+                self.request_timeout_ms
+            ));
+        }
+        if self.max_connections == 0 || self.max_waiters == 0 {
+            return err("--max-connections and --max-waiters must be at least 1".into());
+        }
+        self.store.result_retention()?;
+        if self.header_read_timeout_ms == 0 {
+            return err("--header-read-timeout-ms must be at least 1".into());
+        }
+        if self.user_rate_per_sec > 0 && self.user_burst == 0 {
+            return err("--user-burst must be at least 1 when --user-rate-per-sec is set".into());
+        }
+        let admin_token = match &self.admin_token {
+            Some(t) if t.len() < 8 || t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return err("--admin-token must be at least 8 characters, without spaces".into())
+            }
+            Some(t) => t.clone(),
+            None => random_token(),
+        };
+        let demo_default = (self.mode() == Mode::Embedded).then_some("demo:100");
+        let demo_sale = match self.demo_sale.as_deref().or(demo_default) {
+            None | Some("none") => None,
+            Some(s) => Some(parse_demo_sale(s)?),
+        };
+        let advertise_grpc = self
+            .advertise_grpc
+            .clone()
+            .unwrap_or_else(|| self.grpc_listen.to_string());
+        let request_timeout = Duration::from_millis(self.request_timeout_ms);
+        let mut config = GatewayConfig::new(admin_token, advertise_grpc);
+        config.request_timeout = request_timeout;
+        config.max_connections = self.max_connections;
+        config.max_waiters = self.max_waiters;
+        config.header_read_timeout = Duration::from_millis(self.header_read_timeout_ms);
+        config.user_rate_per_sec = self.user_rate_per_sec;
+        config.user_burst = self.user_burst;
+        config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
+        config.demo_sale = demo_sale;
+        Ok(config)
+    }
+
+    /// The configuration of the embedded seckill service.
+    pub fn service_config(&self) -> Result<ServiceConfig, ConfigError> {
+        self.service.service_config()
+    }
+}
+
+/// Parses `ID:STOCK`.
+pub fn parse_demo_sale(s: &str) -> Result<SaleSpec, ConfigError> {
+    let bad = || ConfigError(format!("--demo-sale must be ID:STOCK or none, got {s:?}"));
+    let (id, stock) = s.split_once(':').ok_or_else(bad)?;
+    let stock: u64 = stock.parse().map_err(|_| bad())?;
+    if !valid_id(id) {
+        return Err(bad());
+    }
+    Ok(SaleSpec::new(id, stock))
+}
+
+/// 32 hex digits from the OS's entropy source.
+fn random_token() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS provides entropy");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("gateway").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_quick_start() {
+        let a = parse(&[]);
+        assert_eq!(a.mode(), Mode::Embedded);
+        let c = a.gateway_config().unwrap();
+        assert_eq!(c.demo_sale, Some(SaleSpec::new("demo", 100)));
+        assert_eq!(c.advertise_grpc, "127.0.0.1:50051");
+        assert_eq!(c.request_timeout, Duration::from_millis(2000));
+        assert_eq!(c.admin_token.len(), 32);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--request-timeout-ms", "0"])
+            .gateway_config()
+            .is_err());
+        assert!(parse(&["--demo-sale", "x"]).gateway_config().is_err());
+        assert!(parse(&["--demo-sale", "a/b:1"]).gateway_config().is_err());
+        assert!(parse(&["--admin-token", "short"]).gateway_config().is_err());
+        assert!(parse(&["--workers", "0"]).service_config().is_err());
+        assert!(Args::try_parse_from(["gateway", "--listen", "nowhere"]).is_err());
+        assert!(Args::try_parse_from([
+            "gateway",
+            "--redis-url",
+            "redis://x",
+            "--redis-cluster",
+            "a:1"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn demo_sale_none_and_custom() {
+        assert_eq!(
+            parse(&["--demo-sale", "none"])
+                .gateway_config()
+                .unwrap()
+                .demo_sale,
+            None
+        );
+        let c = parse(&["--demo-sale", "flash:7"]).gateway_config().unwrap();
+        assert_eq!(c.demo_sale, Some(SaleSpec::new("flash", 7)));
+    }
+}

@@ -1,0 +1,364 @@
+//! The flash-sale gateway.
+//!
+//! Each purchase request is validated, checked against the local copy of
+//! its sale (no I/O), held to a per-user edge limit, given a token from the
+//! sale's bucket or refused at once, recorded, queued, and parked until the
+//! seckill service's result comes back through the callback, or its
+//! deadline passes.
+//!
+//! [`Gateway::serve`] runs the public API, the admin API and the gRPC
+//! callback server on listeners bound by the caller; [`run_embedded`] adds
+//! the in-memory store and the seckill workers: the whole sale in one
+//! process.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+pub mod answer;
+mod catalog;
+pub mod config;
+mod grpc;
+mod limiter;
+mod metrics;
+mod public;
+mod waiters;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use seckill_inventory::{Inventory, InventoryError, MemoryInventory, Put, SaleEvent, SaleSpec};
+use seckill_queue::{MemoryQueue, RequestQueue};
+use seckill_service::http::{serve as serve_http, ServerLimits};
+use seckill_service::{Callback, GrpcCallback, Service, ServiceConfig};
+use token_bucket::{BucketFactory, MemoryBuckets};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Args, GatewayConfig};
+
+use catalog::Catalog;
+use limiter::EdgeLimiter;
+use metrics::GatewayMetrics;
+use waiters::Waiters;
+
+/// The stores a gateway works with; memory or Redis, it does not know which.
+#[derive(Clone)]
+pub struct Backend {
+    pub inventory: Arc<dyn Inventory>,
+    pub queue: Arc<dyn RequestQueue>,
+    pub buckets: Arc<dyn BucketFactory>,
+}
+
+impl Backend {
+    /// The in-memory stores of the embedded mode.
+    pub fn memory(result_retention: Duration) -> Self {
+        Backend {
+            inventory: Arc::new(MemoryInventory::new(result_retention)),
+            queue: Arc::new(MemoryQueue::new()),
+            buckets: Arc::new(MemoryBuckets),
+        }
+    }
+
+    /// The shared stores of the distributed mode, on Redis or Redis Cluster.
+    pub fn redis(store: &seckill_redis::RedisStore) -> Self {
+        Backend {
+            inventory: Arc::new(store.inventory()),
+            queue: Arc::new(store.queue()),
+            buckets: Arc::new(store.buckets()),
+        }
+    }
+}
+
+/// The three listeners of a gateway, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(
+        public: std::net::SocketAddr,
+        admin: std::net::SocketAddr,
+        grpc: std::net::SocketAddr,
+    ) -> std::io::Result<Self> {
+        Ok(Listeners {
+            public: TcpListener::bind(public).await?,
+            admin: TcpListener::bind(admin).await?,
+            grpc: TcpListener::bind(grpc).await?,
+        })
+    }
+}
+
+/// State shared by the gateway's handlers.
+pub(crate) struct Shared {
+    pub config: GatewayConfig,
+    pub backend: Backend,
+    pub catalog: Catalog,
+    pub waiters: Waiters,
+    pub limiter: EdgeLimiter,
+    pub metrics: GatewayMetrics,
+    /// Set when shutdown began: new purchases are refused.
+    pub draining: AtomicBool,
+}
+
+/// A gateway, ready to serve.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Loads the catalog from the inventory and creates the demo sale if
+    /// configured (a demo sale that exists already is left as it is).
+    pub async fn new(config: GatewayConfig, backend: Backend) -> Result<Self, InventoryError> {
+        // The metrics first: they install the recorder the waiter table's
+        // gauge registers with.
+        let metrics = GatewayMetrics::new();
+        let shared = Arc::new(Shared {
+            waiters: Waiters::new(config.max_waiters),
+            limiter: EdgeLimiter::new(config.user_rate_per_sec, config.user_burst),
+            metrics,
+            catalog: Catalog::default(),
+            draining: AtomicBool::new(false),
+            config,
+            backend,
+        });
+        let gateway = Gateway { shared };
+        if let Some(spec) = gateway.shared.config.demo_sale.clone() {
+            if gateway
+                .shared
+                .backend
+                .inventory
+                .sale(&spec.sale_id)
+                .await?
+                .is_none()
+            {
+                gateway.put_sale(spec).await?;
+            }
+        }
+        sync_all(&gateway.shared).await?;
+        Ok(gateway)
+    }
+
+    /// Creates or replaces a sale, and makes it live on this gateway at once.
+    pub async fn put_sale(&self, spec: SaleSpec) -> Result<Put, InventoryError> {
+        put_sale(&self.shared, spec).await
+    }
+
+    /// The in-process callback, for a seckill service in the same process.
+    pub fn local_callback(&self) -> Arc<dyn Callback> {
+        Arc::new(grpc::LocalCallback(self.shared.clone()))
+    }
+
+    /// Requests waiting for their result now.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiters.len()
+    }
+
+    /// Serves until `shutdown` fires, then drains: the public listener stops
+    /// accepting, waiting requests are answered (the callback server stays
+    /// up meanwhile), and connections close, within the shutdown grace.
+    pub async fn serve(self, listeners: Listeners, shutdown: CancellationToken) {
+        let shared = self.shared;
+        let cfg = &shared.config;
+        let limits = ServerLimits {
+            max_connections: cfg.max_connections,
+            header_read_timeout: cfg.header_read_timeout,
+            max_buf_size: 16 * 1024,
+            // Long enough for every parked request to reach its deadline.
+            drain_grace: cfg
+                .shutdown_grace
+                .max(cfg.request_timeout + cfg.reply_grace + Duration::from_secs(1)),
+        };
+        let grpc_stop = CancellationToken::new();
+        let grpc = tokio::spawn(grpc::serve(
+            shared.clone(),
+            listeners.grpc,
+            grpc_stop.clone(),
+        ));
+        let sync = tokio::spawn(sync_loop(shared.clone(), grpc_stop.clone()));
+        let admin = {
+            let s = shared.clone();
+            tokio::spawn(serve_http(
+                listeners.admin,
+                move |req| admin::handle(s.clone(), req),
+                ServerLimits {
+                    max_connections: 256,
+                    ..limits
+                },
+                shutdown.clone(),
+            ))
+        };
+        let public = {
+            let s = shared.clone();
+            serve_http(
+                listeners.public,
+                move |req| public::handle(s.clone(), req),
+                limits,
+                shutdown.clone(),
+            )
+        };
+        let draining = {
+            let s = shared.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                s.draining.store(true, Ordering::Release);
+                tracing::info!(waiting = s.waiters.len(), "draining");
+            }
+        };
+        tokio::join!(public, draining);
+        grpc_stop.cancel();
+        let _ = tokio::join!(admin, grpc, sync);
+    }
+}
+
+/// Creates or replaces a sale in the inventory and installs it locally.
+pub(crate) async fn put_sale(shared: &Shared, spec: SaleSpec) -> Result<Put, InventoryError> {
+    let put = shared.backend.inventory.put_sale(spec.clone()).await?;
+    sync_one(shared, &spec.sale_id).await?;
+    Ok(put)
+}
+
+/// Refreshes one sale from the inventory (installing, replacing or removing it).
+async fn sync_one(shared: &Shared, sale_id: &str) -> Result<(), InventoryError> {
+    match shared.backend.inventory.sale(sale_id).await? {
+        Some(status) => {
+            if shared.catalog.upsert(&status, &*shared.backend.buckets) {
+                open_queue(shared, &status.spec).await;
+            }
+        }
+        None => remove_local(shared, sale_id).await,
+    }
+    Ok(())
+}
+
+/// Brings the whole catalog in line with the inventory and refreshes the
+/// per-sale gauges.
+async fn sync_all(shared: &Shared) -> Result<(), InventoryError> {
+    let sales = shared.backend.inventory.sales().await?;
+    for status in &sales {
+        if shared.catalog.upsert(status, &*shared.backend.buckets) {
+            open_queue(shared, &status.spec).await;
+        }
+        let sale = status.spec.sale_id.clone();
+        ::metrics::gauge!("seckill_stock_remaining", "sale" => sale.clone())
+            .set(status.remaining() as f64);
+        if let Ok(depth) = shared.backend.queue.depth(&sale).await {
+            ::metrics::gauge!("seckill_queue_depth", "sale" => sale).set(depth as f64);
+        }
+    }
+    for id in shared.catalog.ids() {
+        if !sales.iter().any(|s| s.spec.sale_id == id) {
+            remove_local(shared, &id).await;
+        }
+    }
+    Ok(())
+}
+
+async fn open_queue(shared: &Shared, spec: &SaleSpec) {
+    if let Err(e) = shared
+        .backend
+        .queue
+        .open(&spec.sale_id, spec.queue_capacity)
+        .await
+    {
+        tracing::warn!(sale = %spec.sale_id, error = %e, "cannot open the request queue");
+    }
+}
+
+async fn remove_local(shared: &Shared, sale_id: &str) {
+    if shared.catalog.remove(sale_id) {
+        let _ = shared.backend.queue.close(sale_id).await;
+        ::metrics::gauge!("seckill_stock_remaining", "sale" => sale_id.to_string()).set(0.0);
+    }
+}
+
+/// Follows the inventory's sale events, and resynchronises every second.
+async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut events = shared.backend.inventory.events();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                // Sweeping the edge limiter walks every recent user: off the
+                // runtime's threads, so no connection waits behind it.
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || s.limiter.sweep()).await;
+                sync_all(&shared).await
+            }
+            ev = events.recv() => match ev {
+                Ok(SaleEvent::SoldOut(id)) => {
+                    if let Some(e) = shared.catalog.get(&id) {
+                        e.mark_sold_out();
+                    }
+                    Ok(())
+                }
+                Ok(SaleEvent::Changed(id) | SaleEvent::Removed(id)) => sync_one(&shared, &id).await,
+                Err(RecvError::Lagged(_)) => sync_all(&shared).await,
+                Err(RecvError::Closed) => {
+                    events = shared.backend.inventory.events();
+                    Ok(())
+                }
+            },
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "catalog sync failed; retrying");
+        }
+    }
+}
+
+/// The distributed mode: this gateway on the shared stores in Redis, until
+/// `shutdown` fires and it drained; the seckill services run as processes
+/// of their own and call back over gRPC.
+pub async fn run_distributed(
+    listeners: Listeners,
+    config: GatewayConfig,
+    store: &seckill_redis::RedisStore,
+    shutdown: CancellationToken,
+) -> Result<(), InventoryError> {
+    let gateway = Gateway::new(config, Backend::redis(store)).await?;
+    gateway.serve(listeners, shutdown).await;
+    Ok(())
+}
+
+/// Options of the embedded mode that tests and drills change.
+#[derive(Clone, Debug, Default)]
+pub struct EmbeddedOptions {
+    /// Send results over real gRPC to this gateway's own callback server
+    /// instead of in-process (exercises the distributed path in one process).
+    pub callback_over_grpc: bool,
+}
+
+/// The embedded mode: in-memory stores, this gateway, and the seckill
+/// workers, in one process, until `shutdown` fires and everything drained.
+pub async fn run_embedded(
+    listeners: Listeners,
+    config: GatewayConfig,
+    service: ServiceConfig,
+    options: EmbeddedOptions,
+    result_retention: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), InventoryError> {
+    let backend = Backend::memory(result_retention);
+    let gateway = Gateway::new(config.clone(), backend.clone()).await?;
+    let callback: Arc<dyn Callback> = if options.callback_over_grpc {
+        Arc::new(GrpcCallback::new(Duration::from_secs(2)))
+    } else {
+        gateway.local_callback()
+    };
+    let workers = CancellationToken::new();
+    let service = Service::new(backend.queue, backend.inventory, callback, service);
+    let service = tokio::spawn(service.run(workers.clone()));
+    // The workers outlive the gateway's drain, so every parked request
+    // gets its real result before the process goes.
+    gateway.serve(listeners, shutdown).await;
+    workers.cancel();
+    let _ = service.await;
+    Ok(())
+}

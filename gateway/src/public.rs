@@ -1,0 +1,405 @@
+//! The public API: purchase, read a request's result, read a sale.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH};
+use hyper::{Method, Request, StatusCode};
+use seckill_inventory::{
+    now_ms, rfc3339, valid_id, Admission, Outcome, Purchase, RequestRecord, SaleStatus,
+};
+use seckill_queue::{QueueError, Ticket};
+use seckill_service::http::{json, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use crate::answer::{error, Answer, Status};
+use crate::Shared;
+
+/// Largest request body accepted.
+pub(crate) const MAX_BODY: usize = 4096;
+/// Time a client has to send its body once the headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (mut resp, request_id) = match (req.method(), segments.as_slice()) {
+        (&Method::POST, ["api", "v1", "sales", sale_id, "purchase"]) => {
+            let sale_id = sale_id.to_string();
+            return purchase(&shared, sale_id, req).await;
+        }
+        (&Method::GET, ["api", "v1", "sales", sale_id]) => (get_sale(&shared, sale_id).await, None),
+        (&Method::GET, ["api", "v1", "requests", request_id]) => {
+            (get_request(&shared, request_id).await, None)
+        }
+        (_, ["api", "v1", "sales", _, "purchase"])
+        | (_, ["api", "v1", "sales", _])
+        | (_, ["api", "v1", "requests", _]) => (
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            ),
+            None,
+        ),
+        _ => (
+            error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            None,
+        ),
+    };
+    set_request_id(&mut resp, request_id.unwrap_or_else(seckill_inventory::unique_id));
+    resp
+}
+
+pub(crate) fn set_request_id(resp: &mut HttpResponse, id: String) {
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
+}
+
+#[derive(Deserialize)]
+struct PurchaseBody {
+    user_id: String,
+    #[serde(default)]
+    quantity: Option<u32>,
+}
+
+/// `POST /api/v1/sales/{sale_id}/purchase`.
+async fn purchase(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = if valid_id(&sale_id) {
+        seckill_inventory::request_id(&sale_id)
+    } else {
+        seckill_inventory::unique_id()
+    };
+    let (status, mut resp) = admit_and_wait(shared, &sale_id, &request_id, req).await;
+    shared
+        .metrics
+        .answered(status, started.elapsed().as_secs_f64());
+    set_request_id(&mut resp, request_id);
+    resp
+}
+
+/// Refusal with the standard message of `status`.
+fn refuse(status: Status) -> (Status, HttpResponse) {
+    (status, Answer::of(status).into_response(status))
+}
+
+fn bad_request(message: &str) -> (Status, HttpResponse) {
+    let s = Status::BadRequest;
+    (s, Answer::of(s).error(message).into_response(s))
+}
+
+/// Fails closed when a store cannot be reached.
+fn overloaded(request_id: &str) -> (Status, HttpResponse) {
+    let s = Status::Overloaded;
+    (s, Answer::of(s).request_id(request_id).into_response(s))
+}
+
+/// The whole purchase path; returns the status for the metrics too.
+async fn admit_and_wait(
+    shared: &Shared,
+    sale_id: &str,
+    request_id: &str,
+    req: Request<Incoming>,
+) -> (Status, HttpResponse) {
+    // 1. Input: size, JSON, ids.
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if valid_id(k) => Some(k.to_string()),
+            _ => return bad_request("Idempotency-Key must be 1..=64 characters of [A-Za-z0-9_-]"),
+        },
+    };
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let body: PurchaseBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&format!("invalid JSON body: {e}")),
+    };
+    if body.user_id.is_empty() || body.user_id.len() > 64 {
+        return bad_request("user_id must be 1..=64 characters");
+    }
+    if body.user_id.chars().any(char::is_control) {
+        return bad_request("user_id must not contain control characters");
+    }
+    let quantity = body.quantity.unwrap_or(1);
+    if quantity == 0 {
+        return bad_request("quantity must be at least 1");
+    }
+
+    // 2. Sale state, from the local catalog: no I/O.
+    let Some(sale) = shared.catalog.get(sale_id) else {
+        return refuse(Status::NotFound);
+    };
+    let now = now_ms();
+    match seckill_inventory::window_state(&sale.spec, now) {
+        Some(seckill_inventory::SaleState::Upcoming) => return refuse(Status::NotStarted),
+        Some(_) => return refuse(Status::Ended),
+        None => {}
+    }
+    if sale.sold_out() {
+        return refuse(Status::SoldOut);
+    }
+    if quantity > sale.spec.per_user_limit {
+        return bad_request("quantity is over the sale's per-user limit");
+    }
+    if shared.draining.load(Ordering::Acquire) {
+        return overloaded(request_id);
+    }
+
+    // 3. Per-user edge limit.
+    if !shared.limiter.check(sale_id, &body.user_id) {
+        return refuse(Status::RateLimited);
+    }
+
+    let deadline = now + shared.config.request_timeout.as_millis() as u64;
+    let purchase = Purchase {
+        request_id: request_id.to_string(),
+        sale_id: sale_id.to_string(),
+        user_id: body.user_id,
+        quantity,
+        idempotency_key,
+        deadline_ms: deadline,
+    };
+
+    // 4. A token, or an immediate refusal: nothing before it touches the
+    // store, so a crowd without tokens never reaches the backend.
+    match sale.bucket.try_take().await {
+        Ok(true) => {}
+        Ok(false) => return refuse(Status::RateLimited),
+        Err(_) => return overloaded(request_id),
+    }
+    // Record the request and claim its idempotency key. A repeat of a key
+    // gets the first request's result (the token it took is spent: a repeat
+    // without one is refused like any other request, and retries).
+    match shared.backend.inventory.admit(&purchase).await {
+        Ok(Admission::Admitted) => {}
+        Ok(Admission::Duplicate { request_id: first }) if purchase.idempotency_key.is_some() => {
+            return repeat_of(shared, &first).await;
+        }
+        // Unkeyed requests cannot collide; treat it as a store fault.
+        Ok(Admission::Duplicate { .. }) | Err(_) => return overloaded(request_id),
+    }
+
+    // 5. Park, then enqueue: a result can never arrive before its waiter.
+    let Some(waiter) = shared.waiters.park(request_id) else {
+        withdraw(shared, &purchase).await;
+        return overloaded(request_id);
+    };
+    let ticket = Ticket {
+        purchase,
+        reply_to: shared.config.advertise_grpc.clone(),
+        enqueued_at_ms: now,
+    };
+    if let Err(e) = shared.backend.queue.enqueue(ticket.clone()).await {
+        drop(waiter);
+        withdraw(shared, &ticket.purchase).await;
+        return match e {
+            QueueError::UnknownSale(_) => refuse(Status::NotFound),
+            QueueError::Full(_) | QueueError::Unavailable(_) => overloaded(request_id),
+        };
+    }
+
+    // 6. Wait for the result until the deadline, plus a grace for a result
+    // decided just in time.
+    let until =
+        tokio::time::Instant::now() + shared.config.request_timeout + shared.config.reply_grace;
+    // None: timed out, or the gateway is going away. The outcome is then
+    // final only via GET /api/v1/requests/{id}.
+    let outcome = waiter
+        .wait_until(until)
+        .await
+        .and_then(|r| seckill_proto::outcome_of(&r));
+    let p = &ticket.purchase;
+    match outcome {
+        Some(outcome) => {
+            if outcome == Outcome::SoldOut && p.quantity == 1 {
+                // Not even one unit left: later buyers get 410 locally.
+                sale.mark_sold_out();
+            }
+            let status = Status::of(&outcome);
+            let mut answer = Answer::outcome(&outcome, &p.request_id);
+            if status == Status::Success {
+                answer.sale_id = Some(&p.sale_id);
+                answer.user_id = Some(&p.user_id);
+                answer.quantity = Some(p.quantity);
+            }
+            (status, answer.into_response(status))
+        }
+        None => {
+            let s = Status::Timeout;
+            (s, Answer::of(s).request_id(&p.request_id).into_response(s))
+        }
+    }
+}
+
+/// Undoes the admission of a request that will not be queued.
+async fn withdraw(shared: &Shared, purchase: &Purchase) {
+    if let Err(e) = shared.backend.inventory.withdraw(purchase).await {
+        tracing::warn!(error = %e, "cannot withdraw an admission");
+    }
+}
+
+/// The answer to a repeat of an idempotency key: the first request's
+/// result, or 202 while it is in flight.
+async fn repeat_of(shared: &Shared, first: &str) -> (Status, HttpResponse) {
+    match shared.backend.inventory.request(first).await {
+        Ok(Some(RequestRecord {
+            outcome: Some(outcome),
+            sale_id,
+            user_id,
+            quantity,
+            ..
+        })) => {
+            let status = Status::of(&outcome);
+            let mut answer = Answer::outcome(&outcome, first);
+            if status == Status::Success {
+                answer.sale_id = Some(&sale_id);
+                answer.user_id = Some(&user_id);
+                answer.quantity = Some(quantity);
+            }
+            (status, answer.into_response(status))
+        }
+        Ok(_) => {
+            let s = Status::Pending;
+            (s, Answer::of(s).request_id(first).into_response(s))
+        }
+        Err(_) => overloaded(first),
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, (Status, HttpResponse)> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(refuse(Status::TooLarge));
+    }
+    let limited = Limited::new(req.into_body(), MAX_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(Status::TooLarge)),
+        Ok(Err(_)) => Err(bad_request("the request body could not be read")),
+        Err(_) => Err(bad_request("the request body did not arrive in time")),
+    }
+}
+
+/// A sale as the read API shows it.
+#[derive(Serialize)]
+pub(crate) struct SaleView<'a> {
+    sale_id: &'a str,
+    stock: u64,
+    remaining: u64,
+    sold: u64,
+    per_user_limit: u32,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_capacity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_capacity: Option<u32>,
+}
+
+impl<'a> SaleView<'a> {
+    /// The public view; `admin` adds the flow-control settings.
+    pub fn new(s: &'a SaleStatus, admin: bool) -> Self {
+        let spec = &s.spec;
+        SaleView {
+            sale_id: &spec.sale_id,
+            stock: spec.stock,
+            remaining: s.remaining(),
+            sold: s.sold,
+            per_user_limit: spec.per_user_limit,
+            starts_at: spec.starts_at_ms.map(rfc3339),
+            ends_at: spec.ends_at_ms.map(rfc3339),
+            state: s.state(now_ms()).as_str(),
+            token_rate: admin.then_some(spec.token_rate),
+            token_capacity: admin.then_some(spec.token_capacity),
+            queue_capacity: admin.then_some(spec.queue_capacity),
+        }
+    }
+}
+
+/// `GET /api/v1/sales/{sale_id}`.
+async fn get_sale(shared: &Shared, sale_id: &str) -> HttpResponse {
+    if !valid_id(sale_id) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such sale");
+    }
+    match shared.backend.inventory.sale(sale_id).await {
+        Ok(Some(s)) => json(
+            StatusCode::OK,
+            serde_json::to_vec(&SaleView::new(&s, false)).expect("views serialize"),
+        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such sale"),
+        Err(_) => unavailable(),
+    }
+}
+
+pub(crate) fn unavailable() -> HttpResponse {
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "backend store unreachable; try again later",
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+#[derive(Serialize)]
+struct RequestView<'a> {
+    request_id: &'a str,
+    sale_id: &'a str,
+    user_id: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// `GET /api/v1/requests/{request_id}`.
+async fn get_request(shared: &Shared, request_id: &str) -> HttpResponse {
+    let not_found = || error(StatusCode::NOT_FOUND, "not_found", "no such request");
+    if seckill_inventory::sale_of_request(request_id).is_none() || request_id.len() > 128 {
+        return not_found();
+    }
+    match shared.backend.inventory.request(request_id).await {
+        Ok(Some(r)) => {
+            let (order_id, reason) = match &r.outcome {
+                Some(Outcome::Success { order_id }) => (Some(order_id.as_str()), None),
+                Some(Outcome::Rejected { reason }) => (None, Some(reason.as_str())),
+                _ => (None, None),
+            };
+            let view = RequestView {
+                request_id: &r.request_id,
+                sale_id: &r.sale_id,
+                user_id: &r.user_id,
+                status: r.outcome.as_ref().map_or("pending", Outcome::status),
+                order_id,
+                reason,
+            };
+            json(
+                StatusCode::OK,
+                serde_json::to_vec(&view).expect("views serialize"),
+            )
+        }
+        Ok(None) => not_found(),
+        Err(_) => unavailable(),
+    }
+}

@@ -1,0 +1,152 @@
+//! The `gateway` binary as an operator runs it: option checking, the
+//! embedded quick start, the waiting-requests gauge, and the drain on
+//! SIGTERM that answers a waiting buyer before the process exits.
+
+mod procs;
+
+use std::time::{Duration, Instant};
+
+use procs::Gw;
+use seckill_test_support::free_port;
+use seckill_test_support::process::{http, wait_until, Process};
+
+fn spawn(args: &[&str]) -> Process {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    Process::spawn(
+        "gateway",
+        env!("CARGO_BIN_EXE_gateway").as_ref(),
+        &args,
+        &[("SECKILL_LOG", "warn")],
+    )
+}
+
+fn ports() -> Vec<String> {
+    ["--listen", "--admin-listen", "--grpc-listen"]
+        .iter()
+        .flat_map(|flag| [flag.to_string(), format!("127.0.0.1:{}", free_port())])
+        .collect()
+}
+
+#[test]
+fn bad_configuration_exits_64_with_one_line() {
+    let cases: &[&[&str]] = &[
+        &["--request-timeout-ms", "0"],
+        &["--demo-sale", "nope"],
+        &["--admin-token", "short"],
+        &["--workers", "0"],
+        &["--listen", "nowhere"],
+        &["--log", "[[["],
+        &["--result-retention-ms", "5"],
+        &["--redis-url", "redis://a", "--redis-cluster", "b:1"],
+        &["--no-such-flag"],
+    ];
+    for args in cases {
+        let mut p = spawn(args);
+        let code = p.wait_exit(Duration::from_secs(10)).and_then(|s| s.code());
+        assert_eq!(code, Some(64), "{args:?}: {}", p.log());
+        let log = p.log();
+        assert_eq!(log.trim_end().lines().count(), 1, "{args:?}: {log}");
+        assert!(log.starts_with("gateway: "), "{args:?}: {log}");
+    }
+}
+
+#[test]
+fn unreachable_redis_fails_fast() {
+    let started = Instant::now();
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let mut args = ports();
+    args.extend(["--redis-url".to_string(), url]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = spawn(&args);
+    let code = p.wait_exit(Duration::from_secs(10)).and_then(|s| s.code());
+    assert_eq!(code, Some(1), "{}", p.log());
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(p.log().contains("cannot connect to Redis"), "{}", p.log());
+}
+
+#[test]
+fn embedded_quick_start_prints_what_a_buyer_needs() {
+    let args = ports();
+    let public: std::net::SocketAddr = args[1].parse().unwrap();
+    let admin: std::net::SocketAddr = args[3].parse().unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = spawn(&args);
+    assert!(wait_until(Duration::from_secs(20), || http(
+        admin,
+        "GET",
+        "/healthz",
+        &[],
+        ""
+    )
+    .is_ok_and(|r| r.0 == 200)));
+    let log = p.log();
+    assert!(log.contains("embedded mode"), "{log}");
+    assert!(log.contains(&format!("http://{public}")), "{log}");
+    assert!(log.contains("demo sale   demo (stock 100)"), "{log}");
+    let token = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin token "))
+        .expect("the admin token is printed")
+        .trim()
+        .to_string();
+    assert_eq!(token.len(), 32, "{log}");
+    let auth = format!("Bearer {token}");
+    let (s, _) = http(
+        admin,
+        "GET",
+        "/admin/v1/sales",
+        &[("authorization", &auth)],
+        "",
+    )
+    .unwrap();
+    assert_eq!(s, 200);
+    let (s, body) = http(
+        public,
+        "POST",
+        "/api/v1/sales/demo/purchase",
+        &[],
+        r#"{"user_id":"curl-user"}"#,
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains(r#""status":"success""#), "{body}");
+    p.terminate();
+    let code = p.wait_exit(Duration::from_secs(15)).and_then(|s| s.code());
+    assert_eq!(code, Some(0), "{}", p.log());
+}
+
+#[test]
+fn sigterm_answers_the_waiting_buyer_then_exits() {
+    let mut gw = Gw::start(
+        "gateway",
+        &[],
+        &["--work-delay-ms", "1000", "--workers", "1"],
+    );
+    let public = gw.public;
+    let buyer = std::thread::spawn(move || {
+        http(
+            public,
+            "POST",
+            "/api/v1/sales/demo/purchase",
+            &[],
+            r#"{"user_id":"patient"}"#,
+        )
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .metric("seckill_gateway_waiting_requests")
+            == Some(1.0)),
+        "the waiting request is not counted: {}",
+        gw.admin_get("/metrics").1
+    );
+    gw.p.terminate();
+    let (s, body) = buyer.join().unwrap().expect("answered, not dropped");
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains(r#""status":"success""#), "{body}");
+    let code =
+        gw.p.wait_exit(Duration::from_secs(15))
+            .and_then(|s| s.code());
+    assert_eq!(code, Some(0), "{}", gw.p.log());
+    // And the public port no longer takes buyers.
+    assert!(http(public, "GET", "/api/v1/sales/demo", &[], "").is_err());
+}

@@ -1,0 +1,602 @@
+//! The distributed mode as it is deployed: gateway and seckill-service
+//! processes sharing a private Redis (or a three-master Redis Cluster),
+//! results travelling back over gRPC, and the faults a multi-node sale
+//! meets: a service killed mid-spike, Redis gone and back, the callback's
+//! gateway gone, the token generator's holder killed.
+
+mod procs;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use procs::{cluster_args, redis_args, spike, Answer, Gw, Svc};
+use seckill_redis::keys;
+use serde_json::json;
+use seckill_test_support::process::{http, wait_until};
+use seckill_test_support::{Options, RedisCluster, RedisServer, Reply};
+
+fn int(r: Result<Reply, String>) -> i64 {
+    match r {
+        Ok(Reply::Int(n)) => n,
+        other => panic!("expected an integer reply, got {other:?}"),
+    }
+}
+
+fn by_status(answers: &[Answer]) -> HashMap<u16, usize> {
+    let mut m = HashMap::new();
+    for a in answers {
+        *m.entry(a.status).or_default() += 1;
+    }
+    m
+}
+
+/// Users of the order stream, with how many orders each has.
+fn orders_per_user(redis: &RedisServer, sale: &str) -> HashMap<String, u64> {
+    let Ok(Reply::Array(Some(entries))) = redis.command(&["XRANGE", &keys::orders(sale), "-", "+"])
+    else {
+        panic!("XRANGE of the order stream")
+    };
+    let mut users = HashMap::new();
+    for e in entries {
+        let Reply::Array(Some(parts)) = e else {
+            panic!("stream entry")
+        };
+        let Reply::Array(Some(fields)) = &parts[1] else {
+            panic!("stream fields")
+        };
+        let mut it = fields.iter();
+        while let (Some(Reply::Bulk(Some(k))), Some(Reply::Bulk(Some(v)))) = (it.next(), it.next())
+        {
+            if k == "user_id" {
+                *users.entry(v.clone()).or_default() += 1;
+            }
+        }
+    }
+    users
+}
+
+/// Entries of a sale's queue delivered to the consumers of process `pid`
+/// and not acknowledged.
+fn pending_of(redis: &RedisServer, sale: &str, pid: u32) -> i64 {
+    let Ok(Reply::Array(Some(summary))) =
+        redis.command(&["XPENDING", &keys::queue(sale), keys::GROUP])
+    else {
+        panic!("XPENDING summary")
+    };
+    let Some(Reply::Array(Some(consumers))) = summary.get(3) else {
+        return 0;
+    };
+    let prefix = format!("c-{pid}-");
+    consumers
+        .iter()
+        .filter_map(|c| match c {
+            Reply::Array(Some(pair)) => match (&pair[0], &pair[1]) {
+                (Reply::Bulk(Some(name)), Reply::Bulk(Some(n))) if name.starts_with(&prefix) => {
+                    n.parse::<i64>().ok()
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .sum()
+}
+
+fn sale_body(stock: u64, token_rate: u64, token_capacity: u64) -> serde_json::Value {
+    json!({
+        "stock": stock,
+        "per_user_limit": 1,
+        "token_rate": token_rate,
+        "token_capacity": token_capacity,
+        "queue_capacity": 100_000,
+    })
+}
+
+/// Waits until every gateway knows the sale and its bucket has tokens.
+fn wait_sale(gws: &[&Gw], sale: &str) {
+    for gw in gws {
+        assert!(
+            wait_until(Duration::from_secs(5), || gw
+                .get(&format!("/api/v1/sales/{sale}"))
+                .0
+                == 200),
+            "sale {sale} not visible on a gateway"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_two_services_sell_exactly_the_stock() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let timeout = ["--request-timeout-ms", "30000"];
+    let gws = [
+        Gw::start("gateway-a", &store, &timeout),
+        Gw::start("gateway-b", &store, &timeout),
+    ];
+    let svcs = [
+        Svc::start("service-a", &store, &[]),
+        Svc::start("service-b", &store, &[]),
+    ];
+    assert_eq!(gws[0].put_sale("big", &sale_body(1000, 5000, 2000)), 201);
+    wait_sale(&[&gws[0], &gws[1]], "big");
+
+    // 20,000 distinct buyers over both gateways, and 2,000 of them click
+    // a second time.
+    let mut buyers: Vec<_> = (0..20_000)
+        .map(|i| (gws[i % 2].public, format!("u{i}")))
+        .collect();
+    buyers.extend((0..2_000).map(|i| (gws[(i + 1) % 2].public, format!("u{}", i * 10))));
+    let answers = spike(buyers, "big", 1000).await;
+
+    let statuses = by_status(&answers);
+    let lost: Vec<_> = answers.iter().filter(|a| a.status == 0).take(3).collect();
+    assert!(
+        lost.is_empty(),
+        "requests without an answer: {lost:?} ({statuses:?})"
+    );
+    assert_eq!(statuses.get(&200), Some(&1000), "{statuses:?}");
+    for (status, n) in &statuses {
+        assert!(
+            matches!(status, 200 | 403 | 410 | 429),
+            "{n} answers with status {status}: {statuses:?}"
+        );
+    }
+    let mut wins: HashMap<&str, u32> = HashMap::new();
+    for a in answers.iter().filter(|a| a.status == 200) {
+        assert_eq!(a.body["status"], "success");
+        *wins.entry(a.user.as_str()).or_default() += 1;
+    }
+    assert!(wins.values().all(|&n| n == 1), "a user bought twice");
+
+    // Every view agrees: both gateways, the order stream, the services.
+    for gw in &gws {
+        assert_eq!(gw.sold("big"), (1000, 0));
+    }
+    assert_eq!(int(redis.command(&["XLEN", &keys::orders("big")])), 1000);
+    let per_user = orders_per_user(&redis, "big");
+    assert_eq!(per_user.len(), 1000);
+    assert!(per_user.values().all(|&n| n == 1), "a user over the limit");
+    let processed: f64 = svcs
+        .iter()
+        .map(|s| s.metric(r#"seckill_service_processed_total{result="success"}"#))
+        .sum();
+    assert_eq!(processed, 1000.0);
+    assert!(
+        svcs.iter()
+            .all(|s| s.metric(r#"seckill_service_processed_total{result="success"}"#) > 0.0),
+        "both services took part"
+    );
+    let callbacks: f64 = svcs
+        .iter()
+        .map(|s| s.metric(r#"seckill_callback_total{result="error"}"#))
+        .sum();
+    assert_eq!(callbacks, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_service_is_taken_over_without_oversell() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "20000"]);
+    let slow = [
+        "--work-delay-ms",
+        "100",
+        "--batch-size",
+        "8",
+        "--workers",
+        "2",
+    ];
+    let mut victim = Svc::start("service-victim", &store, &slow);
+    let survivor = Svc::start("service-survivor", &store, &slow);
+    assert_eq!(gw.put_sale("kill", &sale_body(300, 2000, 1000)), 201);
+    wait_sale(&[&gw], "kill");
+
+    let buyers: Vec<_> = (0..3_000).map(|i| (gw.public, format!("k{i}"))).collect();
+    let load = tokio::spawn(spike(buyers, "kill", 500));
+    // Kill the victim in the middle of its work: entries in hand, pending.
+    // Each batch stays pending for the work delay, so an instant when it
+    // holds some is seen while the sale still runs.
+    let victim_pid = victim.p.pid().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || victim
+            .metric(r#"seckill_service_processed_total{result="success"}"#)
+            >= 20.0
+            && pending_of(&redis, "kill", victim_pid) > 0),
+        "the victim was never seen holding entries after deciding 20"
+    );
+    victim.p.kill();
+    let held = pending_of(&redis, "kill", victim_pid);
+    assert!(held > 0, "the victim held no entries when it died");
+    let answers = load.await.unwrap();
+    // The buyers may all be answered before the victim's entries are idle
+    // long enough to be claimed (a result recorded but not yet acknowledged
+    // when it died): the survivor still has to take them over.
+    assert!(
+        wait_until(Duration::from_secs(20), || pending_of(
+            &redis, "kill", victim_pid
+        ) == 0),
+        "the victim's entries were never reclaimed: {} left",
+        pending_of(&redis, "kill", victim_pid)
+    );
+
+    let statuses = by_status(&answers);
+    for (status, n) in &statuses {
+        assert!(
+            matches!(status, 200 | 403 | 410 | 429 | 504),
+            "{n} answers with status {status}: {statuses:?}"
+        );
+    }
+    // Every admitted request that timed out has a final outcome to read.
+    for a in answers.iter().filter(|a| a.status == 504) {
+        let id = a.body["request_id"]
+            .as_str()
+            .expect("504 carries the request id");
+        let final_state = wait_until(Duration::from_secs(30), || {
+            let (s, v) = gw.get(&format!("/api/v1/requests/{id}"));
+            s == 200 && v["status"] != "pending"
+        });
+        assert!(final_state, "request {id} has no final outcome");
+    }
+    let (sold, remaining) = gw.sold("kill");
+    assert_eq!(sold + remaining, 300);
+    assert_eq!(sold, 300, "{statuses:?}");
+    let successes = answers.iter().filter(|a| a.status == 200).count() as u64;
+    assert!(successes <= sold);
+    assert_eq!(int(redis.command(&["XLEN", &keys::orders("kill")])), 300);
+    assert!(orders_per_user(&redis, "kill").values().all(|&n| n == 1));
+    assert!(
+        survivor.metric(r#"seckill_service_processed_total{result="success"}"#) > 0.0,
+        "the survivor took over"
+    );
+}
+
+/// Calls of `command` Redis has run so far (those run by scripts included).
+fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let Ok(Reply::Bulk(Some(info))) = redis.command(&["INFO", "commandstats"]) else {
+        panic!("INFO commandstats")
+    };
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn keyed_buyers_without_a_token_never_reach_redis() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "300"]);
+    assert_eq!(gw.put_sale("dry", &sale_body(100, 1, 1)), 201);
+    wait_sale(&[&gw], "dry");
+
+    // Every buyer sends an Idempotency-Key; claiming one is a SET NX in
+    // Redis, so the SET count tells which requests reached the store.
+    let sets_before = calls(&redis, "set");
+    let mut statuses: HashMap<u16, u64> = HashMap::new();
+    for i in 0..200 {
+        let key = format!("key-{i}");
+        let (status, body) = http(
+            gw.public,
+            "POST",
+            "/api/v1/sales/dry/purchase",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", &key),
+            ],
+            &format!(r#"{{"user_id":"dry-{i}"}}"#),
+        )
+        .unwrap();
+        assert!(matches!(status, 429 | 504), "{status} {body}");
+        *statuses.entry(status).or_default() += 1;
+    }
+    let refused = statuses.get(&429).copied().unwrap_or(0);
+    let admitted = 200 - refused;
+    assert!(refused >= 190, "{statuses:?}");
+    let sets = calls(&redis, "set") - sets_before;
+    // The admitted few claimed their keys; a generator lease may be taken.
+    assert!(
+        sets <= admitted + 2,
+        "{sets} SETs for {admitted} admitted requests: refused buyers reached Redis"
+    );
+}
+
+#[test]
+fn redis_gone_fails_fast_and_service_resumes_by_itself() {
+    let mut redis = RedisServer::start_with(Options {
+        appendonly: true,
+        cluster: false,
+    });
+    let store = redis_args(&redis.url());
+    let gw = Gw::start("gateway", &store, &[]);
+    let svc = Svc::start("service", &store, &[]);
+    assert_eq!(gw.put_sale("r", &sale_body(100, 1000, 100)), 201);
+    wait_sale(&[&gw], "r");
+    assert_eq!(gw.buy("r", "before").0, 200);
+
+    redis.stop();
+    let started = Instant::now();
+    let (s, v) = gw.buy("r", "during");
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["status"], "overloaded");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(5), || gw
+        .admin_get("/readyz")
+        .0
+        == 503));
+    assert!(wait_until(Duration::from_secs(5), || svc
+        .admin_get("/readyz")
+        .0
+        == 503));
+    assert_eq!(gw.admin_get("/healthz").0, 200);
+
+    // Back from its append-only file: the sale, its stock and the order
+    // are there, and purchases flow again without a restart of anything.
+    redis.restart();
+    assert!(wait_until(Duration::from_secs(15), || gw
+        .admin_get("/readyz")
+        .0
+        == 200));
+    assert!(wait_until(Duration::from_secs(15), || svc
+        .admin_get("/readyz")
+        .0
+        == 200));
+    assert!(
+        wait_until(Duration::from_secs(15), || gw.buy("r", "after").0 == 200),
+        "purchases do not resume: {}\n{}",
+        gw.p.log(),
+        svc.p.log()
+    );
+    assert_eq!(gw.sold("r"), (2, 98));
+
+    // Back empty: the sale is gone everywhere; created again, it sells.
+    redis.stop();
+    let _ = std::fs::remove_dir_all(redis.dir().join("appendonlydir"));
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || gw.get("/api/v1/sales/r").0
+            == 404),
+        "a sale Redis no longer has is still served"
+    );
+    assert_eq!(gw.put_sale("r", &sale_body(5, 1000, 100)), 201);
+    assert!(
+        wait_until(Duration::from_secs(15), || gw.buy("r", "fresh").0 == 200),
+        "purchases do not resume on an empty Redis: {}\n{}",
+        gw.p.log(),
+        svc.p.log()
+    );
+    assert_eq!(gw.sold("r"), (1, 4));
+}
+
+#[test]
+fn a_result_whose_gateway_is_gone_is_read_from_another() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let mut a = Gw::start("gateway-a", &store, &["--request-timeout-ms", "10000"]);
+    let b = Gw::start("gateway-b", &store, &[]);
+    let svc = Svc::start("service", &store, &["--work-delay-ms", "1500"]);
+    assert_eq!(a.put_sale("cb", &sale_body(10, 1000, 100)), 201);
+    wait_sale(&[&a, &b], "cb");
+
+    let public = a.public;
+    let buyer = std::thread::spawn(move || {
+        seckill_test_support::process::http(
+            public,
+            "POST",
+            "/api/v1/sales/cb/purchase",
+            &[],
+            r#"{"user_id":"orphan"}"#,
+        )
+    });
+    if !wait_until(Duration::from_secs(10), || {
+        a.metric("seckill_gateway_waiting_requests") == Some(1.0)
+    }) {
+        let answer = if buyer.is_finished() {
+            format!("{:?}", buyer.join())
+        } else {
+            "none yet".into()
+        };
+        panic!(
+            "the request is not parked (answer: {answer}): {}\n{}",
+            a.p.log(),
+            svc.p.log()
+        );
+    }
+    a.p.kill();
+    assert!(
+        buyer.join().unwrap().is_err(),
+        "the connection died with its gateway"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || svc
+            .metric(r#"seckill_callback_total{result="error"}"#)
+            >= 1.0),
+        "the callback to the dead gateway did not fail"
+    );
+    let Ok(Reply::Array(Some(ids))) = redis.command(&["KEYS", &keys::request("cb", "*")]) else {
+        panic!("request keys")
+    };
+    assert_eq!(ids.len(), 1);
+    let Reply::Bulk(Some(key)) = &ids[0] else {
+        panic!("key")
+    };
+    let id = key.rsplit(':').next().unwrap();
+    let (s, v) = b.get(&format!("/api/v1/requests/{id}"));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "success", "{v}");
+    assert!(v["order_id"].is_string(), "{v}");
+    assert_eq!(b.sold("cb"), (1, 9));
+}
+
+#[test]
+fn token_generator_fails_over_at_the_same_rate() {
+    const RATE: f64 = 100.0;
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let mut gws = vec![
+        Gw::start("gateway-a", &store, &[]),
+        Gw::start("gateway-b", &store, &[]),
+    ];
+    // Nobody buys: the token list grows at the generator's rate.
+    assert_eq!(
+        gws[0].put_sale("gen", &sale_body(10, RATE as u64, 100_000)),
+        201
+    );
+    wait_sale(&[&gws[0], &gws[1]], "gen");
+    let tokens = || int(redis.command(&["LLEN", &keys::tokens("gen")]));
+    let rate_over = |window: Duration| {
+        let (n0, t0) = (tokens(), Instant::now());
+        std::thread::sleep(window);
+        (tokens() - n0) as f64 / t0.elapsed().as_secs_f64()
+    };
+    let window = Duration::from_secs(2);
+    let before = rate_over(window);
+    assert!(
+        (0.6 * RATE..=1.3 * RATE).contains(&before),
+        "two gateways issue {before:.0} tokens/s for a rate of {RATE}"
+    );
+
+    let issued = |gw: &Gw| {
+        gw.metric(r#"seckill_tokens_issued_total{sale="gen"}"#)
+            .unwrap_or(0.0)
+    };
+    let holder = gws
+        .iter()
+        .position(|g| issued(g) > 0.0)
+        .expect("one gateway generates");
+    assert_eq!(
+        gws.iter().filter(|g| issued(g) > 0.0).count(),
+        1,
+        "only the lease holder generates"
+    );
+    gws[holder].p.kill();
+    let other = gws.remove(1 - holder);
+    // The survivor counts its pushes after Redis answers them, so its counter
+    // is what proves the takeover; the token list alone may still grow from a
+    // push the killed holder sent just before it died.
+    let n = tokens();
+    assert!(
+        wait_until(Duration::from_secs(10), || issued(&other) > 0.0),
+        "no generator took over"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || tokens() > n),
+        "the new generator's tokens do not reach the list"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rate_over(window);
+    assert!(
+        (0.6 * RATE..=1.3 * RATE).contains(&after),
+        "after the failover {after:.0} tokens/s for a rate of {RATE}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_sells_exactly_the_stock() {
+    let cluster = RedisCluster::start(3);
+    let store = cluster_args(&cluster.urls());
+    let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "30000"]);
+    let svc = Svc::start("service", &store, &[]);
+    for (sale, stock) in [("c1", 300), ("c2", 200)] {
+        assert_eq!(gw.put_sale(sale, &sale_body(stock, 5000, 2000)), 201);
+    }
+    wait_sale(&[&gw], "c1");
+    wait_sale(&[&gw], "c2");
+    let buyers: Vec<_> = (0..3_000).map(|i| (gw.public, format!("c{i}"))).collect();
+    let (one, two) = buyers.split_at(1_500);
+    let (a1, a2) = tokio::join!(
+        spike(one.to_vec(), "c1", 500),
+        spike(two.to_vec(), "c2", 500)
+    );
+    for (answers, sale, stock) in [(a1, "c1", 300u64), (a2, "c2", 200)] {
+        let statuses = by_status(&answers);
+        assert_eq!(
+            statuses.get(&200).copied(),
+            Some(stock as usize),
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.keys().all(|s| matches!(s, 200 | 410 | 429)),
+            "{statuses:?}"
+        );
+        assert_eq!(gw.sold(sale), (stock, 0));
+        // The order stream lives on the shard that owns the sale's slot.
+        let xlen = cluster
+            .nodes()
+            .iter()
+            .find_map(|n| match n.command(&["XLEN", &keys::orders(sale)]) {
+                Ok(Reply::Int(len)) => Some(len),
+                _ => None,
+            })
+            .expect("one node owns the order stream");
+        assert_eq!(xlen, stock as i64);
+    }
+    assert_eq!(
+        svc.metric(r#"seckill_service_processed_total{result="success"}"#),
+        500.0
+    );
+}
+
+#[test]
+fn the_load_harness_audits_a_distributed_sale_in_redis() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "20000"]);
+    let _svc = Svc::start("service", &store, &[]);
+    let args: Vec<String> = [
+        "run",
+        "--target",
+        &format!("http://{}", gw.public),
+        "--admin-url",
+        &format!("http://{}", gw.admin),
+        "--admin-token",
+        procs::TOKEN,
+        "--sale",
+        "audited",
+        "--create-sale",
+        "300",
+        "--token-rate",
+        "5000",
+        "--token-capacity",
+        "2000",
+        "--profile",
+        "at-once:3000/1s",
+        "--double-click",
+        "0.05",
+        "--connections",
+        "128",
+        "--timeout-ms",
+        "30000",
+        "--allow-invalid",
+        "--redis-url",
+        &redis.url(),
+        "--assert",
+        "oversell==0",
+        "--assert",
+        "missing==0",
+        "--assert",
+        "orders==300",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut lt = seckill_test_support::process::Process::spawn(
+        "loadtest",
+        &seckill_test_support::process::binary("loadtest"),
+        &args,
+        &[],
+    );
+    let status = lt.wait_exit(Duration::from_secs(90));
+    let out = lt.log();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{out}");
+    assert!(
+        out.contains("redis: order stream 300, hash stock 300 sold 300"),
+        "{out}"
+    );
+    assert_eq!(gw.sold("audited"), (300, 0));
+}

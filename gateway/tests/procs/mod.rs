@@ -1,0 +1,224 @@
+//! Gateways and seckill services as real processes, on free loopback
+//! ports, and a concurrent HTTP client for spikes against them.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use seckill_test_support::free_port;
+use seckill_test_support::process::{binary, http, sample, wait_until, Process};
+
+pub const TOKEN: &str = "test-admin-token";
+
+fn addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// A gateway process.
+pub struct Gw {
+    pub p: Process,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+impl Gw {
+    /// Starts `gateway` with the store options and `extra`, and waits until
+    /// its admin port answers.
+    pub fn start(name: &str, store: &[String], extra: &[&str]) -> Gw {
+        let (public, admin, grpc) = (addr(), addr(), addr());
+        let mut args = store.to_vec();
+        args.extend(owned(&[
+            "--listen",
+            &public.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+            "--grpc-listen",
+            &grpc.to_string(),
+            "--admin-token",
+            TOKEN,
+            "--user-rate-per-sec",
+            "0",
+        ]));
+        args.extend(owned(extra));
+        let p = Process::spawn(
+            name,
+            env!("CARGO_BIN_EXE_gateway").as_ref(),
+            &args,
+            &[("SECKILL_LOG", "warn")],
+        );
+        let gw = Gw {
+            p,
+            public,
+            admin,
+            grpc,
+        };
+        assert!(
+            wait_until(Duration::from_secs(20), || gw.admin_get("/healthz").0
+                == 200),
+            "{name} did not come up: {}",
+            gw.p.log()
+        );
+        gw
+    }
+
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path, &[], "").unwrap_or((0, String::new()))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let (s, body) = http(self.public, "GET", path, &[], "").unwrap_or((0, String::new()));
+        (s, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        sample(&self.admin_get("/metrics").1, series)
+    }
+
+    /// `PUT /admin/v1/sales/{id}`; the status.
+    pub fn put_sale(&self, id: &str, body: &Value) -> u16 {
+        let auth = format!("Bearer {TOKEN}");
+        http(
+            self.admin,
+            "PUT",
+            &format!("/admin/v1/sales/{id}"),
+            &[("authorization", &auth)],
+            &body.to_string(),
+        )
+        .map(|r| r.0)
+        .unwrap_or(0)
+    }
+
+    /// One purchase; the status and body (status 0: no answer).
+    pub fn buy(&self, sale: &str, user: &str) -> (u16, Value) {
+        let body = format!(r#"{{"user_id":"{user}"}}"#);
+        match http(
+            self.public,
+            "POST",
+            &format!("/api/v1/sales/{sale}/purchase"),
+            &[("content-type", "application/json")],
+            &body,
+        ) {
+            Ok((s, b)) => (s, serde_json::from_str(&b).unwrap_or(Value::Null)),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// The sale as every client sees it: (sold, remaining).
+    pub fn sold(&self, sale: &str) -> (u64, u64) {
+        let (s, v) = self.get(&format!("/api/v1/sales/{sale}"));
+        assert_eq!(s, 200, "{v}");
+        (
+            v["sold"].as_u64().unwrap(),
+            v["remaining"].as_u64().unwrap(),
+        )
+    }
+}
+
+/// A seckill-service process.
+pub struct Svc {
+    pub p: Process,
+    pub admin: SocketAddr,
+}
+
+impl Svc {
+    pub fn start(name: &str, store: &[String], extra: &[&str]) -> Svc {
+        let admin = addr();
+        let mut args = store.to_vec();
+        args.extend(owned(&["--admin-listen", &admin.to_string()]));
+        args.extend(owned(extra));
+        let p = Process::spawn(
+            name,
+            &binary("seckill-service"),
+            &args,
+            &[("SECKILL_LOG", "warn")],
+        );
+        let svc = Svc { p, admin };
+        assert!(
+            wait_until(Duration::from_secs(20), || svc.admin_get("/healthz").0
+                == 200),
+            "{name} did not come up: {}",
+            svc.p.log()
+        );
+        svc
+    }
+
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path, &[], "").unwrap_or((0, String::new()))
+    }
+
+    pub fn metric(&self, series: &str) -> f64 {
+        sample(&self.admin_get("/metrics").1, series).unwrap_or(0.0)
+    }
+}
+
+pub fn redis_args(url: &str) -> Vec<String> {
+    owned(&["--redis-url", url])
+}
+
+pub fn cluster_args(urls: &[String]) -> Vec<String> {
+    owned(&["--redis-cluster", &urls.join(",")])
+}
+
+/// What one buyer's request came back with.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub user: String,
+    /// 0: no HTTP answer at all.
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Sends one purchase per `(gateway, user)` at most `in_flight` at a time,
+/// and returns every answer.
+pub async fn spike(buyers: Vec<(SocketAddr, String)>, sale: &str, in_flight: usize) -> Vec<Answer> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(in_flight)
+        // Below the gateway's 5 s idle close, so no request races it.
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build(connector);
+    let sale = sale.to_string();
+    seckill_test_support::crowd(buyers, in_flight, move |(target, user)| {
+        let (client, sale) = (client.clone(), sale.clone());
+        async move {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://{target}/api/v1/sales/{sale}/purchase"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(format!(r#"{{"user_id":"{user}"}}"#))))
+                .unwrap();
+            // Status 0 carries the client's error as its body, for the
+            // failure message.
+            let answer = tokio::time::timeout(Duration::from_secs(60), async {
+                let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("body: {e:?}"))?
+                    .to_bytes();
+                Ok::<_, String>((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+            })
+            .await
+            .unwrap_or_else(|_| Err("no answer within 60 s".into()));
+            let (status, body) = answer.unwrap_or_else(|e| (0, Value::String(e)));
+            Answer { user, status, body }
+        }
+    })
+    .await
+}

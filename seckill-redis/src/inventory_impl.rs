@@ -1,0 +1,388 @@
+//! The Redis [`Inventory`]: sales, holdings, request records and orders in
+//! the keys of each sale (see [`crate::keys`]).
+//!
+//! Each state change is one Lua script on one sale's keys, so it is atomic
+//! in a single Redis and on the owning shard of a cluster. The purchase
+//! script decides a whole batch of one sale in one round trip: per request
+//! the deadline against the Redis clock, the idempotency key, the per-user
+//! limit and the stock, then the result record (with the retention as its
+//! expiry) and the order event, and a sold-out publish when the last unit
+//! goes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use seckill_inventory::{
+    sale_of_request, unique_id, Admission, Decision, Inventory, InventoryError, OrderEvent,
+    Outcome, Purchase, Put, RequestRecord, SaleEvent, SaleSpec, SaleStatus,
+};
+use redis::{AsyncCommands, Script, Value};
+use tokio::sync::broadcast;
+
+use crate::{describe, keys, Shared};
+
+static PURCHASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/purchase.lua")));
+static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/admit.lua")));
+static WITHDRAW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/withdraw.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
+static PUT_SALE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/put_sale.lua")));
+static REMOVE_SALE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/remove_sale.lua")));
+
+/// Orders read per `XRANGE` page.
+const ORDER_PAGE: usize = 1000;
+
+/// The distributed-mode [`Inventory`].
+#[derive(Clone)]
+pub struct RedisInventory {
+    shared: Arc<Shared>,
+}
+
+fn unavailable(e: redis::RedisError) -> InventoryError {
+    InventoryError::Unavailable(describe(&e))
+}
+
+fn corrupt(what: &str) -> InventoryError {
+    InventoryError::Unavailable(format!("unexpected data in redis: {what}"))
+}
+
+/// The idempotency key of a purchase, or its record key when it has none
+/// (scripts take a fixed number of keys per request).
+fn idem_key(p: &Purchase) -> (String, &'static str) {
+    match &p.idempotency_key {
+        Some(k) => (keys::idempotency(&p.sale_id, &p.user_id, k), "1"),
+        None => (keys::request(&p.sale_id, &p.request_id), "0"),
+    }
+}
+
+/// `(status, detail)` as stored, for an outcome.
+fn encode(outcome: &Outcome) -> (&'static str, &str) {
+    let detail = match outcome {
+        Outcome::Success { order_id } => order_id.as_str(),
+        Outcome::Rejected { reason } => reason.as_str(),
+        _ => "",
+    };
+    (outcome.status(), detail)
+}
+
+/// The outcome stored as `(status, detail)`; `None` while pending.
+fn decode(status: &str, detail: &str) -> Result<Option<Outcome>, InventoryError> {
+    Ok(Some(match status {
+        "" => return Ok(None),
+        "success" => Outcome::Success {
+            order_id: detail.to_string(),
+        },
+        "sold_out" => Outcome::SoldOut,
+        "limit_exceeded" => Outcome::LimitExceeded,
+        "rejected" => Outcome::Rejected {
+            reason: detail.to_string(),
+        },
+        "expired" => Outcome::Expired,
+        other => return Err(corrupt(&format!("status {other:?}"))),
+    }))
+}
+
+fn decision(status: &str, detail: &str, duplicate: i64) -> Result<Decision, InventoryError> {
+    let outcome = decode(status, detail)?.ok_or_else(|| corrupt("empty outcome"))?;
+    Ok(Decision {
+        outcome,
+        duplicate: duplicate != 0,
+    })
+}
+
+fn opt_ms(v: Option<u64>) -> String {
+    v.map(|ms| ms.to_string()).unwrap_or_default()
+}
+
+impl RedisInventory {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        RedisInventory { shared }
+    }
+
+    fn conn(&self) -> crate::Conn {
+        self.shared.conn.clone()
+    }
+
+    fn ns(&self) -> &str {
+        &self.shared.config.namespace
+    }
+
+    fn retention_ms(&self) -> u64 {
+        self.shared.config.retention.as_millis() as u64
+    }
+
+    /// Decides one sale's part of a batch in one script.
+    async fn purchase_sale(&self, batch: &[&Purchase]) -> Result<Vec<Decision>, InventoryError> {
+        let sale = &batch[0].sale_id;
+        let mut inv = PURCHASE.prepare_invoke();
+        inv.key(keys::sale(sale))
+            .key(keys::users(sale))
+            .key(keys::orders(sale))
+            .arg(self.retention_ms())
+            .arg(sale)
+            .arg(keys::events(self.ns()))
+            .arg(batch.len());
+        for p in batch {
+            let (idem, keyed) = idem_key(p);
+            inv.key(keys::request(sale, &p.request_id))
+                .key(idem)
+                .arg(&p.request_id)
+                .arg(&p.user_id)
+                .arg(p.quantity)
+                .arg(p.deadline_ms)
+                .arg(keyed)
+                .arg(format!("o-{}", unique_id()));
+        }
+        let rows: Vec<(String, String, i64)> = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if rows.len() != batch.len() {
+            return Err(corrupt("purchase reply length"));
+        }
+        rows.iter()
+            .map(|(status, detail, dup)| decision(status, detail, *dup))
+            .collect()
+    }
+}
+
+fn status_of(fields: HashMap<String, String>) -> Result<Option<SaleStatus>, InventoryError> {
+    let Some(spec) = fields.get("spec") else {
+        return Ok(None);
+    };
+    let spec: SaleSpec = serde_json::from_str(spec).map_err(|_| corrupt("sale spec"))?;
+    let sold = fields.get("sold").and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(Some(SaleStatus { spec, sold }))
+}
+
+fn field(fields: &[(String, Value)], name: &str) -> String {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| redis::from_redis_value_ref::<String>(v).ok())
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Inventory for RedisInventory {
+    async fn put_sale(&self, spec: SaleSpec) -> Result<Put, InventoryError> {
+        let id = spec.sale_id.clone();
+        let json = serde_json::to_string(&spec).map_err(|_| corrupt("spec"))?;
+        let put: i64 = PUT_SALE
+            .key(keys::sale(&id))
+            .key(keys::users(&id))
+            .key(keys::orders(&id))
+            .arg(json)
+            .arg(spec.stock)
+            .arg(spec.per_user_limit)
+            .arg(opt_ms(spec.starts_at_ms))
+            .arg(opt_ms(spec.ends_at_ms))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let put = match put {
+            1 => Put::Created,
+            0 => Put::Replaced,
+            _ => return Err(InventoryError::HasSales(id)),
+        };
+        // The catalog set lives in another slot: a separate command, after
+        // the sale exists, so a listed id always resolves (or was removed).
+        let _: i64 = self
+            .conn()
+            .sadd(keys::sales(self.ns()), &id)
+            .await
+            .map_err(unavailable)?;
+        self.shared.publish(format!("changed:{id}")).await;
+        Ok(put)
+    }
+
+    async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError> {
+        let listed: i64 = self
+            .conn()
+            .srem(keys::sales(self.ns()), sale_id)
+            .await
+            .map_err(unavailable)?;
+        let existed: i64 = REMOVE_SALE
+            .key(keys::sale(sale_id))
+            .key(keys::users(sale_id))
+            .key(keys::orders(sale_id))
+            .key(keys::tokens(sale_id))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let removed = listed > 0 || existed > 0;
+        if removed {
+            self.shared.publish(format!("removed:{sale_id}")).await;
+        }
+        Ok(removed)
+    }
+
+    async fn sale(&self, sale_id: &str) -> Result<Option<SaleStatus>, InventoryError> {
+        let fields: HashMap<String, String> = self
+            .conn()
+            .hgetall(keys::sale(sale_id))
+            .await
+            .map_err(unavailable)?;
+        status_of(fields)
+    }
+
+    async fn sales(&self) -> Result<Vec<SaleStatus>, InventoryError> {
+        let mut ids: Vec<String> = self
+            .conn()
+            .smembers(keys::sales(self.ns()))
+            .await
+            .map_err(unavailable)?;
+        ids.sort();
+        // One read per sale (each in its own slot in a cluster); the
+        // catalog is small and gateways read it about once a second.
+        let mut all = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(status) = self.sale(&id).await? {
+                all.push(status);
+            }
+        }
+        Ok(all)
+    }
+
+    async fn admit(&self, p: &Purchase) -> Result<Admission, InventoryError> {
+        let (idem, keyed) = idem_key(p);
+        let holder: String = ADMIT
+            .key(keys::request(&p.sale_id, &p.request_id))
+            .key(idem)
+            .arg(&p.request_id)
+            .arg(keyed)
+            .arg(self.retention_ms())
+            .arg(&p.user_id)
+            .arg(p.quantity)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(if holder.is_empty() {
+            Admission::Admitted
+        } else {
+            Admission::Duplicate { request_id: holder }
+        })
+    }
+
+    async fn withdraw(&self, p: &Purchase) -> Result<(), InventoryError> {
+        let (idem, keyed) = idem_key(p);
+        let _: i64 = WITHDRAW
+            .key(keys::request(&p.sale_id, &p.request_id))
+            .key(idem)
+            .arg(&p.request_id)
+            .arg(keyed)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn purchase(&self, batch: &[Purchase]) -> Result<Vec<Decision>, InventoryError> {
+        // One script per sale in the batch, in the order sales first appear;
+        // decisions go back in the batch's order.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            match groups.iter_mut().find(|(s, _)| *s == p.sale_id) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((&p.sale_id, vec![i])),
+            }
+        }
+        let mut out: Vec<Option<Decision>> = vec![None; batch.len()];
+        for (_, idx) in groups {
+            let part: Vec<&Purchase> = idx.iter().map(|&i| &batch[i]).collect();
+            let decisions = self.purchase_sale(&part).await?;
+            for (i, d) in idx.into_iter().zip(decisions) {
+                out[i] = Some(d);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|d| d.expect("every request decided"))
+            .collect())
+    }
+
+    async fn settle(&self, p: &Purchase, outcome: Outcome) -> Result<Decision, InventoryError> {
+        let (status, detail) = encode(&outcome);
+        let (status, detail, dup): (String, String, i64) = SETTLE
+            .key(keys::request(&p.sale_id, &p.request_id))
+            .arg(&p.user_id)
+            .arg(p.quantity)
+            .arg(status)
+            .arg(detail)
+            .arg(self.retention_ms())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        decision(&status, &detail, dup)
+    }
+
+    async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, InventoryError> {
+        let Some(sale_id) = sale_of_request(request_id) else {
+            return Ok(None);
+        };
+        let fields: HashMap<String, String> = self
+            .conn()
+            .hgetall(keys::request(sale_id, request_id))
+            .await
+            .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
+        Ok(Some(RequestRecord {
+            request_id: request_id.to_string(),
+            sale_id: sale_id.to_string(),
+            user_id: get("user").to_string(),
+            quantity: get("qty").parse().unwrap_or(0),
+            outcome: decode(get("status"), get("detail"))?,
+        }))
+    }
+
+    async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError> {
+        let key = keys::orders(sale_id);
+        let mut out = Vec::new();
+        let mut start = "-".to_string();
+        loop {
+            let page: Vec<(String, Vec<(String, Value)>)> = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(ORDER_PAGE)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let full = page.len() == ORDER_PAGE;
+            for (id, fields) in &page {
+                out.push(OrderEvent {
+                    order_id: field(fields, "order_id"),
+                    request_id: field(fields, "request_id"),
+                    sale_id: sale_id.to_string(),
+                    user_id: field(fields, "user_id"),
+                    quantity: field(fields, "quantity").parse().unwrap_or(0),
+                    at_ms: field(fields, "at_ms").parse().unwrap_or(0),
+                });
+                start = format!("({id}");
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn events(&self) -> broadcast::Receiver<SaleEvent> {
+        self.shared.events.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), InventoryError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,311 @@
+//! The inventory suite: purchase decisions, idempotency, deadlines,
+//! records, events and concurrency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use seckill_inventory::{Admission, Inventory, InventoryError, Outcome, Put, SaleEvent};
+use tokio::sync::broadcast;
+
+use super::harness::{purchase, sale_id, spec, Env};
+
+crate::each_backend!(
+    decisions,
+    idempotent_duplicates,
+    deadlines_windows_and_settle,
+    catalog_and_events,
+    concurrent_purchases_never_oversell,
+);
+
+/// Waits for `want` among the events (other tests' events are skipped).
+async fn expect_event(rx: &mut broadcast::Receiver<SaleEvent>, want: SaleEvent) {
+    let found = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e == want => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no {want:?} event");
+}
+
+async fn decisions(env: Env) {
+    let inv = &env.inventory;
+    let sale = sale_id("dec");
+    let mut events = inv.events();
+    assert_eq!(inv.put_sale(spec(&sale, 3, 2)).await.unwrap(), Put::Created);
+    let a = purchase(&sale, "u1", 1);
+    let b = purchase(&sale, "u1", 2);
+    let c = purchase(&sale, "u2", 2);
+    let d = purchase(&sale, "u3", 1);
+    let got = inv
+        .purchase(&[a.clone(), b.clone(), c.clone(), d.clone()])
+        .await
+        .unwrap();
+    assert!(matches!(got[0].outcome, Outcome::Success { .. }), "{got:?}");
+    assert_eq!(got[1].outcome, Outcome::LimitExceeded);
+    assert!(matches!(got[2].outcome, Outcome::Success { .. }));
+    assert_eq!(
+        got[3].outcome,
+        Outcome::SoldOut,
+        "sold out exactly at stock"
+    );
+    assert!(got.iter().all(|d| !d.duplicate));
+    expect_event(&mut events, SaleEvent::SoldOut(sale.clone())).await;
+
+    let status = inv.sale(&sale).await.unwrap().unwrap();
+    assert_eq!((status.sold, status.remaining()), (3, 0));
+    let orders = inv.orders(&sale).await.unwrap();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders.iter().map(|o| u64::from(o.quantity)).sum::<u64>(), 3);
+    let Outcome::Success { order_id } = &got[0].outcome else {
+        unreachable!()
+    };
+    assert_eq!(&orders[0].order_id, order_id);
+    assert_eq!(orders[0].request_id, a.request_id);
+    assert_eq!(orders[0].user_id, "u1");
+
+    let rec = inv.request(&c.request_id).await.unwrap().unwrap();
+    assert_eq!(rec.sale_id, sale);
+    assert_eq!(rec.user_id, "u2");
+    assert_eq!(rec.quantity, 2);
+    assert_eq!(rec.outcome, Some(got[2].outcome.clone()));
+    assert!(inv.request("nosuch.request").await.unwrap().is_none());
+    assert!(inv.request("garbage").await.unwrap().is_none());
+
+    // A redelivered request gets its stored outcome and changes nothing.
+    let again = inv.purchase(std::slice::from_ref(&a)).await.unwrap();
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].outcome, got[0].outcome);
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, 3);
+
+    // A sale with sales cannot be replaced.
+    assert!(matches!(
+        inv.put_sale(spec(&sale, 10, 1)).await,
+        Err(InventoryError::HasSales(_))
+    ));
+}
+
+async fn idempotent_duplicates(env: Env) {
+    let inv = &env.inventory;
+    let sale = sale_id("idem");
+    inv.put_sale(spec(&sale, 10, 5)).await.unwrap();
+    let keyed = |user: &str, key: &str| {
+        let mut p = purchase(&sale, user, 1);
+        p.idempotency_key = Some(key.to_string());
+        p
+    };
+    let first = keyed("u1", "k1");
+    let second = keyed("u1", "k1");
+    assert_eq!(inv.admit(&first).await.unwrap(), Admission::Admitted);
+    assert_eq!(
+        inv.admit(&second).await.unwrap(),
+        Admission::Duplicate {
+            request_id: first.request_id.clone()
+        }
+    );
+    let pending = inv.request(&first.request_id).await.unwrap().unwrap();
+    assert_eq!(pending.outcome, None, "admitted and pending");
+
+    // The second request reaches the purchase step before the first is
+    // decided: it never buys.
+    let early = inv.purchase(std::slice::from_ref(&second)).await.unwrap();
+    assert!(early[0].duplicate);
+    assert_eq!(
+        early[0].outcome,
+        Outcome::Rejected {
+            reason: "duplicate_in_flight".into()
+        }
+    );
+    let decided = inv.purchase(std::slice::from_ref(&first)).await.unwrap();
+    assert!(matches!(decided[0].outcome, Outcome::Success { .. }));
+    assert!(!decided[0].duplicate);
+    // Afterwards a repeat of the key gets the first decision.
+    let third = keyed("u1", "k1");
+    let repeat = inv.purchase(std::slice::from_ref(&third)).await.unwrap();
+    assert!(repeat[0].duplicate);
+    assert_eq!(repeat[0].outcome, decided[0].outcome);
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, 1);
+    // The same key of another user is another purchase.
+    let other = inv.purchase(&[keyed("u2", "k1")]).await.unwrap();
+    assert!(matches!(other[0].outcome, Outcome::Success { .. }));
+    assert!(!other[0].duplicate);
+
+    // Withdrawing frees the key and forgets the pending record.
+    let w = keyed("u3", "k2");
+    assert_eq!(inv.admit(&w).await.unwrap(), Admission::Admitted);
+    inv.withdraw(&w).await.unwrap();
+    assert!(inv.request(&w.request_id).await.unwrap().is_none());
+    let w2 = keyed("u3", "k2");
+    assert_eq!(inv.admit(&w2).await.unwrap(), Admission::Admitted);
+    // Withdrawing a request that does not hold the key leaves it alone.
+    inv.withdraw(&w).await.unwrap();
+    assert_eq!(
+        inv.admit(&keyed("u3", "k2")).await.unwrap(),
+        Admission::Duplicate {
+            request_id: w2.request_id.clone()
+        }
+    );
+    // Unkeyed admissions record pending requests.
+    let plain = purchase(&sale, "u4", 1);
+    assert_eq!(inv.admit(&plain).await.unwrap(), Admission::Admitted);
+    assert!(inv.request(&plain.request_id).await.unwrap().is_some());
+}
+
+async fn deadlines_windows_and_settle(env: Env) {
+    let inv = &env.inventory;
+    let now = seckill_inventory::now_ms();
+    let sale = sale_id("late");
+    inv.put_sale(spec(&sale, 5, 1)).await.unwrap();
+    let mut late = purchase(&sale, "u1", 1);
+    late.deadline_ms = now - 1000;
+    let d = inv.purchase(std::slice::from_ref(&late)).await.unwrap();
+    assert_eq!(d[0].outcome, Outcome::Expired);
+    assert_eq!(
+        inv.sale(&sale).await.unwrap().unwrap().sold,
+        0,
+        "no stock taken"
+    );
+    assert!(inv.orders(&sale).await.unwrap().is_empty());
+    let rec = inv.request(&late.request_id).await.unwrap().unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::Expired));
+
+    // Settle records once; the first recorded outcome wins.
+    let p = purchase(&sale, "u2", 1);
+    let rejected = Outcome::Rejected {
+        reason: "blacklisted".into(),
+    };
+    let s1 = inv.settle(&p, rejected.clone()).await.unwrap();
+    assert_eq!(
+        (s1.outcome.clone(), s1.duplicate),
+        (rejected.clone(), false)
+    );
+    let s2 = inv.settle(&p, Outcome::Expired).await.unwrap();
+    assert_eq!((s2.outcome, s2.duplicate), (rejected.clone(), true));
+    let d = inv.purchase(std::slice::from_ref(&p)).await.unwrap();
+    assert_eq!((d[0].outcome.clone(), d[0].duplicate), (rejected, true));
+    // ... and a purchase decided first wins over a later settle.
+    let q = purchase(&sale, "u3", 1);
+    let bought = inv.purchase(std::slice::from_ref(&q)).await.unwrap();
+    let s3 = inv.settle(&q, Outcome::Expired).await.unwrap();
+    assert!(s3.duplicate);
+    assert_eq!(s3.outcome, bought[0].outcome);
+
+    // The sale window.
+    let upcoming = sale_id("soon");
+    let mut s = spec(&upcoming, 5, 1);
+    s.starts_at_ms = Some(now + 60_000);
+    inv.put_sale(s).await.unwrap();
+    let d = inv.purchase(&[purchase(&upcoming, "u1", 1)]).await.unwrap();
+    assert_eq!(
+        d[0].outcome,
+        Outcome::Rejected {
+            reason: "sale_not_started".into()
+        }
+    );
+    let ended = sale_id("over");
+    let mut s = spec(&ended, 5, 1);
+    s.ends_at_ms = Some(now - 1);
+    inv.put_sale(s).await.unwrap();
+    let d = inv.purchase(&[purchase(&ended, "u1", 1)]).await.unwrap();
+    assert_eq!(
+        d[0].outcome,
+        Outcome::Rejected {
+            reason: "sale_ended".into()
+        }
+    );
+}
+
+async fn catalog_and_events(env: Env) {
+    let inv = &env.inventory;
+    let mut events = inv.events();
+    let (a, b) = (sale_id("cat-a"), sale_id("cat-b"));
+    let mut sa = spec(&a, 7, 2);
+    sa.starts_at_ms = Some(1_900_000_000_000);
+    sa.token_rate = 123;
+    assert_eq!(inv.put_sale(sa.clone()).await.unwrap(), Put::Created);
+    expect_event(&mut events, SaleEvent::Changed(a.clone())).await;
+    inv.put_sale(spec(&b, 1, 1)).await.unwrap();
+    assert_eq!(
+        inv.sale(&a).await.unwrap().unwrap().spec,
+        sa,
+        "spec round-trips"
+    );
+    let listed: Vec<String> = inv
+        .sales()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.spec.sale_id)
+        .collect();
+    let pos = |id: &str| listed.iter().position(|s| s == id).expect("listed");
+    assert!(pos(&a) < pos(&b), "ordered by id");
+
+    // Replacing a sale that sold nothing.
+    sa.stock = 9;
+    assert_eq!(inv.put_sale(sa).await.unwrap(), Put::Replaced);
+    assert_eq!(inv.sale(&a).await.unwrap().unwrap().spec.stock, 9);
+
+    assert!(inv.remove_sale(&a).await.unwrap());
+    expect_event(&mut events, SaleEvent::Removed(a.clone())).await;
+    assert!(!inv.remove_sale(&a).await.unwrap());
+    assert!(inv.sale(&a).await.unwrap().is_none());
+    assert!(inv
+        .sales()
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.spec.sale_id != a));
+    // A request for a removed sale is refused, not bought.
+    let d = inv.purchase(&[purchase(&a, "u1", 1)]).await.unwrap();
+    assert_eq!(
+        d[0].outcome,
+        Outcome::Rejected {
+            reason: "sale_removed".into()
+        }
+    );
+    inv.ping().await.unwrap();
+}
+
+async fn concurrent_purchases_never_oversell(env: Env) {
+    let inv: Arc<dyn Inventory> = env.inventory.clone();
+    let sale = sale_id("race");
+    inv.put_sale(spec(&sale, 100, 2)).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..50 {
+        let (inv, sale) = (inv.clone(), sale.clone());
+        tasks.spawn(async move {
+            let mut wins = 0u64;
+            for b in 0..4 {
+                // Users overlap across tasks, so the per-user limit is
+                // contended too; a redelivered request rides along.
+                let mut batch: Vec<_> = (0..5)
+                    .map(|i| purchase(&sale, &format!("u{}", (t * 7 + b * 5 + i) % 120), 1))
+                    .collect();
+                batch.push(batch[0].clone());
+                for d in inv.purchase(&batch).await.unwrap() {
+                    if matches!(d.outcome, Outcome::Success { .. }) && !d.duplicate {
+                        wins += 1;
+                    }
+                }
+            }
+            wins
+        });
+    }
+    let mut wins = 0;
+    while let Some(w) = tasks.join_next().await {
+        wins += w.unwrap();
+    }
+    assert_eq!(wins, 100, "every unit sold once, none twice");
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, 100);
+    let orders = inv.orders(&sale).await.unwrap();
+    assert_eq!(orders.len(), 100, "one order event per success");
+    let mut per_user = std::collections::HashMap::new();
+    for o in &orders {
+        *per_user.entry(o.user_id.clone()).or_insert(0u32) += o.quantity;
+    }
+    assert!(per_user.values().all(|&n| n <= 2), "per-user limit held");
+}

@@ -1,0 +1,99 @@
+//! The seckill service: consumes the request queue at its own pace, drops
+//! requests whose deadline has passed, runs risk control, decides the
+//! purchases in the inventory's atomic step, and reports each result to the
+//! gateway that holds the buyer's connection.
+//!
+//! The service never pulls faster than its workers can decide: the queue,
+//! not the service, absorbs a spike.
+
+#![forbid(unsafe_code)]
+
+pub mod callback;
+pub mod cli;
+pub mod http;
+pub mod metrics;
+pub mod risk;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use seckill_inventory::Inventory;
+use seckill_queue::RequestQueue;
+use tokio_util::sync::CancellationToken;
+
+pub use callback::{Callback, CallbackError, GrpcCallback};
+pub use risk::{RiskConfig, RiskControl};
+
+/// How the worker pool runs.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Concurrent workers, each deciding one batch at a time.
+    pub workers: usize,
+    /// Most entries one worker takes and decides at once.
+    pub batch_size: usize,
+    /// How long an idle worker waits for entries before looking again.
+    pub poll_wait: Duration,
+    /// Deliveries after which an entry is dead-lettered and its request
+    /// given a definite failure.
+    pub max_deliveries: u32,
+    /// Extra time spent on every batch, standing in for downstream work;
+    /// zero in production, used for drills and tests of a slow backend.
+    pub work_delay: Duration,
+    pub risk: RiskConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            workers: 4,
+            batch_size: 64,
+            poll_wait: Duration::from_millis(200),
+            max_deliveries: 5,
+            work_delay: Duration::ZERO,
+            risk: RiskConfig::default(),
+        }
+    }
+}
+
+/// What the workers share.
+pub struct Service {
+    pub(crate) queue: Arc<dyn RequestQueue>,
+    pub(crate) inventory: Arc<dyn Inventory>,
+    pub(crate) callback: Arc<dyn Callback>,
+    pub(crate) risk: RiskControl,
+    pub(crate) config: ServiceConfig,
+    pub(crate) metrics: metrics::ServiceMetrics,
+}
+
+impl Service {
+    pub fn new(
+        queue: Arc<dyn RequestQueue>,
+        inventory: Arc<dyn Inventory>,
+        callback: Arc<dyn Callback>,
+        config: ServiceConfig,
+    ) -> Arc<Self> {
+        Arc::new(Service {
+            queue,
+            inventory,
+            callback,
+            risk: RiskControl::new(config.risk.clone()),
+            config,
+            metrics: metrics::ServiceMetrics::new(),
+        })
+    }
+
+    /// Runs the worker pool until `shutdown` fires. Each worker finishes
+    /// the batch in hand (results recorded, callback attempted, entries
+    /// acknowledged) before it stops.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let workers: Vec<_> = (0..self.config.workers.max(1))
+            .map(|id| tokio::spawn(worker::run(self.clone(), id, shutdown.clone())))
+            .collect();
+        for w in workers {
+            if let Err(e) = w.await {
+                tracing::error!(error = %e, "seckill worker failed");
+            }
+        }
+    }
+}
