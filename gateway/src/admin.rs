@@ -10,7 +10,7 @@ use seckill_inventory::{
     parse_rfc3339, valid_id, InventoryError, Put, SaleSpec, DEFAULT_PER_USER_LIMIT,
     DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY, DEFAULT_TOKEN_RATE,
 };
-use seckill_service::http::{healthz, json, metrics_response, readyz, HttpResponse};
+use seckill_ops::http::{healthz, json, metrics_response, readyz, HttpResponse};
 use serde::Deserialize;
 
 use crate::answer::error;
@@ -27,7 +27,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
     let mut resp = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["metrics"]) => metrics_response(),
         (&Method::GET, ["healthz"]) => healthz(),
-        (&Method::GET, ["readyz"]) => readyz(ready(&shared).await),
+        (&Method::GET, ["readyz"]) => readyz(shared.stores.ready().await),
         (_, ["admin", ..]) if !authorized(&shared, &req) => {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -53,20 +53,6 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
     };
     set_request_id(&mut resp, seckill_inventory::unique_id());
     resp
-}
-
-async fn ready(shared: &Shared) -> Result<(), String> {
-    let backend = &shared.backend;
-    backend
-        .inventory
-        .ping()
-        .await
-        .map_err(|e| format!("inventory: {e}"))?;
-    backend
-        .queue
-        .ping()
-        .await
-        .map_err(|e| format!("queue: {e}"))
 }
 
 /// Compares the bearer token in constant time.
@@ -182,7 +168,7 @@ async fn put(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpRe
         Err(InventoryError::Unavailable(_)) => return unavailable(),
     };
     tracing::info!(sale = %sale_id, created = code == StatusCode::CREATED, "sale put");
-    match shared.backend.inventory.sale(&sale_id).await {
+    match shared.stores.inventory.sale(&sale_id).await {
         Ok(Some(s)) => json(
             code,
             serde_json::to_vec(&SaleView::new(&s, true)).expect("views serialize"),
@@ -200,7 +186,7 @@ async fn delete(shared: &Shared, sale_id: &str) -> HttpResponse {
     if !valid_id(sale_id) {
         return error(StatusCode::NOT_FOUND, "not_found", "no such sale");
     }
-    match shared.backend.inventory.remove_sale(sale_id).await {
+    match shared.stores.inventory.remove_sale(sale_id).await {
         Ok(true) => {
             crate::remove_local(shared, sale_id).await;
             tracing::info!(sale = %sale_id, "sale removed");
@@ -214,7 +200,7 @@ async fn delete(shared: &Shared, sale_id: &str) -> HttpResponse {
 }
 
 async fn list(shared: &Shared) -> HttpResponse {
-    match shared.backend.inventory.sales().await {
+    match shared.stores.inventory.sales().await {
         Ok(sales) => {
             let views: Vec<_> = sales.iter().map(|s| SaleView::new(s, true)).collect();
             json(

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::StatusCode;
 use seckill_inventory::Outcome;
-use seckill_service::http::{json, HttpResponse};
+use seckill_ops::http::{json, HttpResponse};
 use serde::Serialize;
 
 /// The `status` of a purchase answer.

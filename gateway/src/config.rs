@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use seckill_inventory::{valid_id, SaleSpec};
-pub use seckill_service::cli::{ConfigError, Mode, ServiceArgs, StoreArgs, EXIT_CONFIG};
+pub use seckill_ops::process::{ConfigError, EXIT_CONFIG};
+pub use seckill_service::ServiceArgs;
 use seckill_service::ServiceConfig;
+pub use seckill_stores::{Mode, StoreArgs};
 
 /// Options of the `gateway` binary.
 #[derive(Parser, Debug, Clone)]
@@ -37,21 +39,41 @@ pub struct Args {
     /// Bearer token for /admin/* [default: random, printed once at start].
     #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Deadline stamped on each admitted request.
-    #[arg(long, env = "SECKILL_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    /// Deadline stamped on each admitted request (1..=600000).
+    #[arg(
+        long,
+        env = "SECKILL_REQUEST_TIMEOUT_MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000)
+    )]
     pub request_timeout_ms: u64,
     /// `ID:STOCK` sale created at start; `none` = no demo sale
     /// [default: demo:100 in embedded mode, none in distributed mode].
     #[arg(long, env = "SECKILL_DEMO_SALE")]
     pub demo_sale: Option<String>,
-    /// Open connections per HTTP listener at most.
-    #[arg(long, env = "SECKILL_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
-    /// Requests waiting for their result at most; beyond it, 503.
-    #[arg(long, env = "SECKILL_MAX_WAITERS", default_value_t = 100_000)]
-    pub max_waiters: usize,
-    /// Time a client has to send a request's headers.
-    #[arg(long, env = "SECKILL_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    /// Open connections per HTTP listener at most (at least 1).
+    #[arg(
+        long,
+        env = "SECKILL_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+    /// Requests waiting for their result at most; beyond it, 503 (at least 1).
+    #[arg(
+        long,
+        env = "SECKILL_MAX_WAITERS",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_waiters: u32,
+    /// Time a client has to send a request's headers (at least 1).
+    #[arg(
+        long,
+        env = "SECKILL_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub header_read_timeout_ms: u64,
     /// Per-user edge limit: purchase attempts per second per user and sale (0 = off).
     #[arg(long, env = "SECKILL_USER_RATE_PER_SEC", default_value_t = 5)]
@@ -113,19 +135,6 @@ impl Args {
     /// Validates the options into a gateway configuration.
     pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
         let err = |m: String| Err(ConfigError(m));
-        if !(1..=600_000).contains(&self.request_timeout_ms) {
-            return err(format!(
-                "--request-timeout-ms must be 1..=600000, got {}",
-                self.request_timeout_ms
-            ));
-        }
-        if self.max_connections == 0 || self.max_waiters == 0 {
-            return err("--max-connections and --max-waiters must be at least 1".into());
-        }
-        self.store.result_retention()?;
-        if self.header_read_timeout_ms == 0 {
-            return err("--header-read-timeout-ms must be at least 1".into());
-        }
         if self.user_rate_per_sec > 0 && self.user_burst == 0 {
             return err("--user-burst must be at least 1 when --user-rate-per-sec is set".into());
         }
@@ -148,8 +157,8 @@ impl Args {
         let request_timeout = Duration::from_millis(self.request_timeout_ms);
         let mut config = GatewayConfig::new(admin_token, advertise_grpc);
         config.request_timeout = request_timeout;
-        config.max_connections = self.max_connections;
-        config.max_waiters = self.max_waiters;
+        config.max_connections = self.max_connections as usize;
+        config.max_waiters = self.max_waiters as usize;
         config.header_read_timeout = Duration::from_millis(self.header_read_timeout_ms);
         config.user_rate_per_sec = self.user_rate_per_sec;
         config.user_burst = self.user_burst;
@@ -159,7 +168,7 @@ impl Args {
     }
 
     /// The configuration of the embedded seckill service.
-    pub fn service_config(&self) -> Result<ServiceConfig, ConfigError> {
+    pub fn service_config(&self) -> ServiceConfig {
         self.service.service_config()
     }
 }
@@ -203,13 +212,12 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(parse(&["--request-timeout-ms", "0"])
-            .gateway_config()
-            .is_err());
+        assert!(Args::try_parse_from(["gateway", "--request-timeout-ms", "0"]).is_err());
+        assert!(Args::try_parse_from(["gateway", "--max-waiters", "0"]).is_err());
         assert!(parse(&["--demo-sale", "x"]).gateway_config().is_err());
         assert!(parse(&["--demo-sale", "a/b:1"]).gateway_config().is_err());
         assert!(parse(&["--admin-token", "short"]).gateway_config().is_err());
-        assert!(parse(&["--workers", "0"]).service_config().is_err());
+        assert!(Args::try_parse_from(["gateway", "--workers", "0"]).is_err());
         assert!(Args::try_parse_from(["gateway", "--listen", "nowhere"]).is_err());
         assert!(Args::try_parse_from([
             "gateway",

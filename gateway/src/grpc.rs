@@ -1,9 +1,11 @@
 //! The gateway's side of the callback: the `seckill.v1.Callback` gRPC
-//! server, and the same delivery in-process for the embedded service.
+//! server, which decodes the wire results, and the same delivery
+//! in-process for the embedded service, which has nothing to decode.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use seckill_inventory::{Completion, Outcome};
 use seckill_proto::pb;
 use seckill_proto::pb::callback_server::{Callback as CallbackRpc, CallbackServer};
 use seckill_service::{Callback, CallbackError};
@@ -15,7 +17,7 @@ use crate::Shared;
 
 /// Delivers a batch of results to the waiting requests; counts the ones
 /// nobody waits for.
-fn deliver(shared: &Shared, results: Vec<pb::RequestResult>) -> pb::CompleteReply {
+fn deliver(shared: &Shared, results: impl IntoIterator<Item = Completion>) -> pb::CompleteReply {
     let mut reply = pb::CompleteReply::default();
     for r in results {
         if shared.waiters.complete(r) {
@@ -42,10 +44,21 @@ impl CallbackRpc for CallbackService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteReply>, Status> {
-        Ok(Response::new(deliver(
-            &self.0,
-            request.into_inner().results,
-        )))
+        // A result with an outcome this build does not know answers nobody
+        // (its request times out and stays readable); it counts as unknown.
+        let wire = request.into_inner().results;
+        let sent = wire.len();
+        let results: Vec<Completion> = wire.into_iter().filter_map(completion).collect();
+        let undecodable = (sent - results.len()) as u32;
+        let mut reply = deliver(&self.0, results);
+        if undecodable > 0 {
+            reply.unknown += undecodable;
+            self.0
+                .metrics
+                .callback_unknown
+                .increment(u64::from(undecodable));
+        }
+        Ok(Response::new(reply))
     }
 }
 
@@ -73,9 +86,76 @@ impl Callback for LocalCallback {
     async fn complete(
         &self,
         _reply_to: &str,
-        results: Vec<pb::RequestResult>,
+        results: Vec<Completion>,
     ) -> Result<(), CallbackError> {
         deliver(&self.0, results);
         Ok(())
+    }
+}
+
+/// The result a wire result carries; `None` for an unknown outcome code.
+fn completion(r: pb::RequestResult) -> Option<Completion> {
+    let outcome = match pb::Outcome::try_from(r.outcome).ok()? {
+        pb::Outcome::Success => Outcome::Success {
+            order_id: r.order_id,
+        },
+        pb::Outcome::SoldOut => Outcome::SoldOut,
+        pb::Outcome::LimitExceeded => Outcome::LimitExceeded,
+        pb::Outcome::Rejected => Outcome::Rejected { reason: r.reason },
+        pb::Outcome::Expired => Outcome::Expired,
+        pb::Outcome::Unspecified => return None,
+    };
+    Some(Completion {
+        request_id: r.request_id,
+        sale_id: r.sale_id,
+        user_id: r.user_id,
+        quantity: r.quantity,
+        outcome,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(outcome: pb::Outcome) -> pb::RequestResult {
+        pb::RequestResult {
+            request_id: "s.1".into(),
+            sale_id: "s".into(),
+            user_id: "u".into(),
+            outcome: outcome as i32,
+            order_id: "o-1".into(),
+            quantity: 2,
+            reason: "blacklisted".into(),
+        }
+    }
+
+    #[test]
+    fn wire_results_decode_to_their_outcomes() {
+        let cases = [
+            (
+                pb::Outcome::Success,
+                Outcome::Success {
+                    order_id: "o-1".into(),
+                },
+            ),
+            (pb::Outcome::SoldOut, Outcome::SoldOut),
+            (pb::Outcome::LimitExceeded, Outcome::LimitExceeded),
+            (
+                pb::Outcome::Rejected,
+                Outcome::Rejected {
+                    reason: "blacklisted".into(),
+                },
+            ),
+            (pb::Outcome::Expired, Outcome::Expired),
+        ];
+        for (code, outcome) in cases {
+            let c = completion(wire(code)).unwrap();
+            assert_eq!((c.quantity, c.outcome), (2, outcome));
+        }
+        assert_eq!(completion(wire(pb::Outcome::Unspecified)), None);
+        let mut unknown = wire(pb::Outcome::SoldOut);
+        unknown.outcome = 99;
+        assert_eq!(completion(unknown), None);
     }
 }

@@ -7,9 +7,10 @@
 //! deadline passes.
 //!
 //! [`Gateway::serve`] runs the public API, the admin API and the gRPC
-//! callback server on listeners bound by the caller; [`run_embedded`] adds
-//! the in-memory store and the seckill workers: the whole sale in one
-//! process.
+//! callback server on listeners bound by the caller, on the [`Stores`] the
+//! caller opened; [`run_embedded`] adds the seckill workers, for the whole
+//! sale in one process, and [`run_distributed`] leaves them to
+//! `seckill-service` processes that call back over gRPC.
 
 #![forbid(unsafe_code)]
 
@@ -27,49 +28,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use seckill_inventory::{Inventory, InventoryError, MemoryInventory, Put, SaleEvent, SaleSpec};
-use seckill_queue::{MemoryQueue, RequestQueue};
-use seckill_service::http::{serve as serve_http, ServerLimits};
+use seckill_inventory::{InventoryError, Put, SaleEvent, SaleSpec};
+use seckill_ops::http::{serve as serve_http, ServerLimits};
 use seckill_service::{Callback, GrpcCallback, Service, ServiceConfig};
-use token_bucket::{BucketFactory, MemoryBuckets};
+use seckill_stores::Stores;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Args, GatewayConfig};
+pub use metrics::describe as describe_metrics;
 
 use catalog::Catalog;
 use limiter::EdgeLimiter;
 use metrics::GatewayMetrics;
 use waiters::Waiters;
-
-/// The stores a gateway works with; memory or Redis, it does not know which.
-#[derive(Clone)]
-pub struct Backend {
-    pub inventory: Arc<dyn Inventory>,
-    pub queue: Arc<dyn RequestQueue>,
-    pub buckets: Arc<dyn BucketFactory>,
-}
-
-impl Backend {
-    /// The in-memory stores of the embedded mode.
-    pub fn memory(result_retention: Duration) -> Self {
-        Backend {
-            inventory: Arc::new(MemoryInventory::new(result_retention)),
-            queue: Arc::new(MemoryQueue::new()),
-            buckets: Arc::new(MemoryBuckets),
-        }
-    }
-
-    /// The shared stores of the distributed mode, on Redis or Redis Cluster.
-    pub fn redis(store: &seckill_redis::RedisStore) -> Self {
-        Backend {
-            inventory: Arc::new(store.inventory()),
-            queue: Arc::new(store.queue()),
-            buckets: Arc::new(store.buckets()),
-        }
-    }
-}
 
 /// The three listeners of a gateway, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -95,7 +68,7 @@ impl Listeners {
 /// State shared by the gateway's handlers.
 pub(crate) struct Shared {
     pub config: GatewayConfig,
-    pub backend: Backend,
+    pub stores: Stores,
     pub catalog: Catalog,
     pub waiters: Waiters,
     pub limiter: EdgeLimiter,
@@ -113,9 +86,7 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the catalog from the inventory and creates the demo sale if
     /// configured (a demo sale that exists already is left as it is).
-    pub async fn new(config: GatewayConfig, backend: Backend) -> Result<Self, InventoryError> {
-        // The metrics first: they install the recorder the waiter table's
-        // gauge registers with.
+    pub async fn new(config: GatewayConfig, stores: Stores) -> Result<Self, InventoryError> {
         let metrics = GatewayMetrics::new();
         let shared = Arc::new(Shared {
             waiters: Waiters::new(config.max_waiters),
@@ -124,13 +95,13 @@ impl Gateway {
             catalog: Catalog::default(),
             draining: AtomicBool::new(false),
             config,
-            backend,
+            stores,
         });
         let gateway = Gateway { shared };
         if let Some(spec) = gateway.shared.config.demo_sale.clone() {
             if gateway
                 .shared
-                .backend
+                .stores
                 .inventory
                 .sale(&spec.sale_id)
                 .await?
@@ -218,16 +189,16 @@ impl Gateway {
 
 /// Creates or replaces a sale in the inventory and installs it locally.
 pub(crate) async fn put_sale(shared: &Shared, spec: SaleSpec) -> Result<Put, InventoryError> {
-    let put = shared.backend.inventory.put_sale(spec.clone()).await?;
+    let put = shared.stores.inventory.put_sale(spec.clone()).await?;
     sync_one(shared, &spec.sale_id).await?;
     Ok(put)
 }
 
 /// Refreshes one sale from the inventory (installing, replacing or removing it).
 async fn sync_one(shared: &Shared, sale_id: &str) -> Result<(), InventoryError> {
-    match shared.backend.inventory.sale(sale_id).await? {
+    match shared.stores.inventory.sale(sale_id).await? {
         Some(status) => {
-            if shared.catalog.upsert(&status, &*shared.backend.buckets) {
+            if shared.catalog.upsert(&status, &*shared.stores.buckets) {
                 open_queue(shared, &status.spec).await;
             }
         }
@@ -239,15 +210,15 @@ async fn sync_one(shared: &Shared, sale_id: &str) -> Result<(), InventoryError> 
 /// Brings the whole catalog in line with the inventory and refreshes the
 /// per-sale gauges.
 async fn sync_all(shared: &Shared) -> Result<(), InventoryError> {
-    let sales = shared.backend.inventory.sales().await?;
+    let sales = shared.stores.inventory.sales().await?;
     for status in &sales {
-        if shared.catalog.upsert(status, &*shared.backend.buckets) {
+        if shared.catalog.upsert(status, &*shared.stores.buckets) {
             open_queue(shared, &status.spec).await;
         }
         let sale = status.spec.sale_id.clone();
         ::metrics::gauge!("seckill_stock_remaining", "sale" => sale.clone())
             .set(status.remaining() as f64);
-        if let Ok(depth) = shared.backend.queue.depth(&sale).await {
+        if let Ok(depth) = shared.stores.queue.depth(&sale).await {
             ::metrics::gauge!("seckill_queue_depth", "sale" => sale).set(depth as f64);
         }
     }
@@ -261,7 +232,7 @@ async fn sync_all(shared: &Shared) -> Result<(), InventoryError> {
 
 async fn open_queue(shared: &Shared, spec: &SaleSpec) {
     if let Err(e) = shared
-        .backend
+        .stores
         .queue
         .open(&spec.sale_id, spec.queue_capacity)
         .await
@@ -272,14 +243,14 @@ async fn open_queue(shared: &Shared, spec: &SaleSpec) {
 
 async fn remove_local(shared: &Shared, sale_id: &str) {
     if shared.catalog.remove(sale_id) {
-        let _ = shared.backend.queue.close(sale_id).await;
+        let _ = shared.stores.queue.close(sale_id).await;
         ::metrics::gauge!("seckill_stock_remaining", "sale" => sale_id.to_string()).set(0.0);
     }
 }
 
 /// Follows the inventory's sale events, and resynchronises every second.
 async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut events = shared.backend.inventory.events();
+    let mut events = shared.stores.inventory.events();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -302,7 +273,7 @@ async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 Ok(SaleEvent::Changed(id) | SaleEvent::Removed(id)) => sync_one(&shared, &id).await,
                 Err(RecvError::Lagged(_)) => sync_all(&shared).await,
                 Err(RecvError::Closed) => {
-                    events = shared.backend.inventory.events();
+                    events = shared.stores.inventory.events();
                     Ok(())
                 }
             },
@@ -319,10 +290,10 @@ async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
 pub async fn run_distributed(
     listeners: Listeners,
     config: GatewayConfig,
-    store: &seckill_redis::RedisStore,
+    stores: Stores,
     shutdown: CancellationToken,
 ) -> Result<(), InventoryError> {
-    let gateway = Gateway::new(config, Backend::redis(store)).await?;
+    let gateway = Gateway::new(config, stores).await?;
     gateway.serve(listeners, shutdown).await;
     Ok(())
 }
@@ -335,25 +306,24 @@ pub struct EmbeddedOptions {
     pub callback_over_grpc: bool,
 }
 
-/// The embedded mode: in-memory stores, this gateway, and the seckill
-/// workers, in one process, until `shutdown` fires and everything drained.
+/// The embedded mode: this gateway and the seckill workers in one process,
+/// on `stores`, until `shutdown` fires and everything drained.
 pub async fn run_embedded(
     listeners: Listeners,
     config: GatewayConfig,
+    stores: Stores,
     service: ServiceConfig,
     options: EmbeddedOptions,
-    result_retention: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), InventoryError> {
-    let backend = Backend::memory(result_retention);
-    let gateway = Gateway::new(config.clone(), backend.clone()).await?;
+    let gateway = Gateway::new(config, stores.clone()).await?;
     let callback: Arc<dyn Callback> = if options.callback_over_grpc {
         Arc::new(GrpcCallback::new(Duration::from_secs(2)))
     } else {
         gateway.local_callback()
     };
     let workers = CancellationToken::new();
-    let service = Service::new(backend.queue, backend.inventory, callback, service);
+    let service = Service::new(stores.queue, stores.inventory, callback, service);
     let service = tokio::spawn(service.run(workers.clone()));
     // The workers outlive the gateway's drain, so every parked request
     // gets its real result before the process goes.

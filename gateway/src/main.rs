@@ -1,14 +1,16 @@
-//! `gateway`: parses the options, sets up logging, binds the listeners and
-//! runs the gateway until SIGINT or SIGTERM, then drains. Without Redis
-//! options it runs the whole sale in this process (embedded mode); with
-//! `--redis-url` or `--redis-cluster` it is one of many gateways sharing
-//! the sale through Redis, and seckill services run as their own processes.
+//! `gateway`: parses the options, sets up logging, opens the stores, binds
+//! the listeners and runs the gateway until SIGINT or SIGTERM, then drains.
+//! Without Redis options it runs the whole sale in this process (embedded
+//! mode); with `--redis-url` or `--redis-cluster` it is one of many
+//! gateways sharing the sale through Redis, and seckill services run as
+//! their own processes.
 
 use std::process::ExitCode;
 
 use gateway::config::{Args, Mode};
 use gateway::{run_distributed, run_embedded, EmbeddedOptions, Listeners};
-use seckill_service::cli::{self, init_logging, parse_args, shutdown_signal};
+use seckill_ops::process::{self, init_logging, parse_args, shutdown_signal};
+use seckill_stores::Stores;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -16,9 +18,9 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(status) => return status,
     };
-    let (config, service) = match (args.gateway_config(), args.service_config()) {
-        (Ok(c), Ok(s)) => (c, s),
-        (Err(e), _) | (_, Err(e)) => return config_error(&e.0),
+    let config = match args.gateway_config() {
+        Ok(c) => c,
+        Err(e) => return config_error(&e.0),
     };
     if let Err(e) = init_logging(&args.log) {
         return config_error(&e.0);
@@ -29,22 +31,23 @@ fn main() -> ExitCode {
         .build()
         .expect("the Tokio runtime starts");
     runtime.block_on(async move {
-        // Before any metric handle is resolved, here or in the store.
-        let _ = seckill_service::metrics::recorder();
+        // Before any metric handle is resolved, here or in the stores.
+        seckill_ops::metrics::install();
+        gateway::describe_metrics();
         let listeners =
             match Listeners::bind(args.listen, args.admin_listen, args.grpc_listen).await {
                 Ok(l) => l,
                 Err(e) => return config_error(&format!("cannot bind the listeners: {e}")),
             };
-        let store = match args.store.connect().await {
-            None => None,
-            Some(Ok(store)) => Some(store),
-            Some(Err(e)) => {
+        let stores = match Stores::open(&args.store).await {
+            Ok(stores) => stores,
+            Err(e) => {
                 eprintln!("gateway: cannot connect to Redis: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        match args.mode() {
+        let mode = args.mode();
+        match &mode {
             Mode::Embedded => println!("seckill gateway (embedded mode)"),
             Mode::Redis(url) => println!("seckill gateway (distributed mode, Redis {url})"),
             Mode::RedisCluster(seeds) => println!(
@@ -75,22 +78,14 @@ fn main() -> ExitCode {
                 shutdown.cancel();
             }
         });
-        let result = match &store {
-            Some(store) => run_distributed(listeners, config, store, shutdown).await,
-            None => {
-                let retention = args
-                    .store
-                    .result_retention()
-                    .expect("validated with the configuration");
-                run_embedded(
-                    listeners,
-                    config,
-                    service,
-                    EmbeddedOptions::default(),
-                    retention,
-                    shutdown,
-                )
-                .await
+        let result = match mode {
+            Mode::Embedded => {
+                let service = args.service_config();
+                let options = EmbeddedOptions::default();
+                run_embedded(listeners, config, stores, service, options, shutdown).await
+            }
+            Mode::Redis(_) | Mode::RedisCluster(_) => {
+                run_distributed(listeners, config, stores, shutdown).await
             }
         };
         match result {
@@ -104,5 +99,5 @@ fn main() -> ExitCode {
 }
 
 fn config_error(message: &str) -> ExitCode {
-    cli::config_error("gateway", message)
+    process::config_error("gateway", message)
 }

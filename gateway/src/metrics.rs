@@ -1,5 +1,5 @@
 //! The gateway's metrics: described once, handles resolved once, so the hot
-//! path only bumps atomics. Names and labels are those of `API.md`.
+//! path only bumps atomics. Names and labels are those of `docs/API.md`.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
 
@@ -12,23 +12,28 @@ pub(crate) struct GatewayMetrics {
     pub callback_unknown: Counter,
 }
 
+/// Describes every metric a gateway process exposes: its own, and those of
+/// the stores and (embedded mode) the seckill workers it runs. A binary
+/// calls it once, after installing the recorder.
+pub fn describe() {
+    seckill_service::metrics::describe();
+    describe_counter!(
+        "seckill_gateway_requests_total",
+        "Purchase requests answered, by outcome."
+    );
+    describe_histogram!(
+        "seckill_gateway_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a purchase request, by outcome."
+    );
+    describe_gauge!(
+        "seckill_gateway_waiting_requests",
+        "Admitted requests waiting for their result."
+    );
+}
+
 impl GatewayMetrics {
     pub fn new() -> Self {
-        // The recorder must exist before handles are resolved.
-        let _ = seckill_service::metrics::recorder();
-        describe_counter!(
-            "seckill_gateway_requests_total",
-            "Purchase requests answered, by outcome."
-        );
-        describe_histogram!(
-            "seckill_gateway_request_duration_seconds",
-            Unit::Seconds,
-            "Time to answer a purchase request, by outcome."
-        );
-        describe_gauge!(
-            "seckill_gateway_waiting_requests",
-            "Admitted requests waiting for their result."
-        );
         GatewayMetrics {
             requests: Status::ALL
                 .iter()

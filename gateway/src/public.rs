@@ -12,8 +12,8 @@ use hyper::{Method, Request, StatusCode};
 use seckill_inventory::{
     now_ms, rfc3339, valid_id, Admission, Outcome, Purchase, RequestRecord, SaleStatus,
 };
+use seckill_ops::http::{json, HttpResponse};
 use seckill_queue::{QueueError, Ticket};
-use seckill_service::http::{json, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{error, Answer, Status};
@@ -53,7 +53,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
             None,
         ),
     };
-    set_request_id(&mut resp, request_id.unwrap_or_else(seckill_inventory::unique_id));
+    set_request_id(
+        &mut resp,
+        request_id.unwrap_or_else(seckill_inventory::unique_id),
+    );
     resp
 }
 
@@ -181,7 +184,7 @@ async fn admit_and_wait(
     // Record the request and claim its idempotency key. A repeat of a key
     // gets the first request's result (the token it took is spent: a repeat
     // without one is refused like any other request, and retries).
-    match shared.backend.inventory.admit(&purchase).await {
+    match shared.stores.inventory.admit(&purchase).await {
         Ok(Admission::Admitted) => {}
         Ok(Admission::Duplicate { request_id: first }) if purchase.idempotency_key.is_some() => {
             return repeat_of(shared, &first).await;
@@ -200,7 +203,7 @@ async fn admit_and_wait(
         reply_to: shared.config.advertise_grpc.clone(),
         enqueued_at_ms: now,
     };
-    if let Err(e) = shared.backend.queue.enqueue(ticket.clone()).await {
+    if let Err(e) = shared.stores.queue.enqueue(ticket.clone()).await {
         drop(waiter);
         withdraw(shared, &ticket.purchase).await;
         return match e {
@@ -215,10 +218,7 @@ async fn admit_and_wait(
         tokio::time::Instant::now() + shared.config.request_timeout + shared.config.reply_grace;
     // None: timed out, or the gateway is going away. The outcome is then
     // final only via GET /api/v1/requests/{id}.
-    let outcome = waiter
-        .wait_until(until)
-        .await
-        .and_then(|r| seckill_proto::outcome_of(&r));
+    let outcome = waiter.wait_until(until).await.map(|c| c.outcome);
     let p = &ticket.purchase;
     match outcome {
         Some(outcome) => {
@@ -244,7 +244,7 @@ async fn admit_and_wait(
 
 /// Undoes the admission of a request that will not be queued.
 async fn withdraw(shared: &Shared, purchase: &Purchase) {
-    if let Err(e) = shared.backend.inventory.withdraw(purchase).await {
+    if let Err(e) = shared.stores.inventory.withdraw(purchase).await {
         tracing::warn!(error = %e, "cannot withdraw an admission");
     }
 }
@@ -252,7 +252,7 @@ async fn withdraw(shared: &Shared, purchase: &Purchase) {
 /// The answer to a repeat of an idempotency key: the first request's
 /// result, or 202 while it is in flight.
 async fn repeat_of(shared: &Shared, first: &str) -> (Status, HttpResponse) {
-    match shared.backend.inventory.request(first).await {
+    match shared.stores.inventory.request(first).await {
         Ok(Some(RequestRecord {
             outcome: Some(outcome),
             sale_id,
@@ -340,7 +340,7 @@ async fn get_sale(shared: &Shared, sale_id: &str) -> HttpResponse {
     if !valid_id(sale_id) {
         return error(StatusCode::NOT_FOUND, "not_found", "no such sale");
     }
-    match shared.backend.inventory.sale(sale_id).await {
+    match shared.stores.inventory.sale(sale_id).await {
         Ok(Some(s)) => json(
             StatusCode::OK,
             serde_json::to_vec(&SaleView::new(&s, false)).expect("views serialize"),
@@ -379,7 +379,7 @@ async fn get_request(shared: &Shared, request_id: &str) -> HttpResponse {
     if seckill_inventory::sale_of_request(request_id).is_none() || request_id.len() > 128 {
         return not_found();
     }
-    match shared.backend.inventory.request(request_id).await {
+    match shared.stores.inventory.request(request_id).await {
         Ok(Some(r)) => {
             let (order_id, reason) = match &r.outcome {
                 Some(Outcome::Success { order_id }) => (Some(order_id.as_str()), None),

@@ -5,12 +5,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
-use seckill_proto::pb::RequestResult;
+use seckill_inventory::Completion;
 use tokio::sync::oneshot;
 
 /// Parked requests, by request id.
 pub struct Waiters {
-    map: DashMap<String, oneshot::Sender<RequestResult>>,
+    map: DashMap<String, oneshot::Sender<Completion>>,
     len: AtomicUsize,
     max: usize,
     gauge: metrics::Gauge,
@@ -21,12 +21,12 @@ pub struct Waiters {
 pub struct Waiter<'a> {
     waiters: &'a Waiters,
     request_id: String,
-    rx: oneshot::Receiver<RequestResult>,
+    rx: oneshot::Receiver<Completion>,
 }
 
 impl Waiter<'_> {
     /// The result, or `None` when it does not come before `until`.
-    pub async fn wait_until(mut self, until: tokio::time::Instant) -> Option<RequestResult> {
+    pub async fn wait_until(mut self, until: tokio::time::Instant) -> Option<Completion> {
         tokio::time::timeout_at(until, &mut self.rx)
             .await
             .ok()?
@@ -68,7 +68,7 @@ impl Waiters {
 
     /// Hands a result to its waiting request. False when no request waits
     /// for it (unknown, already answered, or timed out).
-    pub fn complete(&self, result: RequestResult) -> bool {
+    pub fn complete(&self, result: Completion) -> bool {
         match self.remove(&result.request_id) {
             Some(tx) => tx.send(result).is_ok(),
             None => false,
@@ -80,7 +80,7 @@ impl Waiters {
         self.len.load(Ordering::Acquire)
     }
 
-    fn remove(&self, request_id: &str) -> Option<oneshot::Sender<RequestResult>> {
+    fn remove(&self, request_id: &str) -> Option<oneshot::Sender<Completion>> {
         let (_, tx) = self.map.remove(request_id)?;
         self.len.fetch_sub(1, Ordering::AcqRel);
         self.gauge.decrement(1.0);
@@ -92,10 +92,13 @@ impl Waiters {
 mod tests {
     use super::*;
 
-    fn result(id: &str) -> RequestResult {
-        RequestResult {
+    fn result(id: &str) -> Completion {
+        Completion {
             request_id: id.into(),
-            ..Default::default()
+            sale_id: "s".into(),
+            user_id: "u".into(),
+            quantity: 1,
+            outcome: seckill_inventory::Outcome::SoldOut,
         }
     }
 

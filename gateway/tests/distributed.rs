@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use procs::{cluster_args, redis_args, spike, Answer, Gw, Svc};
 use seckill_redis::keys;
-use serde_json::json;
 use seckill_test_support::process::{http, wait_until};
 use seckill_test_support::{Options, RedisCluster, RedisServer, Reply};
+use serde_json::json;
 
 fn int(r: Result<Reply, String>) -> i64 {
     match r {

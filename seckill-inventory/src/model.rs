@@ -167,6 +167,31 @@ impl Outcome {
     }
 }
 
+/// A request's final result, as the seckill service reports it to the
+/// gateway that holds the buyer's connection (the callback port and the
+/// waiter table carry it; only the gRPC client and server see its wire form).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub request_id: String,
+    pub sale_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub outcome: Outcome,
+}
+
+impl Completion {
+    /// The result of `purchase`.
+    pub fn of(purchase: &Purchase, outcome: Outcome) -> Self {
+        Completion {
+            request_id: purchase.request_id.clone(),
+            sale_id: purchase.sale_id.clone(),
+            user_id: purchase.user_id.clone(),
+            quantity: purchase.quantity,
+            outcome,
+        }
+    }
+}
+
 /// What the purchase step decided for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {

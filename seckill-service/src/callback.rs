@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use seckill_inventory::{Completion, Outcome};
 use seckill_proto::pb;
 use seckill_proto::pb::callback_client::CallbackClient;
 use tonic::transport::{Channel, Endpoint};
@@ -25,11 +26,8 @@ pub enum CallbackError {
 /// Delivers a batch of results to the gateway at `reply_to`.
 #[async_trait]
 pub trait Callback: Send + Sync + 'static {
-    async fn complete(
-        &self,
-        reply_to: &str,
-        results: Vec<pb::RequestResult>,
-    ) -> Result<(), CallbackError>;
+    async fn complete(&self, reply_to: &str, results: Vec<Completion>)
+        -> Result<(), CallbackError>;
 }
 
 /// The gRPC client of `seckill.v1.Callback`, one channel per gateway.
@@ -74,9 +72,10 @@ impl Callback for GrpcCallback {
     async fn complete(
         &self,
         reply_to: &str,
-        results: Vec<pb::RequestResult>,
+        results: Vec<Completion>,
     ) -> Result<(), CallbackError> {
         let mut client = self.client(reply_to)?;
+        let results = results.iter().map(wire).collect();
         client
             .complete(pb::CompleteRequest { results })
             .await
@@ -85,5 +84,25 @@ impl Callback for GrpcCallback {
                 addr: reply_to.to_string(),
                 status,
             })
+    }
+}
+
+/// The wire form of a result.
+fn wire(c: &Completion) -> pb::RequestResult {
+    let (code, order_id, reason) = match &c.outcome {
+        Outcome::Success { order_id } => (pb::Outcome::Success, order_id.clone(), String::new()),
+        Outcome::SoldOut => (pb::Outcome::SoldOut, String::new(), String::new()),
+        Outcome::LimitExceeded => (pb::Outcome::LimitExceeded, String::new(), String::new()),
+        Outcome::Rejected { reason } => (pb::Outcome::Rejected, String::new(), reason.clone()),
+        Outcome::Expired => (pb::Outcome::Expired, String::new(), String::new()),
+    };
+    pb::RequestResult {
+        request_id: c.request_id.clone(),
+        sale_id: c.sale_id.clone(),
+        user_id: c.user_id.clone(),
+        outcome: code as i32,
+        order_id,
+        quantity: c.quantity,
+        reason,
     }
 }

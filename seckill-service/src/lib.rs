@@ -8,9 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+mod args;
 pub mod callback;
-pub mod cli;
-pub mod http;
 pub mod metrics;
 pub mod risk;
 mod worker;
@@ -18,10 +17,17 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::{Method, StatusCode};
 use seckill_inventory::Inventory;
+use seckill_ops::http::{
+    healthz, json, metrics_response, readyz, serve, HttpResponse, ServerLimits,
+};
 use seckill_queue::RequestQueue;
+use seckill_stores::Stores;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use args::{Args, ServiceArgs};
 pub use callback::{Callback, CallbackError, GrpcCallback};
 pub use risk::{RiskConfig, RiskControl};
 
@@ -95,5 +101,77 @@ impl Service {
                 tracing::error!(error = %e, "seckill worker failed");
             }
         }
+    }
+}
+
+/// Why the service process stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the worker pool stopped by itself")]
+    WorkersStopped,
+}
+
+/// The `seckill-service` process: the worker pool on `stores`, and the
+/// operational endpoints on `admin`, until `shutdown` fires. Then each
+/// worker finishes the batch in hand within `grace` (entries still
+/// unacknowledged after it are reclaimed by another instance), and the
+/// admin listener closes last, so readiness stays observable meanwhile.
+pub async fn run(
+    admin: TcpListener,
+    stores: Stores,
+    callback: Arc<dyn Callback>,
+    config: ServiceConfig,
+    grace: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let admin_stop = CancellationToken::new();
+    let admin = {
+        let stores = stores.clone();
+        tokio::spawn(serve(
+            admin,
+            move |req| {
+                let stores = stores.clone();
+                async move { ops(req.method(), req.uri().path(), &stores).await }
+            },
+            ServerLimits {
+                max_connections: 256,
+                drain_grace: Duration::from_secs(1),
+                ..ServerLimits::default()
+            },
+            admin_stop.clone(),
+        ))
+    };
+    let service = Service::new(stores.queue, stores.inventory, callback, config);
+    let mut workers = tokio::spawn(service.run(shutdown.clone()));
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => {
+            if tokio::time::timeout(grace, workers).await.is_err() {
+                tracing::warn!(
+                    "batches still in hand after the shutdown grace; another instance reclaims them"
+                );
+            }
+            Ok(())
+        }
+        _ = &mut workers => Err(RunError::WorkersStopped),
+    };
+    admin_stop.cancel();
+    let _ = admin.await;
+    result
+}
+
+/// The service's admin listener: `/metrics`, `/healthz`, `/readyz`.
+async fn ops(method: &Method, path: &str, stores: &Stores) -> HttpResponse {
+    match (method, path) {
+        (&Method::GET, "/metrics") => metrics_response(),
+        (&Method::GET, "/healthz") => healthz(),
+        (&Method::GET, "/readyz") => readyz(stores.ready().await),
+        (_, "/metrics" | "/healthz" | "/readyz") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"status":"method_not_allowed","error":"method not allowed"}"#,
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"status":"not_found","error":"no such endpoint"}"#,
+        ),
     }
 }

@@ -4,61 +4,25 @@
 //! `reply_to` over gRPC. On SIGINT or SIGTERM each worker finishes the
 //! batch in hand and the process exits.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use clap::Parser;
-use hyper::{Method, StatusCode};
-use seckill_inventory::Inventory;
-use seckill_queue::RequestQueue;
-use seckill_service::cli::{
-    self, init_logging, parse_args, shutdown_signal, ConfigError, Mode, ServiceArgs, StoreArgs,
-};
-use seckill_service::http::{
-    healthz, json, metrics_response, readyz, serve, HttpResponse, ServerLimits,
-};
-use seckill_service::{GrpcCallback, Service};
+use seckill_ops::process::{self, init_logging, parse_args, shutdown_signal};
+use seckill_service::{Args, GrpcCallback};
+use seckill_stores::{Mode, Stores};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// Options of the `seckill-service` binary.
-#[derive(Parser, Debug)]
-#[command(
-    name = "seckill-service",
-    version,
-    about = "Seckill service: consumes the request queues in Redis at its own pace and decides the purchases."
-)]
-struct Args {
-    /// Admin HTTP listener (/metrics, /healthz, /readyz).
-    #[arg(long, env = "SECKILL_ADMIN_LISTEN", default_value = "127.0.0.1:8091")]
-    admin_listen: SocketAddr,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    service: ServiceArgs,
-    /// Deadline of each gRPC callback to a gateway, connecting included.
-    #[arg(long, env = "SECKILL_CALLBACK_TIMEOUT_MS", default_value_t = 2000)]
-    callback_timeout_ms: u64,
-    /// How long shutdown waits for the batches in hand; entries still
-    /// unacknowledged after it are reclaimed by another instance.
-    #[arg(long, env = "SECKILL_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
-    shutdown_grace_ms: u64,
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "SECKILL_LOG", default_value = "info")]
-    log: String,
-}
 
 fn main() -> ExitCode {
     let args: Args = match parse_args("seckill-service") {
         Ok(a) => a,
         Err(status) => return status,
     };
-    let config = match check(&args) {
-        Ok(c) => c,
-        Err(e) => return config_error(&e.0),
-    };
+    if args.store.mode() == Mode::Embedded {
+        return config_error(
+            "--redis-url or --redis-cluster is required (the embedded mode runs inside the gateway)",
+        );
+    }
     if let Err(e) = init_logging(&args.log) {
         return config_error(&e.0);
     }
@@ -66,29 +30,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("the Tokio runtime starts");
-    runtime.block_on(run(args, config))
+    runtime.block_on(run(args))
 }
 
-fn check(args: &Args) -> Result<seckill_service::ServiceConfig, ConfigError> {
-    if args.store.mode() == Mode::Embedded {
-        return Err(ConfigError(
-            "--redis-url or --redis-cluster is required (the embedded mode runs inside the gateway)"
-                .into(),
-        ));
-    }
-    args.store.result_retention()?;
-    if !(1..=60_000).contains(&args.callback_timeout_ms) {
-        return Err(ConfigError(format!(
-            "--callback-timeout-ms must be 1..=60000, got {}",
-            args.callback_timeout_ms
-        )));
-    }
-    args.service.service_config()
-}
-
-async fn run(args: Args, config: seckill_service::ServiceConfig) -> ExitCode {
-    // Before any metric handle is resolved, here or in the store.
-    let _ = seckill_service::metrics::recorder();
+async fn run(args: Args) -> ExitCode {
+    // Before any metric handle is resolved, here or in the stores.
+    seckill_ops::metrics::install();
+    seckill_service::metrics::describe();
     let admin = match TcpListener::bind(args.admin_listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -98,19 +46,14 @@ async fn run(args: Args, config: seckill_service::ServiceConfig) -> ExitCode {
             ))
         }
     };
-    let store = match args.store.connect().await {
-        Some(Ok(store)) => store,
-        Some(Err(e)) => {
+    let stores = match Stores::open(&args.store).await {
+        Ok(stores) => stores,
+        Err(e) => {
             eprintln!("seckill-service: cannot connect to Redis: {e}");
             return ExitCode::FAILURE;
         }
-        None => unreachable!("checked: distributed mode"),
     };
-    let inventory: Arc<dyn Inventory> = Arc::new(store.inventory());
-    let queue: Arc<dyn RequestQueue> = Arc::new(store.queue());
-    let callback = Arc::new(GrpcCallback::new(Duration::from_millis(
-        args.callback_timeout_ms,
-    )));
+    let config = args.service.service_config();
     println!("seckill service");
     println!(
         "  admin API   http://{}  (/metrics, /healthz, /readyz)",
@@ -120,75 +63,33 @@ async fn run(args: Args, config: seckill_service::ServiceConfig) -> ExitCode {
         "  workers     {} x batch {}",
         config.workers, config.batch_size
     );
-
     let shutdown = CancellationToken::new();
-    let admin_stop = CancellationToken::new();
-    let admin = {
-        let (inventory, queue) = (inventory.clone(), queue.clone());
-        tokio::spawn(serve(
-            admin,
-            move |req| {
-                let (inventory, queue) = (inventory.clone(), queue.clone());
-                async move { admin_handle(req.method(), req.uri().path(), &*inventory, &*queue).await }
-            },
-            ServerLimits {
-                max_connections: 256,
-                drain_grace: Duration::from_secs(1),
-                ..ServerLimits::default()
-            },
-            admin_stop.clone(),
-        ))
-    };
-    let service = Service::new(queue, inventory, callback, config);
-    let mut workers = tokio::spawn(service.run(shutdown.clone()));
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = &mut workers => {
-            eprintln!("seckill-service: the worker pool stopped by itself");
-            return ExitCode::FAILURE;
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let callback = Arc::new(GrpcCallback::new(args.callback_timeout()));
+    match seckill_service::run(
+        admin,
+        stores,
+        callback,
+        config,
+        args.shutdown_grace(),
+        shutdown,
+    )
+    .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("seckill-service: {e}");
+            ExitCode::FAILURE
         }
     }
-    shutdown.cancel();
-    let grace = Duration::from_millis(args.shutdown_grace_ms);
-    if tokio::time::timeout(grace, workers).await.is_err() {
-        tracing::warn!(
-            "batches still in hand after the shutdown grace; another instance reclaims them"
-        );
-    }
-    admin_stop.cancel();
-    let _ = admin.await;
-    ExitCode::SUCCESS
-}
-
-async fn admin_handle(
-    method: &Method,
-    path: &str,
-    inventory: &dyn Inventory,
-    queue: &dyn RequestQueue,
-) -> HttpResponse {
-    match (method, path) {
-        (&Method::GET, "/metrics") => metrics_response(),
-        (&Method::GET, "/healthz") => healthz(),
-        (&Method::GET, "/readyz") => readyz(ready(inventory, queue).await),
-        (_, "/metrics" | "/healthz" | "/readyz") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"status":"method_not_allowed","error":"method not allowed"}"#,
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            r#"{"status":"not_found","error":"no such endpoint"}"#,
-        ),
-    }
-}
-
-async fn ready(inventory: &dyn Inventory, queue: &dyn RequestQueue) -> Result<(), String> {
-    inventory
-        .ping()
-        .await
-        .map_err(|e| format!("inventory: {e}"))?;
-    queue.ping().await.map_err(|e| format!("queue: {e}"))
 }
 
 fn config_error(message: &str) -> ExitCode {
-    cli::config_error("seckill-service", message)
+    process::config_error("seckill-service", message)
 }

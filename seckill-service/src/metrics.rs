@@ -1,48 +1,12 @@
-//! The service's metrics, and the Prometheus recorder every binary of the
-//! project installs. Names and labels are those of `API.md`.
-
-use std::sync::OnceLock;
-use std::time::Duration;
+//! The service's metrics: described once by the binary, handles resolved
+//! once. Names and labels are those of `docs/API.md`.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Latency buckets, in seconds: sub-millisecond to the longest deadline.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Installs the process-wide Prometheus recorder once and returns its
-/// handle; later calls return the same handle (tests run many servers in
-/// one process).
-pub fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
-                .set_buckets(SECONDS_BUCKETS)
-                .expect("bucket list is not empty")
-                .install_recorder()
-                .expect("no other metrics recorder is installed");
-            describe();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                // Histograms buffer samples until drained; drain them
-                // regularly so memory stays flat between scrapes.
-                let h = handle.clone();
-                rt.spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(5));
-                    loop {
-                        tick.tick().await;
-                        h.run_upkeep();
-                    }
-                });
-            }
-            handle
-        })
-        .clone()
-}
-
-fn describe() {
+/// Describes every metric a seckill-service process exposes: the
+/// service's own and those of the stores it runs on. A binary calls it once,
+/// after installing the recorder.
+pub fn describe() {
     describe_counter!(
         "seckill_service_processed_total",
         "Purchase requests decided, by result."
@@ -108,8 +72,6 @@ pub struct ServiceMetrics {
 
 impl ServiceMetrics {
     pub fn new() -> Self {
-        // The recorder must exist before handles are resolved.
-        let _ = recorder();
         let processed =
             |r: &'static str| metrics::counter!("seckill_service_processed_total", "result" => r);
         ServiceMetrics {

@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seckill_inventory::{now_ms, Decision, Outcome, Purchase};
-use seckill_proto::pb;
+use seckill_inventory::{now_ms, Completion, Decision, Outcome, Purchase};
 use seckill_queue::Delivery;
 use tokio_util::sync::CancellationToken;
 
@@ -92,13 +91,13 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
     }
 
     // Report, grouped by the gateway that waits for each result.
-    let mut by_gateway: HashMap<&str, Vec<pb::RequestResult>> = HashMap::new();
+    let mut by_gateway: HashMap<&str, Vec<Completion>> = HashMap::new();
     for (d, decision) in &results {
         count(service, decision);
         by_gateway
             .entry(d.ticket.reply_to.as_str())
             .or_default()
-            .push(seckill_proto::result_of(&d.ticket.purchase, &decision.outcome));
+            .push(Completion::of(&d.ticket.purchase, decision.outcome.clone()));
     }
     // One call per gateway, concurrently: a slow or dead gateway delays
     // only its own results, by at most the callback deadline.

@@ -12,9 +12,9 @@ use hyper::{Method, Request};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
 use seckill_test_support::free_port;
 use seckill_test_support::process::{binary, http, sample, wait_until, Process};
+use serde_json::Value;
 
 pub const TOKEN: &str = "test-admin-token";
 

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use seckill_service::ServiceConfig;
+use seckill_stores::Stores;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,9 @@ impl TestGateway {
     }
 
     pub async fn with(mut setup: Setup) -> Self {
+        // As a binary does, before any metric handle is resolved.
+        seckill_ops::metrics::install();
+        gateway::describe_metrics();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let listeners = Listeners::bind(any, any, any).await.unwrap();
         let public = listeners.public.local_addr().unwrap();
@@ -66,12 +70,13 @@ impl TestGateway {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move {
+            let stores = Stores::memory(Duration::from_secs(600));
             run_embedded(
                 listeners,
                 setup.config,
+                stores,
                 setup.service,
                 setup.options,
-                Duration::from_secs(600),
                 s,
             )
             .await

@@ -3,11 +3,10 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use seckill_inventory::{Inventory, MemoryInventory, Purchase, SaleSpec};
-use seckill_queue::{MemoryQueue, RequestQueue};
+use seckill_inventory::{Purchase, SaleSpec};
 use seckill_redis::{RedisStore, StoreConfig};
+use seckill_stores::Stores;
 use seckill_test_support::{Options, RedisCluster, RedisServer};
-use token_bucket::{BucketFactory, MemoryBuckets};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -16,17 +15,22 @@ pub enum Kind {
     Cluster,
 }
 
-/// The three implementations on one backend, and what keeps it running.
+/// The stores of one backend, and what keeps it running. Derefs to the
+/// [`Stores`], so a suite reads `env.inventory`, `env.queue`, `env.buckets`.
 pub struct Env {
     pub kind: Kind,
-    pub inventory: Arc<dyn Inventory>,
-    pub queue: Arc<dyn RequestQueue>,
-    pub buckets: Arc<dyn BucketFactory>,
-    pub store: Option<RedisStore>,
+    pub stores: Stores,
     pub server: Option<RedisServer>,
     pub cluster: Option<Arc<RedisCluster>>,
     /// Global-key namespace of this test (tests share the cluster).
     pub namespace: String,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Stores;
+    fn deref(&self) -> &Stores {
+        &self.stores
+    }
 }
 
 impl Env {
@@ -39,10 +43,7 @@ impl Env {
             Kind::Memory => Env {
                 kind,
                 namespace: String::new(),
-                inventory: Arc::new(MemoryInventory::default()),
-                queue: Arc::new(MemoryQueue::new()),
-                buckets: Arc::new(MemoryBuckets),
-                store: None,
+                stores: Stores::memory(Duration::from_secs(600)),
                 server: None,
                 cluster: None,
             },
@@ -71,10 +72,7 @@ impl Env {
         Env {
             kind,
             namespace,
-            inventory: Arc::new(store.inventory()),
-            queue: Arc::new(store.queue()),
-            buckets: Arc::new(store.buckets()),
-            store: Some(store),
+            stores: Stores::redis(store),
             server,
             cluster,
         }
@@ -102,7 +100,7 @@ impl Env {
     }
 
     pub fn store(&self) -> &RedisStore {
-        self.store.as_ref().expect("a Redis backend")
+        self.stores.redis.as_ref().expect("a Redis backend")
     }
 }
 

@@ -1,5 +1,6 @@
-//! The HTTP/1.1 server loop shared by every listener of the project, and
-//! the operational endpoints (`/metrics`, `/healthz`, `/readyz`).
+//! The HTTP/1.1 server loop shared by every listener of the project, the
+//! response helpers, and the operational endpoints (`/metrics`,
+//! `/healthz`, `/readyz`).
 //!
 //! A connection permit is taken before each accept, so the connection count
 //! is bounded and excess clients wait in the kernel's backlog instead of
@@ -146,7 +147,7 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
 
 /// `/metrics` in the Prometheus text format.
 pub fn metrics_response() -> HttpResponse {
-    let mut resp = text(StatusCode::OK, crate::metrics::recorder().render());
+    let mut resp = text(StatusCode::OK, crate::metrics::render());
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

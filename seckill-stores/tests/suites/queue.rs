@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use seckill_queue::{Delivery, QueueError, RequestQueue, Ticket};
 use redis::AsyncCommands;
+use seckill_queue::{Delivery, QueueError, RequestQueue, Ticket};
 use seckill_redis::keys;
 
 use super::harness::{purchase, sale_id, test_config, Env};

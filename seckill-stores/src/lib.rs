@@ -1,0 +1,163 @@
+//! The set of stores a gateway or a seckill service runs on: the token
+//! buckets, the request queue and the inventory, behind their traits, so
+//! neither knows which implementation it holds.
+//!
+//! [`Stores::open`] is the one place that chooses the implementation, from
+//! the options: in memory for the embedded mode, or on a shared Redis (or
+//! Redis Cluster) for the distributed mode. The behavioural suites in
+//! `tests/` run every trait against every implementation.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use seckill_inventory::{Inventory, MemoryInventory};
+use seckill_queue::{MemoryQueue, RequestQueue};
+use seckill_redis::{RedisStore, StoreConfig};
+use token_bucket::{BucketFactory, MemoryBuckets};
+
+pub use seckill_redis::StoreError;
+
+/// Where the shared state lives. Each option is a flag and an environment
+/// variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Redis URL: distributed mode. Unset = embedded mode (gateway only: all in one process).
+    #[arg(long, env = "SECKILL_REDIS_URL", conflicts_with = "redis_cluster")]
+    pub redis_url: Option<String>,
+    /// Comma-separated seed nodes of a Redis Cluster (instead of --redis-url).
+    #[arg(long, env = "SECKILL_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+    /// How long request results and idempotency keys stay readable (at least 1000).
+    #[arg(
+        long,
+        env = "SECKILL_RESULT_RETENTION_MS",
+        default_value_t = 600_000,
+        value_parser = clap::value_parser!(u64).range(1000..)
+    )]
+    pub result_retention_ms: u64,
+}
+
+impl Default for StoreArgs {
+    fn default() -> Self {
+        StoreArgs {
+            redis_url: None,
+            redis_cluster: Vec::new(),
+            result_retention_ms: 600_000,
+        }
+    }
+}
+
+/// Where the shared state lives, decided from [`StoreArgs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything in one process, in memory.
+    Embedded,
+    Redis(String),
+    RedisCluster(Vec<String>),
+}
+
+impl StoreArgs {
+    /// Embedded unless a Redis URL or cluster is given.
+    pub fn mode(&self) -> Mode {
+        let seeds: Vec<String> = self
+            .redis_cluster
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        match (&self.redis_url, seeds.is_empty()) {
+            (Some(url), _) => Mode::Redis(url.clone()),
+            (None, false) => Mode::RedisCluster(seeds),
+            (None, true) => Mode::Embedded,
+        }
+    }
+
+    /// How long results and idempotency keys are kept.
+    pub fn result_retention(&self) -> Duration {
+        Duration::from_millis(self.result_retention_ms)
+    }
+}
+
+/// The stores a process works with; memory or Redis, it does not know which.
+#[derive(Clone)]
+pub struct Stores {
+    pub inventory: Arc<dyn Inventory>,
+    pub queue: Arc<dyn RequestQueue>,
+    pub buckets: Arc<dyn BucketFactory>,
+    /// The Redis connection behind them, in the distributed mode.
+    pub redis: Option<RedisStore>,
+}
+
+impl Stores {
+    /// Opens the stores the options name: memory in the embedded mode, or a
+    /// connection to Redis (or the cluster).
+    pub async fn open(args: &StoreArgs) -> Result<Stores, StoreError> {
+        let config = StoreConfig {
+            retention: args.result_retention(),
+            ..StoreConfig::default()
+        };
+        let store = match args.mode() {
+            Mode::Embedded => return Ok(Stores::memory(args.result_retention())),
+            Mode::Redis(url) => RedisStore::connect_with(&[url], false, config).await?,
+            Mode::RedisCluster(seeds) => RedisStore::connect_with(&seeds, true, config).await?,
+        };
+        Ok(Stores::redis(store))
+    }
+
+    /// The in-memory stores of the embedded mode.
+    pub fn memory(result_retention: Duration) -> Stores {
+        Stores {
+            inventory: Arc::new(MemoryInventory::new(result_retention)),
+            queue: Arc::new(MemoryQueue::new()),
+            buckets: Arc::new(MemoryBuckets),
+            redis: None,
+        }
+    }
+
+    /// The shared stores of the distributed mode, on one Redis connection.
+    pub fn redis(store: RedisStore) -> Stores {
+        Stores {
+            inventory: Arc::new(store.inventory()),
+            queue: Arc::new(store.queue()),
+            buckets: Arc::new(store.buckets()),
+            redis: Some(store),
+        }
+    }
+
+    /// Whether everything lives in this process.
+    pub fn is_embedded(&self) -> bool {
+        self.redis.is_none()
+    }
+
+    /// Succeeds while the inventory and the queue can be reached
+    /// (readiness); the error says which cannot.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.inventory
+            .ping()
+            .await
+            .map_err(|e| format!("inventory: {e}"))?;
+        self.queue.ping().await.map_err(|e| format!("queue: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_follows_the_options() {
+        let mut a = StoreArgs::default();
+        assert_eq!(a.mode(), Mode::Embedded);
+        a.redis_cluster = vec![" ".into(), "a:1".into()];
+        assert_eq!(a.mode(), Mode::RedisCluster(vec!["a:1".into()]));
+        a.redis_url = Some("redis://x".into());
+        assert_eq!(a.mode(), Mode::Redis("redis://x".into()));
+    }
+
+    #[test]
+    fn memory_stores_are_embedded() {
+        assert!(Stores::memory(Duration::from_secs(1)).is_embedded());
+    }
+}
