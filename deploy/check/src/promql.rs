@@ -1,13 +1,22 @@
 //! The metric selectors of a PromQL expression (as written in rules and
 //! Grafana panels), so each metric name and label matcher can be checked
-//! against what the processes really expose. Not a full PromQL parser: a
-//! tokenizer that knows which identifiers are functions, keywords, grouping
-//! labels and template variables, which is all the check needs.
+//! against what the processes really expose. `promql-parser` reads the
+//! expression as Prometheus does; this module walks its tree for the
+//! selectors and the labels the expression groups or matches on.
+
+use std::collections::BTreeSet;
+
+use promql_parser::label::{Labels, MatchOp};
+use promql_parser::parser::{self, Expr, LabelModifier, VectorSelector};
+use promql_parser::util::{walk_expr, ExprVisitor};
 
 /// `metric{label op "value", ...}` as written in an expression.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selector {
+    /// The metric name, written before the braces or as `__name__="..."`;
+    /// empty for a selector that names none (`{__name__=~"seckill_.*"}`).
     pub metric: String,
+    /// Every other matcher, in the order written.
     pub matchers: Vec<Matcher>,
 }
 
@@ -16,266 +25,159 @@ pub struct Matcher {
     pub label: String,
     /// `=`, `!=`, `=~` or `!~`.
     pub op: String,
+    /// The value as written (a regex unanchored, a Grafana `$variable`
+    /// kept).
     pub value: String,
 }
 
 /// What an expression refers to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct References {
+    /// Instant and range selectors, in the order written.
     pub selectors: Vec<Selector>,
     /// Labels named in `by (...)`, `without (...)`, `on (...)`,
     /// `ignoring (...)`, `group_left (...)`, `group_right (...)`.
-    pub grouping: Vec<String>,
+    pub grouping: BTreeSet<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum Token {
-    Ident(String),
-    Str(String),
-    /// Numbers, durations, `$variables`: values the check does not need.
-    Value,
-    /// A range or subquery `[...]`, skipped whole.
-    Range,
-    Punct(char),
-    /// `=`, `!=`, `=~`, `!~`, `==`, `>=`, ...
-    Op(String),
-}
-
-const KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "atan2",
-    "inf",
-    "nan",
-];
-/// Aggregation operators, which may take their grouping before the
-/// parenthesis: `sum by (le) (...)`.
-const AGGREGATIONS: &[&str] = &[
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-];
-const GROUPING: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
-
-/// The selectors and grouping labels of `expr`.
+/// The selectors and grouping labels of `expr`, which may use Grafana's
+/// variables: `$__rate_interval` and the like as a range, `$sale` inside a
+/// matcher's value.
 pub fn references(expr: &str) -> Result<References, String> {
-    let tokens = tokenize(expr)?;
+    let promql = without_grafana_ranges(expr)?;
+    let tree = parser::parse(&promql).map_err(|e| format!("{e}: {expr}"))?;
     let mut refs = References::default();
-    let mut i = 0;
-    while i < tokens.len() {
-        match &tokens[i] {
-            Token::Ident(word) => {
-                let lower = word.to_ascii_lowercase();
-                let next_is_paren = tokens.get(i + 1) == Some(&Token::Punct('('));
-                let next_is_grouping = matches!(
-                    tokens.get(i + 1),
-                    Some(Token::Ident(w)) if matches!(w.as_str(), "by" | "without")
-                );
-                if GROUPING.contains(&lower.as_str()) && next_is_paren {
-                    let mut j = i + 2;
-                    while let Some(t) = tokens.get(j) {
-                        match t {
-                            Token::Ident(label) => refs.grouping.push(label.clone()),
-                            Token::Punct(')') => break,
-                            Token::Punct(',') => {}
-                            other => return Err(format!("unexpected {other:?} in {word}(...)")),
-                        }
-                        j += 1;
-                    }
-                    i = j + 1;
-                    continue;
-                }
-                let aggregation = AGGREGATIONS.contains(&lower.as_str()) && next_is_grouping;
-                if KEYWORDS.contains(&lower.as_str()) || next_is_paren || aggregation {
-                    // An operator keyword, or a function / aggregation call.
-                    i += 1;
-                    continue;
-                }
-                let mut selector = Selector {
-                    metric: word.clone(),
-                    matchers: Vec::new(),
-                };
-                i += 1;
-                if tokens.get(i) == Some(&Token::Punct('{')) {
-                    i = matchers(&tokens, i + 1, &mut selector.matchers)?;
-                }
-                refs.selectors.push(selector);
-                continue;
-            }
-            Token::Punct('{') => {
-                // A selector without a metric name: `{__name__=~"..."}`.
-                let mut selector = Selector {
-                    metric: String::new(),
-                    matchers: Vec::new(),
-                };
-                i = matchers(&tokens, i + 1, &mut selector.matchers)?;
-                refs.selectors.push(selector);
-                continue;
-            }
-            _ => i += 1,
-        }
-    }
+    walk_expr(&mut refs, &tree)?;
     Ok(refs)
 }
 
-/// Reads `label op "value", ... }` from `i`; returns the index after `}`.
-fn matchers(tokens: &[Token], mut i: usize, out: &mut Vec<Matcher>) -> Result<usize, String> {
-    loop {
-        match tokens.get(i) {
-            Some(Token::Punct('}')) => return Ok(i + 1),
-            Some(Token::Punct(',')) => i += 1,
-            Some(Token::Ident(label)) => {
-                let op = match tokens.get(i + 1) {
-                    Some(Token::Op(op)) if matches!(op.as_str(), "=" | "!=" | "=~" | "!~") => op,
-                    other => return Err(format!("label {label} without a matcher: {other:?}")),
-                };
-                let value = match tokens.get(i + 2) {
-                    Some(Token::Str(v)) => v,
-                    other => return Err(format!("label {label} without a string: {other:?}")),
-                };
-                out.push(Matcher {
-                    label: label.clone(),
-                    op: op.clone(),
-                    value: value.clone(),
-                });
-                i += 3;
+impl ExprVisitor for References {
+    type Error = String;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+        match expr {
+            Expr::VectorSelector(vs) => self.selectors.push(selector(vs)),
+            Expr::MatrixSelector(ms) => self.selectors.push(selector(&ms.vs)),
+            Expr::Aggregate(agg) => {
+                if let Some(modifier) = &agg.modifier {
+                    self.group(modifier.labels());
+                }
+                // The walk skips the parameter (`topk(5, ...)`,
+                // `quantile(scalar(q), ...)`), which may select too.
+                if let Some(param) = &agg.param {
+                    walk_expr(self, param)?;
+                }
             }
-            other => return Err(format!("unexpected {other:?} in a selector")),
+            Expr::Binary(bin) => {
+                if let Some(modifier) = &bin.modifier {
+                    if let Some(matching) = &modifier.matching {
+                        match matching {
+                            LabelModifier::Include(l) | LabelModifier::Exclude(l) => self.group(l),
+                        }
+                    }
+                    if let Some(extra) = modifier.card.labels() {
+                        self.group(extra);
+                    }
+                }
+            }
+            _ => {}
         }
+        Ok(true)
     }
 }
 
-fn tokenize(expr: &str) -> Result<Vec<Token>, String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let ident_start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':';
-    let ident_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '#' {
-            // A comment runs to the end of the line.
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
+impl References {
+    fn group(&mut self, labels: &Labels) {
+        self.grouping.extend(labels.labels.iter().cloned());
+    }
+}
+
+fn selector(vs: &VectorSelector) -> Selector {
+    let mut metric = vs.name.clone();
+    let mut matchers = Vec::new();
+    let all = vs
+        .matchers
+        .matchers
+        .iter()
+        .chain(vs.matchers.or_matchers.iter().flatten());
+    for m in all {
+        if m.name == "__name__" && m.op == MatchOp::Equal {
+            // `x{...}` and `{__name__="x", ...}` are the same selector.
+            if metric.is_none() || metric.as_ref() == Some(&m.value) {
+                metric = Some(m.value.clone());
+                continue;
             }
-        } else if c == '"' || c == '\'' || c == '`' {
-            let mut s = String::new();
-            i += 1;
-            loop {
-                match chars.get(i) {
-                    None => return Err(format!("unclosed string in {expr}")),
-                    Some('\\') if c != '`' => {
-                        if let Some(&n) = chars.get(i + 1) {
-                            s.push(n);
-                        }
-                        i += 2;
-                    }
-                    Some(&q) if q == c => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&o) => {
-                        s.push(o);
-                        i += 1;
-                    }
-                }
-            }
-            out.push(Token::Str(s));
-        } else if c == '[' {
-            let mut depth = 0;
-            while i < chars.len() {
-                match chars[i] {
-                    '[' => depth += 1,
-                    ']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            if i >= chars.len() {
-                return Err(format!("unclosed [ in {expr}"));
-            }
-            i += 1;
-            out.push(Token::Range);
-        } else if c == '$' {
-            // Grafana variables: $sale, ${sale}, $__rate_interval.
-            i += 1;
-            if chars.get(i) == Some(&'{') {
-                while i < chars.len() && chars[i] != '}' {
-                    i += 1;
-                }
-                i += 1;
-            } else {
-                while i < chars.len() && ident_char(chars[i]) {
-                    i += 1;
-                }
-            }
-            out.push(Token::Value);
-        } else if c.is_ascii_digit()
-            || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
-        {
-            // Numbers and durations (1.5, 1e3, 0x1f, 5m, 1h30m).
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-            out.push(Token::Value);
-        } else if ident_start(c) {
-            let start = i;
-            while i < chars.len() && ident_char(chars[i]) {
-                i += 1;
-            }
-            out.push(Token::Ident(chars[start..i].iter().collect()));
-        } else if matches!(c, '=' | '!' | '<' | '>') {
-            let mut op = c.to_string();
-            if let Some(&n) = chars.get(i + 1) {
-                if matches!(n, '=' | '~') {
-                    op.push(n);
-                }
-            }
-            i += op.len();
-            out.push(Token::Op(op));
-        } else if matches!(c, '(' | ')' | '{' | '}' | ',') {
-            out.push(Token::Punct(c));
-            i += 1;
-        } else if matches!(c, '+' | '-' | '*' | '/' | '%' | '^' | '@') {
-            out.push(Token::Op(c.to_string()));
-            i += 1;
-        } else {
-            return Err(format!("unexpected {c:?} in {expr}"));
         }
+        matchers.push(Matcher {
+            label: m.name.clone(),
+            op: m.op.to_string(),
+            value: m.value.clone(),
+        });
+    }
+    Selector {
+        metric: metric.unwrap_or_default(),
+        matchers,
+    }
+}
+
+/// `expr` with every Grafana variable used as a range or subquery step
+/// (`[$__rate_interval]`, `[${window}:$__interval]`) replaced by a duration,
+/// so that PromQL can read it. Grafana substitutes variables as text before
+/// Prometheus sees the query, so no PromQL parser knows them; this scan only
+/// needs to tell quoted strings (where `$sale` stays, as part of a value)
+/// from the rest. A variable anywhere else is refused: the checks could not
+/// say what it stands for.
+fn without_grafana_ranges(expr: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(expr.len());
+    let mut chars = expr.chars().peekable();
+    let mut quote: Option<char> = None;
+    let mut brackets = 0usize;
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            out.push(c);
+            if c == '\\' && q != '`' {
+                out.extend(chars.next());
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '[' => brackets += 1,
+            ']' => brackets = brackets.saturating_sub(1),
+            '#' => {
+                // A comment runs to the end of the line; PromQL skips it.
+                while chars.next_if(|&c| c != '\n').is_some() {}
+                continue;
+            }
+            '$' => {
+                let mut name = String::new();
+                if chars.next_if_eq(&'{').is_some() {
+                    while let Some(c) = chars.next_if(|&c| c != '}') {
+                        name.push(c);
+                    }
+                    if chars.next().is_none() {
+                        return Err(format!("unclosed ${{ in {expr}"));
+                    }
+                } else {
+                    while let Some(c) = chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_') {
+                        name.push(c);
+                    }
+                }
+                if brackets == 0 {
+                    return Err(format!(
+                        "Grafana variable ${name} outside a range or a string in {expr}"
+                    ));
+                }
+                // Any duration does: the checks look at selectors, not at
+                // windows.
+                out.push_str("5m");
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
     }
     Ok(out)
 }
@@ -291,6 +193,18 @@ mod tests {
             .into_iter()
             .map(|s| s.metric)
             .collect()
+    }
+
+    fn grouping(expr: &str) -> Vec<String> {
+        references(expr).unwrap().grouping.into_iter().collect()
+    }
+
+    fn matcher(label: &str, op: &str, value: &str) -> Matcher {
+        Matcher {
+            label: label.into(),
+            op: op.into(),
+            value: value.into(),
+        }
     }
 
     #[test]
@@ -324,20 +238,12 @@ mod tests {
             "sum by (result) (rate(c_total{result=~\"ok|error\", job!=\"x\"}[1m])) / on () group_left sum(d)",
         )
         .unwrap();
-        assert_eq!(r.grouping, ["result"]);
+        assert_eq!(r.grouping.iter().collect::<Vec<_>>(), ["result"]);
         assert_eq!(
             r.selectors[0].matchers,
             [
-                Matcher {
-                    label: "result".into(),
-                    op: "=~".into(),
-                    value: "ok|error".into()
-                },
-                Matcher {
-                    label: "job".into(),
-                    op: "!=".into(),
-                    value: "x".into()
-                },
+                matcher("result", "=~", "ok|error"),
+                matcher("job", "!=", "x")
             ]
         );
         assert_eq!(r.selectors[1].metric, "d");
@@ -348,5 +254,218 @@ mod tests {
         assert!(references("x{a=\"b\"").is_err());
         assert!(references("x{a}").is_err());
         assert!(references("rate(x[5m)").is_err());
+        // Not PromQL at all, and PromQL that Prometheus refuses.
+        assert!(references("label_values(x, sale)").is_err());
+        assert!(references("rate(x)").is_err());
+        assert!(references("sum by (le) (x) / on (sale) group_left (le) y{a=~\"(\"}").is_err());
+    }
+
+    // === One test per kind of expression deploy/ uses ===
+
+    /// Panels "scrape targets up", "ready", "alerts firing"; alerts on `up`.
+    #[test]
+    fn a_bare_selector_with_matchers() {
+        let r = references(r#"ALERTS{alertname=~"Seckill.*", alertstate="firing"}"#).unwrap();
+        assert_eq!(
+            r.selectors,
+            [Selector {
+                metric: "ALERTS".into(),
+                matchers: vec![
+                    matcher("alertname", "=~", "Seckill.*"),
+                    matcher("alertstate", "=", "firing"),
+                ],
+            }]
+        );
+        assert!(r.grouping.is_empty());
+        // `__name__` is the metric, however it is written.
+        let r = references(r#"{__name__="up", job="seckill-readyz"}"#).unwrap();
+        assert_eq!(r.selectors[0].metric, "up");
+        assert_eq!(
+            r.selectors[0].matchers,
+            [matcher("job", "=", "seckill-readyz")]
+        );
+    }
+
+    /// `sum(seckill_gateway_waiting_requests)`.
+    #[test]
+    fn an_aggregation_without_grouping() {
+        let r = references("sum(seckill_gateway_waiting_requests)").unwrap();
+        assert_eq!(r.selectors.len(), 1);
+        assert_eq!(r.selectors[0].metric, "seckill_gateway_waiting_requests");
+        assert!(r.selectors[0].matchers.is_empty());
+        assert!(r.grouping.is_empty());
+    }
+
+    /// `sum by (sale) (rate(..._total{sale=~"$sale"}[$__rate_interval]))`,
+    /// and the same with the grouping written after the body.
+    #[test]
+    fn an_aggregation_by_labels_over_a_rate_with_a_grafana_range() {
+        for expr in [
+            r#"sum by (sale) (rate(seckill_tokens_taken_total{sale=~"$sale"}[$__rate_interval]))"#,
+            r#"sum(rate(seckill_tokens_taken_total{sale=~"${sale}"}[${__rate_interval}])) by (sale)"#,
+        ] {
+            let r = references(expr).unwrap();
+            assert_eq!(
+                r.selectors[0].metric, "seckill_tokens_taken_total",
+                "{expr}"
+            );
+            assert_eq!(r.selectors[0].matchers[0].label, "sale", "{expr}");
+            assert_eq!(r.selectors[0].matchers[0].op, "=~", "{expr}");
+            // The variable is kept, so a check knows it is one.
+            assert!(r.selectors[0].matchers[0].value.contains('$'), "{expr}");
+            assert_eq!(grouping(expr), ["sale"], "{expr}");
+        }
+    }
+
+    /// `sum without (outcome) (seckill:gateway_requests:rate1m)`.
+    #[test]
+    fn an_aggregation_without_labels_over_a_recorded_series() {
+        let expr = "sum without (outcome) (seckill:gateway_requests:rate1m)";
+        assert_eq!(metrics(expr), ["seckill:gateway_requests:rate1m"]);
+        assert_eq!(grouping(expr), ["outcome"]);
+    }
+
+    /// `histogram_quantile(0.99, sum by (outcome, le) (rate(..._bucket[1m])))`.
+    #[test]
+    fn a_quantile_of_a_histogram() {
+        let expr = "histogram_quantile(0.99, sum by (outcome, le) (rate(seckill_gateway_request_duration_seconds_bucket[1m])))";
+        assert_eq!(
+            metrics(expr),
+            ["seckill_gateway_request_duration_seconds_bucket"]
+        );
+        assert_eq!(grouping(expr), ["le", "outcome"]);
+    }
+
+    /// Ratios and sums of series: the callback error share, tokens issued
+    /// plus discarded, expired over (processed + expired).
+    #[test]
+    fn arithmetic_between_series_compared_with_a_number() {
+        let expr = r#"sum(rate(seckill_callback_total{result="error"}[5m]))
+            / sum(rate(seckill_callback_total{result=~"ok|error"}[5m])) > 0.01"#;
+        let r = references(expr).unwrap();
+        assert_eq!(
+            r.selectors
+                .iter()
+                .map(|s| &s.matchers[0])
+                .collect::<Vec<_>>(),
+            [
+                &matcher("result", "=", "error"),
+                &matcher("result", "=~", "ok|error")
+            ]
+        );
+        assert_eq!(
+            metrics(
+                "seckill:service_expired:rate1m\n  / (seckill:service_processed:rate1m + seckill:service_expired:rate1m)"
+            ),
+            [
+                "seckill:service_expired:rate1m",
+                "seckill:service_processed:rate1m",
+                "seckill:service_expired:rate1m"
+            ]
+        );
+        let expr = "sum by (sale) (rate(seckill_tokens_issued_total[1m]))\n  + sum by (sale) (rate(seckill_tokens_discarded_total[1m]))";
+        assert_eq!(
+            metrics(expr),
+            [
+                "seckill_tokens_issued_total",
+                "seckill_tokens_discarded_total"
+            ]
+        );
+        assert_eq!(grouping(expr), ["sale"]);
+    }
+
+    /// `seckill:gateway_requests:ratio_rate1m{outcome="overloaded"} > 0.05`,
+    /// `up{...} == 0`.
+    #[test]
+    fn a_recorded_series_with_a_matcher_compared_with_a_number() {
+        let r = references(r#"seckill:gateway_requests:ratio_rate1m{outcome="overloaded"} > 0.05"#)
+            .unwrap();
+        assert_eq!(
+            r.selectors[0].metric,
+            "seckill:gateway_requests:ratio_rate1m"
+        );
+        assert_eq!(
+            r.selectors[0].matchers,
+            [matcher("outcome", "=", "overloaded")]
+        );
+        assert_eq!(
+            metrics(r#"up{job=~"seckill-gateway|seckill-service"} == 0"#),
+            ["up"]
+        );
+    }
+
+    /// `a == 0 and on (sale) b > 0`; `max by (sale) (q) > 100 and deriv(r[2m]) > 0`.
+    #[test]
+    fn a_conjunction_matched_on_labels() {
+        let expr =
+            "seckill:tokens_generated:rate1m == 0\n  and on (sale) seckill:stock_remaining:min > 0";
+        assert_eq!(
+            metrics(expr),
+            [
+                "seckill:tokens_generated:rate1m",
+                "seckill:stock_remaining:min"
+            ]
+        );
+        assert_eq!(grouping(expr), ["sale"]);
+        let expr = "max by (sale) (seckill_queue_depth) > 100\n  and deriv(seckill:queue_depth:max[2m]) > 0";
+        assert_eq!(
+            metrics(expr),
+            ["seckill_queue_depth", "seckill:queue_depth:max"]
+        );
+        assert_eq!(grouping(expr), ["sale"]);
+    }
+
+    /// `a / ignoring (outcome) group_left sum without (outcome) (a)`, and
+    /// the labels `group_left (...)` copies.
+    #[test]
+    fn a_many_to_one_division() {
+        let expr = "seckill:gateway_requests:rate1m\n  / ignoring (outcome) group_left\nsum without (outcome) (seckill:gateway_requests:rate1m)";
+        assert_eq!(
+            metrics(expr),
+            [
+                "seckill:gateway_requests:rate1m",
+                "seckill:gateway_requests:rate1m"
+            ]
+        );
+        assert_eq!(grouping(expr), ["outcome"]);
+        assert_eq!(
+            grouping("a / on (sale) group_right (instance) b"),
+            ["instance", "sale"]
+        );
+    }
+
+    /// `absent(up{job="seckill-service"} == 1)`.
+    #[test]
+    fn absent_of_a_comparison() {
+        let r = references(r#"absent(up{job="seckill-service"} == 1)"#).unwrap();
+        assert_eq!(r.selectors[0].metric, "up");
+        assert_eq!(
+            r.selectors[0].matchers,
+            [matcher("job", "=", "seckill-service")]
+        );
+    }
+
+    /// Selectors in an aggregation's parameter count too.
+    #[test]
+    fn an_aggregation_parameter_that_selects() {
+        assert_eq!(
+            metrics("quantile(scalar(q), sum by (sale) (x))"),
+            ["q", "x"]
+        );
+    }
+
+    #[test]
+    fn grafana_variables_only_as_ranges_or_inside_strings() {
+        assert_eq!(
+            without_grafana_ranges(r#"rate(x{s=~"$sale"}[$__rate_interval]) # $not_a_range"#)
+                .unwrap(),
+            r#"rate(x{s=~"$sale"}[5m]) "#
+        );
+        assert_eq!(
+            without_grafana_ranges(r#"max_over_time(x{a="\"$b"}[${w}:$__interval])"#).unwrap(),
+            r#"max_over_time(x{a="\"$b"}[5m:5m])"#
+        );
+        assert!(references("topk($n, x)").is_err());
+        assert!(references("rate(x[${w)").is_err());
     }
 }
