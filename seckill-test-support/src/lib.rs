@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod crowd;
+pub mod metrics;
 pub mod process;
 
 pub use crowd::crowd;

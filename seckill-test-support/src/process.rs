@@ -209,11 +209,9 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The value of one sample (`name{labels}` exactly as exposed) in a
-/// Prometheus text exposition.
+/// The value of one sample, `name{labels}` as exposed (label order free),
+/// in a Prometheus text exposition; `None` if the page does not have it or
+/// is not one [`Scrape`](crate::metrics::Scrape) reads.
 pub fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
+    crate::metrics::Scrape::parse(metrics).ok()?.value(series)
 }
