@@ -18,10 +18,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-
-use crate::outcome::Outcome;
-use crate::report::{LatencyStats, Report};
+use crate::model::{AssertionResult, LatencyStats, Outcome, Report};
+use crate::summary::fmt_us;
 
 /// An assertion, parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,15 +29,6 @@ pub struct Assertion {
     op: Op,
     /// In the metric's base unit (seconds for durations).
     value: f64,
-}
-
-/// The result of checking one assertion.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AssertionResult {
-    pub expr: String,
-    /// The measured value as text (or why there is none).
-    pub actual: String,
-    pub passed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -282,7 +271,7 @@ impl Assertion {
 
     fn show(&self, v: f64) -> String {
         if self.metric.is_duration() {
-            crate::report::fmt_us((v * 1e6).round() as u64)
+            fmt_us((v * 1e6).round() as u64)
         } else if v.fract() == 0.0 {
             format!("{v:.0}")
         } else {

@@ -7,74 +7,16 @@
 //! run; so do users over their limit and successes the sale does not count.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::http::{get_request, HttpClient, SaleView};
+use crate::model::{Audit, Check, RedisAudit};
 use crate::record::Order;
 
 /// Timed-out requests polled at once when resolving them.
 const RESOLVE_CONCURRENCY: usize = 32;
-
-/// The audit's findings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Audit {
-    pub sale_id: String,
-    pub stock: u64,
-    pub per_user_limit: u32,
-    /// `sold` of the sale before and after the run.
-    pub sold_before: u64,
-    pub sold_after: u64,
-    pub remaining_after: u64,
-    pub state_after: String,
-    /// 200 answers, repeats of one order included.
-    pub success_answers: u64,
-    /// Distinct orders the buyers were told of (answers and resolved 504s).
-    pub orders: u64,
-    /// Units in those orders.
-    pub units: u64,
-    /// 504 answers, and what polling their request ids found.
-    pub timeouts: u64,
-    pub timeouts_resolved: BTreeMap<String, u64>,
-    /// Units sold beyond the stock.
-    pub oversell: u64,
-    /// Users holding more than the per-user limit.
-    pub users_over_limit: u64,
-    /// Requests that got no HTTP answer.
-    pub missing: u64,
-    /// Units buyers were told of that the sale does not count.
-    pub unrecorded: u64,
-    /// Units the sale counts that no buyer of this run was told of (504s
-    /// not resolved, or other clients); informational.
-    pub unconfirmed: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redis: Option<RedisAudit>,
-    pub checks: Vec<Check>,
-    pub passed: bool,
-}
-
-/// What the sale's keys in Redis say.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RedisAudit {
-    /// Entries of the order stream (`XLEN`).
-    pub orders_stream_len: Option<u64>,
-    /// `stock` and `sold` of the sale hash.
-    pub hash_stock: Option<u64>,
-    pub hash_sold: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One audit check.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Check {
-    pub name: String,
-    pub passed: bool,
-    pub detail: String,
-}
 
 /// What the audit is computed from.
 pub struct AuditInput<'a> {
@@ -88,148 +30,86 @@ pub struct AuditInput<'a> {
     pub redis: Option<RedisAudit>,
 }
 
-impl Audit {
-    pub fn compute(i: AuditInput<'_>) -> Audit {
-        let stock = i.after.stock;
-        let limit = i.after.per_user_limit;
-        let units: u64 = i.orders.values().map(|o| u64::from(o.quantity)).sum();
-        let mut per_user: HashMap<u64, u64> = HashMap::new();
-        for o in i.orders.values() {
-            *per_user.entry(o.user).or_default() += u64::from(o.quantity);
-        }
-        let users_over_limit = per_user.values().filter(|&&u| u > u64::from(limit)).count() as u64;
-        let sold_delta = i.after.sold.saturating_sub(i.before.sold);
-        let oversell = i
-            .after
-            .sold
-            .saturating_sub(stock)
-            .max((i.before.sold + units).saturating_sub(stock));
-        let unrecorded = units.saturating_sub(sold_delta);
-        let unconfirmed = sold_delta.saturating_sub(units);
-
-        let mut checks = vec![
-            check(
-                "no oversell",
-                oversell == 0,
-                format!(
-                    "stock {stock}, sold {} (before the run {}), units told success {units}",
-                    i.after.sold, i.before.sold
-                ),
-            ),
-            check(
-                "every request answered",
-                i.missing == 0,
-                format!("{} requests without an HTTP answer", i.missing),
-            ),
-            check(
-                "per-user limit held",
-                users_over_limit == 0,
-                format!("{users_over_limit} users over the limit of {limit}"),
-            ),
-            check(
-                "successes counted by the sale",
-                unrecorded == 0,
-                format!(
-                    "sale sold {sold_delta} during the run; buyers were told of {units} \
-                     ({unconfirmed} sold without a success answer seen)"
-                ),
-            ),
-            check(
-                "sale's books balance",
-                i.after.sold + i.after.remaining == stock,
-                format!(
-                    "sold {} + remaining {} vs stock {stock}",
-                    i.after.sold, i.after.remaining
-                ),
-            ),
-        ];
-        if let Some(r) = &i.redis {
-            checks.extend(redis_checks(r, stock, i.after.sold));
-        }
-        let passed = checks.iter().all(|c| c.passed);
-        Audit {
-            sale_id: i.after.sale_id.clone(),
-            stock,
-            per_user_limit: limit,
-            sold_before: i.before.sold,
-            sold_after: i.after.sold,
-            remaining_after: i.after.remaining,
-            state_after: i.after.state.clone(),
-            success_answers: i.success_answers,
-            orders: i.orders.len() as u64,
-            units,
-            timeouts: i.timeouts,
-            timeouts_resolved: i.timeouts_resolved,
-            oversell,
-            users_over_limit,
-            missing: i.missing,
-            unrecorded,
-            unconfirmed,
-            redis: i.redis,
-            checks,
-            passed,
-        }
+/// Judges a run from what the buyers were told and what the gateway says.
+pub fn compute(i: AuditInput<'_>) -> Audit {
+    let stock = i.after.stock;
+    let limit = i.after.per_user_limit;
+    let units: u64 = i.orders.values().map(|o| u64::from(o.quantity)).sum();
+    let mut per_user: HashMap<u64, u64> = HashMap::new();
+    for o in i.orders.values() {
+        *per_user.entry(o.user).or_default() += u64::from(o.quantity);
     }
+    let users_over_limit = per_user.values().filter(|&&u| u > u64::from(limit)).count() as u64;
+    let sold_delta = i.after.sold.saturating_sub(i.before.sold);
+    let oversell = i
+        .after
+        .sold
+        .saturating_sub(stock)
+        .max((i.before.sold + units).saturating_sub(stock));
+    let unrecorded = units.saturating_sub(sold_delta);
+    let unconfirmed = sold_delta.saturating_sub(units);
 
-    /// The audit as a few lines of text.
-    pub fn summary(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "audit of sale {}: stock {}, sold {} → {}, remaining {}, state {}",
-            self.sale_id,
-            self.stock,
-            self.sold_before,
-            self.sold_after,
-            self.remaining_after,
-            self.state_after
-        );
-        let resolved: Vec<String> = self
-            .timeouts_resolved
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "  success answers {} = {} orders, {} units; 504s {}{}",
-            self.success_answers,
-            self.orders,
-            self.units,
-            self.timeouts,
-            if resolved.is_empty() {
-                String::new()
-            } else {
-                format!(" (resolved: {})", resolved.join(", "))
-            }
-        );
-        if let Some(r) = &self.redis {
-            let o = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
-            let _ = writeln!(
-                s,
-                "  redis: order stream {}, hash stock {} sold {}{}",
-                o(r.orders_stream_len),
-                o(r.hash_stock),
-                o(r.hash_sold),
-                r.error
-                    .as_deref()
-                    .map_or(String::new(), |e| format!(" (error: {e})"))
-            );
-        }
-        for c in &self.checks {
-            let _ = writeln!(
-                s,
-                "  {} {}: {}",
-                if c.passed { "ok  " } else { "FAIL" },
-                c.name,
-                c.detail
-            );
-        }
-        let _ = write!(
-            s,
-            "audit: {}",
-            if self.passed { "passed" } else { "FAILED" }
-        );
-        s
+    let mut checks = vec![
+        check(
+            "no oversell",
+            oversell == 0,
+            format!(
+                "stock {stock}, sold {} (before the run {}), units told success {units}",
+                i.after.sold, i.before.sold
+            ),
+        ),
+        check(
+            "every request answered",
+            i.missing == 0,
+            format!("{} requests without an HTTP answer", i.missing),
+        ),
+        check(
+            "per-user limit held",
+            users_over_limit == 0,
+            format!("{users_over_limit} users over the limit of {limit}"),
+        ),
+        check(
+            "successes counted by the sale",
+            unrecorded == 0,
+            format!(
+                "sale sold {sold_delta} during the run; buyers were told of {units} \
+                     ({unconfirmed} sold without a success answer seen)"
+            ),
+        ),
+        check(
+            "sale's books balance",
+            i.after.sold + i.after.remaining == stock,
+            format!(
+                "sold {} + remaining {} vs stock {stock}",
+                i.after.sold, i.after.remaining
+            ),
+        ),
+    ];
+    if let Some(r) = &i.redis {
+        checks.extend(redis_checks(r, stock, i.after.sold));
+    }
+    let passed = checks.iter().all(|c| c.passed);
+    Audit {
+        sale_id: i.after.sale_id.clone(),
+        stock,
+        per_user_limit: limit,
+        sold_before: i.before.sold,
+        sold_after: i.after.sold,
+        remaining_after: i.after.remaining,
+        state_after: i.after.state.clone(),
+        success_answers: i.success_answers,
+        orders: i.orders.len() as u64,
+        units,
+        timeouts: i.timeouts,
+        timeouts_resolved: i.timeouts_resolved,
+        oversell,
+        users_over_limit,
+        missing: i.missing,
+        unrecorded,
+        unconfirmed,
+        redis: i.redis,
+        checks,
+        passed,
     }
 }
 
@@ -349,7 +229,7 @@ mod tests {
     #[test]
     fn a_clean_sale_passes() {
         let (b, a, o) = (sale(3, 0), sale(3, 3), orders(&[1, 2, 3]));
-        let audit = Audit::compute(input(&b, &a, &o));
+        let audit = compute(input(&b, &a, &o));
         assert!(audit.passed, "{}", audit.summary());
         assert_eq!(audit.units, 3);
     }
@@ -357,7 +237,7 @@ mod tests {
     #[test]
     fn oversell_missing_and_limits_fail() {
         let (b, a, o) = (sale(2, 0), sale(2, 2), orders(&[1, 2, 3]));
-        let audit = Audit::compute(input(&b, &a, &o));
+        let audit = compute(input(&b, &a, &o));
         assert_eq!(audit.oversell, 1);
         assert_eq!(audit.unrecorded, 1);
         assert!(!audit.passed);
@@ -365,7 +245,7 @@ mod tests {
         let (b, a, o) = (sale(5, 0), sale(5, 2), orders(&[1, 1]));
         let mut i = input(&b, &a, &o);
         i.missing = 4;
-        let audit = Audit::compute(i);
+        let audit = compute(i);
         assert_eq!(audit.users_over_limit, 1);
         assert_eq!(audit.missing, 4);
         assert!(!audit.passed);
@@ -381,7 +261,7 @@ mod tests {
             hash_sold: Some(3),
             error: None,
         });
-        let audit = Audit::compute(i);
+        let audit = compute(i);
         let failed: Vec<_> = audit.checks.iter().filter(|c| !c.passed).collect();
         assert_eq!(failed.len(), 3, "{}", audit.summary());
     }

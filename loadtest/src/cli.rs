@@ -15,8 +15,8 @@ use hyper::Method;
 
 use crate::assertion::Assertion;
 use crate::http::{self, SaleSetup};
+use crate::model::{Report, REPORT_VERSION};
 use crate::profile::Profile;
-use crate::report::Report;
 use crate::run::RunConfig;
 use crate::throughput::ThroughputConfig;
 
@@ -472,14 +472,14 @@ fn report(a: ReportArgs) -> ExitCode {
             )
         }
     };
-    if report.version != crate::report::REPORT_VERSION {
+    if report.version != REPORT_VERSION {
         return fail(
             EXIT_ERROR,
             &format!(
                 "{} is report version {}; this loadtest reads version {}",
                 a.input.display(),
                 report.version,
-                crate::report::REPORT_VERSION
+                REPORT_VERSION
             ),
         );
     }

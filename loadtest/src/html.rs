@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 
-use crate::outcome::Outcome;
-use crate::report::{fmt_us, PercentilePoint, Report};
+use crate::model::{Outcome, PercentilePoint, Report};
+use crate::summary::fmt_us;
 
 const W: f64 = 1100.0;
 const H: f64 = 340.0;

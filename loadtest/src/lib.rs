@@ -6,9 +6,10 @@
 //! coordinated omission). Each answer is classified by outcome
 //! ([`outcome`]) into HDR histograms ([`record`]). After the run the sale
 //! is audited ([`audit`]): no oversell, every request answered, per-user
-//! limits held. The [`report`] comes as text, versioned JSON and a
-//! self-contained HTML page ([`html`]); [`assertion`]s on it set the exit
-//! code.
+//! limits held, and the gateway's order feed agreeing with what buyers
+//! were told. The report's data ([`model`]) comes as text ([`summary`]),
+//! versioned JSON and a self-contained HTML page ([`html`]); [`assertion`]s
+//! on it set the exit code.
 //!
 //! [`calibrate`] and [`throughput`] serve the benchmarks: a bare hyper
 //! server as the yardstick, and a closed-loop maximum-throughput client.
@@ -21,19 +22,18 @@ pub mod calibrate;
 pub mod cli;
 pub mod html;
 pub mod http;
+pub mod model;
 pub mod outcome;
 pub mod profile;
 pub mod progress;
 pub mod record;
 #[cfg(feature = "redis")]
 pub mod redis_audit;
-pub mod report;
 pub mod run;
+pub mod summary;
 pub mod throughput;
 
-pub use assertion::{Assertion, AssertionResult};
-pub use audit::Audit;
-pub use outcome::Outcome;
+pub use assertion::Assertion;
+pub use model::{AssertionResult, Audit, Outcome, Report};
 pub use profile::Profile;
-pub use report::Report;
 pub use run::{run, RunConfig};

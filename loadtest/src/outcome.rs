@@ -1,94 +1,11 @@
 //! What a purchase attempt came to, read from the HTTP status and the JSON
-//! `status` field of the answer (see the purchase table of the API).
-
-use std::fmt;
+//! `status` field of the answer (see the purchase table of the API). The
+//! outcomes themselves are part of the report ([`crate::model::Outcome`]).
 
 use hyper::StatusCode;
 use serde::Deserialize;
 
-/// The outcome of one request, as the client saw it. The order ranks
-/// them for a buyer with several clicks: the smallest is the best.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Outcome {
-    /// 200 `success`: a unit was reserved.
-    Success,
-    /// 410 `sold_out`.
-    SoldOut,
-    /// 429 `rate_limited`: no token, or the per-user edge limit.
-    RateLimited,
-    /// 403 `limit_exceeded`: the user already holds the per-user limit.
-    LimitExceeded,
-    /// 403 `rejected`: refused by risk control.
-    Rejected,
-    /// 503 `overloaded`: queue full or store unreachable.
-    Overloaded,
-    /// 504 `timeout`: no result before the deadline.
-    Timeout,
-    /// 202 `pending`: a repeat of an idempotency key still in flight.
-    Pending,
-    /// An HTTP answer outside the contract (wrong code, unknown status,
-    /// unparsable body, 400, 404, 409, 500...).
-    Error,
-    /// No HTTP answer at all: connection refused or dropped, or the
-    /// client's own timeout. Every one of these fails the audit.
-    NoAnswer,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Success,
-        Outcome::SoldOut,
-        Outcome::RateLimited,
-        Outcome::LimitExceeded,
-        Outcome::Rejected,
-        Outcome::Overloaded,
-        Outcome::Timeout,
-        Outcome::Pending,
-        Outcome::Error,
-        Outcome::NoAnswer,
-    ];
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// The name used in reports and assertions (the API's `status` value
-    /// where there is one).
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::SoldOut => "sold_out",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::LimitExceeded => "limit_exceeded",
-            Outcome::Rejected => "rejected",
-            Outcome::Overloaded => "overloaded",
-            Outcome::Timeout => "timeout",
-            Outcome::Pending => "pending",
-            Outcome::Error => "error",
-            Outcome::NoAnswer => "no_answer",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.name() == name)
-    }
-
-    /// Position in [`Outcome::ALL`], for per-outcome arrays.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Answers a client may retry after a backoff.
-    pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            Outcome::RateLimited | Outcome::Timeout | Outcome::Overloaded
-        )
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::model::Outcome;
 
 /// The fields of a purchase answer the harness looks at.
 #[derive(Debug, Default, Deserialize)]
@@ -191,13 +108,5 @@ mod tests {
         assert_eq!(c.outcome, Outcome::Error);
         let c = classify(StatusCode::OK, b"hello");
         assert_eq!(c.outcome, Outcome::Error);
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for o in Outcome::ALL {
-            assert_eq!(Outcome::from_name(o.name()), Some(o));
-            assert_eq!(Outcome::ALL[o.index()], o);
-        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::outcome::Outcome;
+use crate::model::Outcome;
 
 type Counts = (u64, u64, [u64; Outcome::COUNT]);
 

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::outcome::Outcome;
-use crate::report::{distribution, LatencyStats, OutcomeStats, SellOut, Timeline, TimelineBucket};
+use crate::model::{
+    LatencyStats, Outcome, OutcomeStats, PercentilePoint, SellOut, Timeline, TimelineBucket,
+};
 
 /// Highest latency a histogram tracks (values above are clamped): one hour.
 const HIGHEST_US: u64 = 3_600_000_000;
@@ -27,6 +28,58 @@ pub fn histogram() -> Histogram<u64> {
 pub fn record(h: &mut Histogram<u64>, d: Duration) {
     let us = (d.as_micros() as u64).clamp(1, HIGHEST_US);
     h.saturating_record(us);
+}
+
+/// Percentiles of a latency histogram.
+pub fn stats(h: &Histogram<u64>) -> LatencyStats {
+    if h.is_empty() {
+        return LatencyStats::default();
+    }
+    LatencyStats {
+        count: h.len(),
+        min_us: h.min(),
+        mean_us: (h.mean() * 10.0).round() / 10.0,
+        p50_us: h.value_at_quantile(0.50),
+        p90_us: h.value_at_quantile(0.90),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        p9999_us: h.value_at_quantile(0.9999),
+        max_us: h.max(),
+    }
+}
+
+/// The percentile curve of a histogram, dense towards the tail:
+/// 0, 10, 20, ..., 90, 95, 99, 99.5, 99.9, ... down to 1 in 10⁶, and max.
+pub fn distribution(h: &Histogram<u64>) -> Vec<PercentilePoint> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut points = Vec::new();
+    let mut push = |q: f64| {
+        let us = if q >= 1.0 {
+            h.max()
+        } else {
+            h.value_at_quantile(q)
+        };
+        points.push(PercentilePoint {
+            percentile: (q * 100.0 * 1e6).round() / 1e6,
+            us,
+        });
+    };
+    for k in 0..9 {
+        push(k as f64 / 10.0);
+    }
+    // 1 - 10^(-k/10): 90 %, 92 %, 93.7 %, ... evenly spaced on the
+    // "nines" axis of the plot.
+    for k in 10..=60 {
+        let q = 1.0 - 10f64.powf(-(k as f64) / 10.0);
+        if (1.0 - q) * (h.len() as f64) < 1.0 {
+            break;
+        }
+        push(q);
+    }
+    push(1.0);
+    points
 }
 
 /// A success as the client saw it.
@@ -208,8 +261,8 @@ impl Recorder {
                 let (c, r) = (&self.corrected[o.index()], &self.raw[o.index()]);
                 let stats = OutcomeStats {
                     count: c.len(),
-                    corrected: LatencyStats::of(c),
-                    raw: LatencyStats::of(r),
+                    corrected: stats(c),
+                    raw: stats(r),
                     distribution: distribution(c),
                     raw_distribution: distribution(r),
                 };
@@ -219,15 +272,15 @@ impl Recorder {
     }
 
     pub fn all_stats(&self) -> LatencyStats {
-        LatencyStats::of(&self.all)
+        stats(&self.all)
     }
 
     pub fn start_lag(&self) -> LatencyStats {
-        LatencyStats::of(&self.start_lag)
+        stats(&self.start_lag)
     }
 
     pub fn connection_wait(&self) -> LatencyStats {
-        LatencyStats::of(&self.conn_wait)
+        stats(&self.conn_wait)
     }
 
     pub fn buyers(&self) -> BTreeMap<String, u64> {
@@ -349,6 +402,24 @@ mod tests {
         assert_eq!(tl.buckets[4].answers["sold_out"], 1);
         // Latency is filed under the intended send time (30 ms → bucket 3).
         assert!(tl.buckets[3].p50_us["sold_out"] >= 11_000);
+    }
+
+    #[test]
+    fn stats_and_distribution_of_a_histogram() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for v in 1..=10_000u64 {
+            h.record(v).unwrap();
+        }
+        let s = stats(&h);
+        assert_eq!(s.count, 10_000);
+        assert!((4990..=5010).contains(&s.p50_us));
+        assert_eq!(s.percentile_us(50.0), Some(s.p50_us));
+        assert_eq!(s.percentile_us(42.0), None);
+        let d = distribution(&h);
+        assert!(d.windows(2).all(|w| w[0].percentile < w[1].percentile));
+        assert!(d.windows(2).all(|w| w[0].us <= w[1].us));
+        assert_eq!(d.last().unwrap().percentile, 100.0);
+        assert_eq!(stats(&Histogram::new(3).unwrap()).count, 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use seckill_redis::keys;
 
-use crate::audit::RedisAudit;
+use crate::model::RedisAudit;
 
 /// Fields of the sale hash the audit reads.
 const STOCK_FIELD: &str = "stock";

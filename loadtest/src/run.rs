@@ -20,13 +20,14 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{resolve_timeouts, Audit, AuditInput};
+use crate::audit::{self, resolve_timeouts, AuditInput};
 use crate::http::{self, HttpClient, SaleView};
-use crate::outcome::{classify, AnswerBody, Outcome};
+use crate::model::{Outcome, Report, Schedule, Settings, REPORT_VERSION};
+use crate::outcome::{classify, AnswerBody};
 use crate::profile::Profile;
 use crate::progress::Progress;
 use crate::record::{self, bucket_for, histogram, Answer, Recorder};
-use crate::report::{LatencyStats, Report, Schedule, Settings, REPORT_VERSION};
+use crate::summary::fmt_us;
 
 /// How a run is made.
 #[derive(Clone, Debug)]
@@ -230,7 +231,7 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
             None => None,
         };
         let r = ctx.rec();
-        audit = Some(Audit::compute(AuditInput {
+        audit = Some(audit::compute(AuditInput {
             before,
             after: &after,
             orders: &orders,
@@ -243,20 +244,20 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
     }
 
     let r = ctx.rec();
-    let dispatch_lag = LatencyStats::of(&dispatch_lag);
+    let dispatch_lag = record::stats(&dispatch_lag);
     let start_lag = r.start_lag();
     let max_lag_us = cfg.max_lag.as_micros() as u64;
     let invalid_reason = if dispatch_lag.p99_us > max_lag_us {
         Some(format!(
             "the generator fell behind: dispatch lag p99 {} over --max-lag {}",
-            crate::report::fmt_us(dispatch_lag.p99_us),
-            crate::report::fmt_us(max_lag_us)
+            fmt_us(dispatch_lag.p99_us),
+            fmt_us(max_lag_us)
         ))
     } else if start_lag.p99_us > max_lag_us {
         Some(format!(
             "the client could not keep up: start lag p99 {} over --max-lag {}",
-            crate::report::fmt_us(start_lag.p99_us),
-            crate::report::fmt_us(max_lag_us)
+            fmt_us(start_lag.p99_us),
+            fmt_us(max_lag_us)
         ))
     } else {
         None
@@ -310,13 +311,13 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
 }
 
 #[cfg(feature = "redis")]
-async fn redis_audit(url: &str, sale_id: &str) -> crate::audit::RedisAudit {
+async fn redis_audit(url: &str, sale_id: &str) -> crate::model::RedisAudit {
     crate::redis_audit::read(url, sale_id).await
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis_audit(_url: &str, _sale_id: &str) -> crate::audit::RedisAudit {
-    crate::audit::RedisAudit {
+async fn redis_audit(_url: &str, _sale_id: &str) -> crate::model::RedisAudit {
+    crate::model::RedisAudit {
         error: Some("this build has no Redis support (feature `redis`)".into()),
         ..Default::default()
     }

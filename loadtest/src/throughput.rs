@@ -17,8 +17,9 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::record::{histogram, record};
-use crate::report::{fmt_us, LatencyStats};
+use crate::model::LatencyStats;
+use crate::record::{histogram, record, stats};
+use crate::summary::fmt_us;
 
 /// A closed-loop measurement.
 #[derive(Clone, Debug)]
@@ -142,7 +143,7 @@ pub async fn run(cfg: ThroughputConfig) -> anyhow::Result<ThroughputResult> {
         duration_s: duration,
         rps: total.requests as f64 / duration.max(1e-3),
         statuses: total.statuses,
-        latency: LatencyStats::of(&latency),
+        latency: stats(&latency),
     })
 }
 
