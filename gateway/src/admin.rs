@@ -7,11 +7,11 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use seckill_inventory::{
-    parse_rfc3339, valid_id, InventoryError, Put, SaleSpec, DEFAULT_PER_USER_LIMIT,
+    parse_rfc3339, rfc3339, valid_id, InventoryError, Put, SaleSpec, DEFAULT_PER_USER_LIMIT,
     DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY, DEFAULT_TOKEN_RATE,
 };
 use seckill_ops::http::{healthz, json, metrics_response, readyz, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::answer::error;
 use crate::public::{read_body, set_request_id, unavailable, SaleView};
@@ -39,16 +39,19 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
             r
         }
         (&Method::GET, ["admin", "v1", "sales"]) => list(&shared).await,
+        (&Method::GET, ["admin", "v1", "orders"]) => orders(&shared, req.uri().query()).await,
         (&Method::PUT, ["admin", "v1", "sales", id]) => {
             let id = id.to_string();
             put(&shared, id, req).await
         }
         (&Method::DELETE, ["admin", "v1", "sales", id]) => delete(&shared, id).await,
-        (_, ["admin", "v1", "sales", ..]) | (_, ["metrics" | "healthz" | "readyz"]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed",
-        ),
+        (_, ["admin", "v1", "sales" | "orders", ..]) | (_, ["metrics" | "healthz" | "readyz"]) => {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            )
+        }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
     set_request_id(&mut resp, seckill_inventory::unique_id());
@@ -210,5 +213,126 @@ async fn list(shared: &Shared) -> HttpResponse {
             )
         }
         Err(_) => unavailable(),
+    }
+}
+
+/// Most orders one page of the order feed returns.
+const MAX_ORDERS_PAGE: usize = 10_000;
+
+/// One order as the order feed shows it.
+#[derive(Serialize)]
+struct OrderView<'a> {
+    order_id: &'a str,
+    sale_id: &'a str,
+    user_id: &'a str,
+    quantity: u32,
+    request_id: &'a str,
+    at: String,
+}
+
+/// The query of `GET /admin/v1/orders`.
+#[derive(Debug, PartialEq, Eq)]
+struct OrdersQuery<'a> {
+    sale_id: &'a str,
+    /// Orders of the sale to skip: the cursor a previous page returned.
+    after: usize,
+    limit: usize,
+}
+
+/// Parses `sale_id=ID[&after=CURSOR][&limit=N]`; the error is the message
+/// for the 400. Sale ids and cursors need no percent-decoding: both are
+/// plain `[A-Za-z0-9_-]`.
+fn orders_query(query: Option<&str>) -> Result<OrdersQuery<'_>, String> {
+    let (mut sale_id, mut after, mut limit) = (None, 0, 1000);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sale_id" if valid_id(value) => sale_id = Some(value),
+            "sale_id" => return Err("sale_id must be 1..=64 characters of [A-Za-z0-9_-]".into()),
+            "after" => {
+                after = value
+                    .parse()
+                    .map_err(|_| "after must be a cursor from `next`")?
+            }
+            "limit" => {
+                limit = match value.parse() {
+                    Ok(n @ 1..=MAX_ORDERS_PAGE) => n,
+                    _ => return Err(format!("limit must be 1..={MAX_ORDERS_PAGE}")),
+                }
+            }
+            _ => return Err(format!("unknown query parameter {key:?}")),
+        }
+    }
+    let sale_id = sale_id.ok_or("sale_id is required")?;
+    Ok(OrdersQuery {
+        sale_id,
+        after,
+        limit,
+    })
+}
+
+/// `GET /admin/v1/orders?sale_id=ID&after=CURSOR&limit=N`: a sale's orders
+/// in commit order, a page at a time; resuming from `next` neither skips
+/// nor repeats an order.
+async fn orders(shared: &Shared, query: Option<&str>) -> HttpResponse {
+    let q = match orders_query(query) {
+        Ok(q) => q,
+        Err(message) => return bad(&message),
+    };
+    let all = match shared.stores.inventory.orders(q.sale_id).await {
+        Ok(all) => all,
+        Err(_) => return unavailable(),
+    };
+    if q.after > all.len() {
+        return bad("after must be a cursor from `next`");
+    }
+    let page = &all[q.after..all.len().min(q.after + q.limit)];
+    let views: Vec<OrderView> = page
+        .iter()
+        .map(|o| OrderView {
+            order_id: &o.order_id,
+            sale_id: &o.sale_id,
+            user_id: &o.user_id,
+            quantity: o.quantity,
+            request_id: &o.request_id,
+            at: rfc3339(o.at_ms),
+        })
+        .collect();
+    let next = (q.after + page.len()).to_string();
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&serde_json::json!({ "orders": views, "next": next }))
+            .expect("views serialize"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_query_is_checked() {
+        assert_eq!(
+            orders_query(Some("sale_id=s-1&after=3&limit=2")),
+            Ok(OrdersQuery {
+                sale_id: "s-1",
+                after: 3,
+                limit: 2
+            })
+        );
+        assert_eq!(orders_query(Some("sale_id=s")).unwrap().limit, 1000);
+        for bad in [
+            None,
+            Some(""),
+            Some("sale_id="),
+            Some("sale_id=a/b"),
+            Some("sale_id=s&after=x"),
+            Some("sale_id=s&after=-1"),
+            Some("sale_id=s&limit=0"),
+            Some("sale_id=s&limit=10001"),
+            Some("sale_id=s&evil=1"),
+        ] {
+            assert!(orders_query(bad).is_err(), "{bad:?}");
+        }
     }
 }

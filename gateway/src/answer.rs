@@ -1,4 +1,4 @@
-//! The answers of the purchase API: each `status` of `API.md` with its HTTP
+//! The answers of the purchase API: each `status` of `docs/API.md` with its HTTP
 //! code, and the JSON bodies.
 
 use bytes::Bytes;

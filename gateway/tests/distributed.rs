@@ -543,7 +543,7 @@ async fn a_redis_cluster_sells_exactly_the_stock() {
 }
 
 #[test]
-fn the_load_harness_audits_a_distributed_sale_in_redis() {
+fn the_load_harness_audits_a_distributed_sale_through_the_order_feed() {
     let redis = RedisServer::start();
     let store = redis_args(&redis.url());
     let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "20000"]);
@@ -573,8 +573,6 @@ fn the_load_harness_audits_a_distributed_sale_in_redis() {
         "--timeout-ms",
         "30000",
         "--allow-invalid",
-        "--redis-url",
-        &redis.url(),
         "--assert",
         "oversell==0",
         "--assert",

@@ -1,6 +1,6 @@
 //! The embedded flash sale end to end, over real HTTP and gRPC on loopback.
 //!
-//! Every row of the purchase table in API.md, the spike, duplicates,
+//! Every row of the purchase table in docs/API.md, the spike, duplicates,
 //! expiry, hostile input, metrics and graceful shutdown.
 
 mod support;
@@ -601,6 +601,70 @@ async fn hostile_connections_are_refused_without_harm() {
 }
 
 #[tokio::test]
+async fn the_order_feed_pages_a_sales_orders_without_skip_or_repeat() {
+    let gw = TestGateway::start().await;
+    gw.open_sale("feed", 5, 1).await;
+    let mut bought = std::collections::BTreeSet::new();
+    for u in 0..5 {
+        let (s, v) = gw.buy("feed", &format!("u{u}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        bought.insert(v["order_id"].as_str().unwrap().to_string());
+    }
+    let (mut seen, mut after) = (Vec::new(), String::new());
+    for _ in 0..10 {
+        let (s, page) = gw
+            .get_authorized(&format!("/admin/v1/orders?sale_id=feed&limit=2{after}"))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let orders = page["orders"].as_array().unwrap();
+        if orders.is_empty() {
+            break;
+        }
+        assert!(orders.len() <= 2, "{page}");
+        for o in orders {
+            assert_eq!(o["sale_id"], "feed");
+            assert_eq!(o["quantity"], 1);
+            assert!(o["at"].as_str().unwrap().ends_with('Z'), "{o}");
+            seen.push(o["order_id"].as_str().unwrap().to_string());
+        }
+        after = format!("&after={}", page["next"].as_str().unwrap());
+    }
+    assert_eq!(seen.len(), 5, "each order once: {seen:?}");
+    assert_eq!(
+        seen.iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        bought
+    );
+
+    for bad in [
+        "",
+        "?sale_id=feed&after=99",
+        "?sale_id=feed&after=x",
+        "?sale_id=a/b",
+    ] {
+        let (s, v) = gw.get_authorized(&format!("/admin/v1/orders{bad}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert_eq!(v["status"], "bad_request");
+    }
+    let (s, _, _) = gw
+        .request(
+            hyper::Method::GET,
+            gw.admin,
+            "/admin/v1/orders?sale_id=feed",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the feed needs the admin token"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn the_admin_api_needs_the_token_and_validates_its_input() {
     let gw = TestGateway::start().await;
     let body = json!({"stock": 3}).to_string();
@@ -729,7 +793,7 @@ async fn the_admin_api_needs_the_token_and_validates_its_input() {
 
 // ------------------------------------------------------ operations and gRPC
 
-/// Every metric of API.md, as it appears in the text exposition.
+/// Every metric of docs/API.md, as it appears in the text exposition.
 const METRICS: &[&str] = &[
     "seckill_gateway_requests_total",
     "seckill_gateway_request_duration_seconds",

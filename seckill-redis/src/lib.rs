@@ -27,17 +27,17 @@
 mod bucket;
 mod conn;
 mod events;
-mod inventory_impl;
+mod inventory;
 pub mod keys;
-mod queue_impl;
+mod queue;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use bucket::{RedisBucket, RedisBuckets};
 pub use conn::Conn;
-pub use inventory_impl::RedisInventory;
-pub use queue_impl::RedisQueue;
+pub use inventory::RedisInventory;
+pub use queue::RedisQueue;
 
 use ::seckill_inventory::SaleEvent;
 use tokio::sync::broadcast;
@@ -85,7 +85,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             command_timeout: Duration::from_secs(1),
-            // As the memory inventory: ten minutes (API.md).
+            // As the memory inventory: ten minutes (docs/API.md).
             retention: Duration::from_secs(600),
             reclaim_idle: Duration::from_secs(5),
             reclaim_every: Duration::from_secs(1),

@@ -182,6 +182,21 @@ impl TestGateway {
         (s, v)
     }
 
+    /// `GET` on the admin port with the admin token.
+    pub async fn get_authorized(&self, path: &str) -> (StatusCode, Value) {
+        let auth = format!("Bearer {TOKEN}");
+        let (s, _, v) = self
+            .request(
+                Method::GET,
+                self.admin,
+                path,
+                &[("authorization", &auth)],
+                Bytes::new(),
+            )
+            .await;
+        (s, v)
+    }
+
     /// `PUT /admin/v1/sales/{id}` with the admin token.
     pub async fn put_sale(&self, id: &str, body: Value) -> (StatusCode, Value) {
         let auth = format!("Bearer {TOKEN}");

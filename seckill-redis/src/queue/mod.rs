@@ -37,14 +37,14 @@ use tokio::time::Instant;
 use crate::{describe, keys, Conn, Shared};
 
 static OPEN: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/queue_open.lua")));
+    LazyLock::new(|| Script::new(include_str!("queue_open.lua")));
 static ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/enqueue.lua")));
+    LazyLock::new(|| Script::new(include_str!("enqueue.lua")));
 static RECLAIM: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/reclaim.lua")));
-static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/ack.lua")));
+    LazyLock::new(|| Script::new(include_str!("reclaim.lua")));
+static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ack.lua")));
 static DEAD_LETTER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/dead_letter.lua")));
+    LazyLock::new(|| Script::new(include_str!("dead_letter.lua")));
 static CLOSE: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'open', 0) end return 0")
 });

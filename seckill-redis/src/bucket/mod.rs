@@ -30,9 +30,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::{describe, keys, Shared};
 
 static TICK: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/bucket_tick.lua")));
+    LazyLock::new(|| Script::new(include_str!("bucket_tick.lua")));
 static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/lease_release.lua")));
+    LazyLock::new(|| Script::new(include_str!("lease_release.lua")));
 
 /// The first batch a gateway takes.
 const FIRST_BATCH: u32 = 4;

@@ -23,15 +23,15 @@ use tokio::sync::broadcast;
 use crate::{describe, keys, Shared};
 
 static PURCHASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/purchase.lua")));
-static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/admit.lua")));
+    LazyLock::new(|| Script::new(include_str!("purchase.lua")));
+static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
 static WITHDRAW: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/withdraw.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
+    LazyLock::new(|| Script::new(include_str!("withdraw.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
 static PUT_SALE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/put_sale.lua")));
+    LazyLock::new(|| Script::new(include_str!("put_sale.lua")));
 static REMOVE_SALE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/remove_sale.lua")));
+    LazyLock::new(|| Script::new(include_str!("remove_sale.lua")));
 
 /// Orders read per `XRANGE` page.
 const ORDER_PAGE: usize = 1000;
