@@ -4,10 +4,10 @@
 //! of concurrent clients ([`crowd()`]).
 //!
 //! Every process is a child of the test process and is killed by its
-//! handle's `Drop` (also while a failing test unwinds), and its directory is
-//! removed. Nothing here needs a Redis client library: the few commands the
-//! setup sends (`PING`, `CLUSTER ...`) go through a tiny RESP exchange on a
-//! blocking socket.
+//! handle's `Drop` (also while a failing test unwinds), and its directory
+//! (a [`TempDir`]) is removed. Nothing here needs a Redis client library:
+//! the few commands the setup sends (`PING`, `CLUSTER ...`) go through a
+//! tiny RESP exchange on a blocking socket.
 
 #![forbid(unsafe_code)]
 
@@ -21,9 +21,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
 
 /// How long a server may take to answer `PING` after it was spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +48,7 @@ pub struct Options {
 /// One private `redis-server` process.
 pub struct RedisServer {
     port: u16,
-    dir: PathBuf,
+    dir: TempDir,
     options: Options,
     child: Option<Child>,
 }
@@ -62,7 +63,7 @@ impl RedisServer {
     pub fn start_with(options: Options) -> Self {
         let mut server = RedisServer {
             port: 0,
-            dir: temp_dir(),
+            dir: scratch_dir(),
             options,
             child: None,
         };
@@ -93,7 +94,7 @@ impl RedisServer {
 
     /// The server's working directory (AOF, cluster config, log).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Whether the process is running.
@@ -140,7 +141,7 @@ impl RedisServer {
             ])
             .args(["--appendfsync", "always"])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .args(["--logfile", "redis.log"])
             .args(["--daemonize", "no"]);
         if self.options.cluster {
@@ -190,8 +191,8 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // Then the `TempDir` field removes the directory.
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -343,21 +344,20 @@ pub fn free_port() -> u16 {
         .expect("bind a probe socket on 127.0.0.1")
 }
 
-/// A new empty directory under the system's temporary directory, unique to
-/// this process and call.
+/// A new empty directory under the system's temporary directory, that
+/// stays: removing it is the caller's business, and nothing else will.
+/// Where a guard can be held, [`scratch_dir`] removes it on drop.
 pub fn temp_dir() -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "seckill-test-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    dir
+    scratch_dir().keep()
+}
+
+/// A new empty directory under the system's temporary directory
+/// (`seckill-test-…`), removed with everything in it when the guard drops.
+pub fn scratch_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("seckill-test-")
+        .tempdir()
+        .expect("create a temporary directory")
 }
 
 #[cfg(test)]
@@ -382,6 +382,19 @@ mod tests {
         assert!(command(port, &["PING"]).is_err());
         drop(s);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn temporary_directories() {
+        let kept = temp_dir();
+        assert!(kept.is_dir());
+        std::fs::remove_dir(&kept).unwrap();
+        let guard = scratch_dir();
+        let path = guard.path().to_path_buf();
+        assert!(path.is_dir() && path.starts_with(std::env::temp_dir()));
+        std::fs::write(path.join("f"), "x").unwrap();
+        drop(guard);
+        assert!(!path.exists());
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use tempfile::TempDir;
+
 /// A binary of this workspace built next to the running test: test
 /// executables live in `target/<profile>/deps/`, binaries in
 /// `target/<profile>/`. `cargo test --workspace` builds every binary of a
@@ -33,7 +35,8 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Process {
     name: String,
     child: Option<Child>,
-    dir: PathBuf,
+    /// Holds `out.log`; removed when the handle drops.
+    dir: TempDir,
     status: Option<ExitStatus>,
 }
 
@@ -41,8 +44,8 @@ impl Process {
     /// Spawns `program` with `args` and the extra environment `envs`; its
     /// stdout and stderr go to a log file (see [`Process::log`]).
     pub fn spawn(name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Self {
-        let dir = crate::temp_dir();
-        let log = std::fs::File::create(dir.join("out.log")).expect("create the log file");
+        let dir = crate::scratch_dir();
+        let log = std::fs::File::create(dir.path().join("out.log")).expect("create the log file");
         let err = log.try_clone().expect("clone the log file handle");
         let child = Command::new(program)
             .args(args)
@@ -70,7 +73,7 @@ impl Process {
 
     /// What the process wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default()
     }
 
     /// Whether the process still runs.
@@ -130,7 +133,7 @@ impl Drop for Process {
         if std::thread::panicking() {
             eprintln!("--- {} output ---\n{}", self.name, self.log());
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Then the `TempDir` field removes the log.
     }
 }
 
