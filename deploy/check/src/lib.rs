@@ -1,8 +1,9 @@
 //! Checks of the `deploy/` folder against the real binaries. The tests in
 //! `tests/` are the checks; this library holds what they share: the options
-//! the binaries really take (read from their `--help`), a reader of the
-//! Prometheus text format, the metric selectors of a PromQL expression,
-//! YAML loading, and bounded runs of external commands.
+//! the binaries really take (read from their `--help`), the metric
+//! selectors of a PromQL expression, YAML loading, and bounded runs of
+//! external commands. Prometheus text is read with
+//! `seckill_test_support::metrics`, as in every other test.
 //!
 //! The tests need the workspace's binaries built next to them
 //! (`cargo test --workspace` builds them; for `cargo test -p deploy-check`
@@ -13,7 +14,6 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
-pub mod exposition;
 pub mod options;
 pub mod promql;
 pub mod yaml;

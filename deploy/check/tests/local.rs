@@ -16,6 +16,7 @@ use std::time::Duration;
 use deploy_check::command::{promtool, run, which, Output};
 use deploy_check::{deploy, read};
 use seckill_test_support::free_port;
+use seckill_test_support::metrics::Scrape;
 use seckill_test_support::process::{binary, http, wait_until};
 
 const TOKEN: &str = "local-topology-token";
@@ -360,9 +361,12 @@ fn up_spike_observe_down() {
     .iter()
     .map(|a| {
         let (_, m) = http(topo.addr(a), "GET", "/metrics", &[], "").unwrap();
-        m.lines()
-            .filter(|l| l.starts_with("seckill_service_processed_total{"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        let scrape = Scrape::parse(&m).unwrap_or_else(|e| panic!("{a} /metrics: {e}"));
+        scrape
+            .series()
+            .iter()
+            .filter(|s| s.name == "seckill_service_processed_total")
+            .map(|s| s.value)
             .sum::<f64>()
     })
     .sum();
