@@ -1,15 +1,15 @@
 //! The project's binaries as child processes of a test: spawned with their
 //! output in a log file, stopped with SIGTERM or SIGKILL on request, and
-//! always killed by `Drop`; plus a blocking HTTP/1.1 exchange for probing
-//! their admin ports without a client library.
+//! always killed by `Drop`; plus a blocking HTTP/1.1 exchange (ureq) for
+//! probing their ports from any thread, runtime or not.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use rustix::process::{kill_process, Pid, Signal};
 use tempfile::TempDir;
 
 /// A binary of this workspace built next to the running test: test
@@ -83,11 +83,11 @@ impl Process {
 
     /// SIGTERM: the graceful stop.
     pub fn terminate(&mut self) {
-        if let Some(pid) = self.pid() {
-            if self.is_running() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status();
+        // `is_running` reaps an exited child; until a child is reaped its
+        // pid cannot be reused, so the signal reaches this process or none.
+        if self.is_running() {
+            if let Some(child) = &self.child {
+                let _ = kill_process(Pid::from_child(child), Signal::TERM);
             }
         }
     }
@@ -137,8 +137,15 @@ impl Drop for Process {
     }
 }
 
+/// The most of a response body [`http`] reads; far above any page the
+/// binaries serve.
+const BODY_LIMIT: u64 = 64 << 20;
+
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`):
-/// the status code and the body. Errors are connection failures.
+/// the status code (any: 4xx and 5xx too) and the body, chunked or not,
+/// as text (invalid UTF-8 replaced). Redirects are not followed and no
+/// proxy is used. Errors are failures to connect (within 2 s), to send or
+/// to receive (30 s without data), as text.
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -146,56 +153,33 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    // A new agent per call: no pooled connection outlives the exchange,
+    // as the connection-per-request probes of the tests expect.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_per_read(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("connection", "close");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream
-        .write_all(req.as_bytes())
+    let request = request.body(body).map_err(|e| e.to_string())?;
+    let mut response = agent.run(request).map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(BODY_LIMIT)
+        .read_to_vec()
         .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no complete response: {text:?}"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line: {head:?}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
@@ -217,4 +201,142 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// is not one [`Scrape`](crate::metrics::Scrape) reads.
 pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     crate::metrics::Scrape::parse(metrics).ok()?.value(series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{Ipv4Addr, TcpListener};
+
+    /// A one-shot server: answers the first connection with `response` and
+    /// hands back the request head it read.
+    fn serve_once(response: &'static str) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .map_or(0, |n| n.trim().parse().unwrap());
+            let mut body = vec![0; length];
+            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+            head.push_str(&String::from_utf8(body).unwrap());
+            reader.get_mut().write_all(response.as_bytes()).unwrap();
+            head
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn http_returns_status_and_body() {
+        let (addr, server) = serve_once(
+            "HTTP/1.1 201 Created\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+        );
+        let answer = http(
+            addr,
+            "PUT",
+            "/admin/sales/x?y=1",
+            &[
+                ("authorization", "Bearer t"),
+                ("content-type", "application/json"),
+            ],
+            "{\"a\":1}",
+        );
+        assert_eq!(answer, Ok((201, "hello".to_string())));
+        let request = server.join().unwrap().to_ascii_lowercase();
+        assert!(
+            request.starts_with("put /admin/sales/x?y=1 http/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("authorization: bearer t\r\n"), "{request}");
+        assert!(request.contains("connection: close\r\n"), "{request}");
+        assert!(request.ends_with("{\"a\":1}"), "{request}");
+    }
+
+    #[test]
+    fn http_reads_chunked_bodies_and_error_statuses() {
+        let (addr, server) = serve_once(
+            "HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n\
+             4\r\nnot \r\n5\r\nready\r\n0\r\n\r\n",
+        );
+        assert_eq!(
+            http(addr, "GET", "/readyz", &[], ""),
+            Ok((503, "not ready".to_string()))
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn http_to_a_closed_port_is_an_error() {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, crate::free_port()));
+        assert!(http(addr, "GET", "/healthz", &[], "").is_err());
+    }
+
+    #[test]
+    fn a_process_stops_on_sigterm_and_keeps_its_log_until_dropped() {
+        let script = "trap 'echo bye; exit 7' TERM; echo up; while :; do sleep 0.05; done";
+        let mut p = Process::spawn(
+            "sh",
+            Path::new("/bin/sh"),
+            &["-c".to_string(), script.to_string()],
+            &[],
+        );
+        assert!(wait_until(Duration::from_secs(10), || p
+            .log()
+            .contains("up")));
+        assert!(p.is_running());
+        assert_eq!(p.wait_exit(Duration::from_millis(100)), None);
+        p.terminate();
+        let status = p
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits on SIGTERM");
+        assert_eq!(status.code(), Some(7));
+        assert!(p.log().contains("bye"), "{}", p.log());
+        assert!(!p.is_running());
+        // Idempotent once it is gone.
+        p.terminate();
+        p.kill();
+
+        let dir = p.dir.path().to_path_buf();
+        assert!(dir.join("out.log").exists());
+        drop(p);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn kill_ends_a_process_that_ignores_sigterm() {
+        let mut p = Process::spawn(
+            "sh",
+            Path::new("/bin/sh"),
+            &[
+                "-c".to_string(),
+                "trap '' TERM; echo up; while :; do sleep 0.05; done".to_string(),
+            ],
+            &[],
+        );
+        assert!(wait_until(Duration::from_secs(10), || p
+            .log()
+            .contains("up")));
+        p.terminate();
+        assert_eq!(p.wait_exit(Duration::from_millis(300)), None);
+        p.kill();
+        assert!(!p.is_running());
+        assert_eq!(p.wait_exit(Duration::ZERO).and_then(|s| s.code()), None);
+    }
 }
