@@ -5,9 +5,9 @@
 //!
 //! Every process is a child of the test process and is killed by its
 //! handle's `Drop` (also while a failing test unwinds), and its directory
-//! (a [`TempDir`]) is removed. Nothing here needs a Redis client library:
-//! the few commands the setup sends (`PING`, `CLUSTER ...`) go through a
-//! tiny RESP exchange on a blocking socket.
+//! (a [`TempDir`]) is removed. The few commands the setup sends (`PING`,
+//! `CLUSTER ...`) go through the `redis` crate's blocking client, so a
+//! server can be set up outside any runtime.
 
 #![forbid(unsafe_code)]
 
@@ -17,8 +17,7 @@ pub mod process;
 
 pub use crowd::crowd;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -271,6 +270,13 @@ impl RedisCluster {
 }
 
 /// A RESP reply, as far as the setup needs one.
+///
+/// This is what [`RedisServer::command`] returned when it spoke RESP by
+/// hand; tests match on it, so it stays, mapped from the `redis` crate's
+/// [`redis::Value`]. RESP2 (the protocol the client speaks unless told
+/// otherwise) has two nulls, and the crate reads both as `Nil`: a null
+/// array (`XREAD` that timed out, an aborted `EXEC`) now arrives as
+/// `Bulk(None)`, no longer as `Array(None)`, which is thus never returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Status(String),
@@ -279,61 +285,70 @@ pub enum Reply {
     Array(Option<Vec<Reply>>),
 }
 
-/// Sends one command to `127.0.0.1:port` on a fresh connection.
-fn command(port: u16, args: &[&str]) -> Result<Reply, String> {
-    let addr = (Ipv4Addr::LOCALHOST, port).into();
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut out = format!("*{}\r\n", args.len());
-    for a in args {
-        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+impl Reply {
+    /// The reply for a value of the `redis` crate; an error reply anywhere
+    /// in it is an `Err`, as the whole command's.
+    ///
+    /// RESP3's kinds only arrive on a connection that asked for RESP3; they
+    /// map to the nearest RESP2 form (maps and sets flattened to arrays,
+    /// doubles and big numbers as text, booleans as 0 and 1).
+    fn from_value(value: redis::Value) -> Result<Reply, String> {
+        use redis::Value as V;
+        let array = |items: Vec<V>| {
+            items
+                .into_iter()
+                .map(Reply::from_value)
+                .collect::<Result<Vec<_>, _>>()
+                .map(|items| Reply::Array(Some(items)))
+        };
+        let text = |s: String| Ok(Reply::Bulk(Some(s)));
+        match value {
+            V::Nil => Ok(Reply::Bulk(None)),
+            V::Int(n) => Ok(Reply::Int(n)),
+            V::BulkString(bytes) => text(String::from_utf8_lossy(&bytes).into_owned()),
+            V::Array(items) | V::Set(items) | V::Push { data: items, .. } => array(items),
+            V::Map(pairs) => array(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+            V::Attribute { data, .. } => Reply::from_value(*data),
+            V::SimpleString(s) => Ok(Reply::Status(s)),
+            V::Okay => Ok(Reply::Status("OK".into())),
+            V::Double(x) => text(x.to_string()),
+            V::Boolean(b) => Ok(Reply::Int(b.into())),
+            V::VerbatimString { text: s, .. } => text(s),
+            V::BigNumber(n) => text(n.to_string()),
+            V::ServerError(e) => Err(server_error(e.code(), e.details())),
+            // A kind added to the crate later.
+            other => Err(format!("unexpected reply {other:?}")),
+        }
     }
-    stream
-        .write_all(out.as_bytes())
-        .map_err(|e| e.to_string())?;
-    read_reply(&mut BufReader::new(stream))
 }
 
-fn read_reply(r: &mut impl BufRead) -> Result<Reply, String> {
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(|e| e.to_string())?;
-    let line = line.trim_end_matches(['\r', '\n']);
-    if line.is_empty() {
-        return Err("connection closed".into());
+/// `CODE detail`, as the server wrote it (`ERR unknown command ...`).
+fn server_error(code: &str, detail: Option<&str>) -> String {
+    match detail {
+        Some(detail) => format!("{code} {detail}"),
+        None => code.to_string(),
     }
-    let (kind, rest) = line.split_at(1);
-    let int = || rest.parse::<i64>().map_err(|e| e.to_string());
-    match kind {
-        "+" => Ok(Reply::Status(rest.to_string())),
-        "-" => Err(rest.to_string()),
-        ":" => Ok(Reply::Int(int()?)),
-        "$" => {
-            let len = int()?;
-            if len < 0 {
-                return Ok(Reply::Bulk(None));
-            }
-            let mut buf = vec![0; len as usize + 2];
-            r.read_exact(&mut buf).map_err(|e| e.to_string())?;
-            buf.truncate(len as usize);
-            Ok(Reply::Bulk(Some(
-                String::from_utf8_lossy(&buf).into_owned(),
-            )))
-        }
-        "*" => {
-            let len = int()?;
-            if len < 0 {
-                return Ok(Reply::Array(None));
-            }
-            let items = (0..len)
-                .map(|_| read_reply(r))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Reply::Array(Some(items)))
-        }
-        other => Err(format!("unexpected reply type {other:?}")),
+}
+
+/// Sends one command to `127.0.0.1:port` on a fresh connection (so a
+/// restarted or stopped server needs no reconnect logic).
+fn command(port: u16, args: &[&str]) -> Result<Reply, String> {
+    let (name, rest) = args.split_first().ok_or("no command")?;
+    let error = |e: redis::RedisError| match e.code() {
+        Some(code) => server_error(code, e.detail()),
+        None => e.to_string(),
+    };
+    let client = redis::Client::open(("127.0.0.1", port)).map_err(error)?;
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_secs(1))
+        .map_err(error)?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(error)?;
+    let mut cmd = redis::cmd(name);
+    for arg in rest {
+        cmd.arg(*arg);
     }
+    Reply::from_value(cmd.query(&mut conn).map_err(error)?)
 }
 
 /// A port nobody listens on right now.
@@ -382,6 +397,29 @@ mod tests {
         assert!(command(port, &["PING"]).is_err());
         drop(s);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn replies_and_errors_read_as_the_server_wrote_them() {
+        let s = RedisServer::start();
+        let e = s.command(&["NO-SUCH-COMMAND"]).unwrap_err();
+        assert!(e.starts_with("ERR unknown command"), "{e}");
+        let e = s.command(&["INCR", "k", "extra"]).unwrap_err();
+        assert!(e.starts_with("ERR wrong number of arguments"), "{e}");
+        assert_eq!(s.command(&["RPUSH", "l", "a", "b"]), Ok(Reply::Int(2)));
+        assert_eq!(
+            s.command(&["LRANGE", "l", "0", "-1"]),
+            Ok(Reply::Array(Some(vec![
+                Reply::Bulk(Some("a".into())),
+                Reply::Bulk(Some("b".into()))
+            ])))
+        );
+        assert_eq!(s.command(&["GET", "missing"]), Ok(Reply::Bulk(None)));
+        assert_eq!(s.command(&["PING"]), Ok(Reply::Status("PONG".into())));
+        match s.command(&["INFO", "server"]) {
+            Ok(Reply::Bulk(Some(info))) => assert!(info.contains("redis_version:")),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
