@@ -1,7 +1,8 @@
 //! Private `redis-server` processes for tests: a single server or a
 //! three-master cluster, on free loopback ports, in temporary directories;
-//! the project's own binaries as child processes ([`process`]); and a crowd
-//! of concurrent clients ([`crowd()`]).
+//! the project's own binaries as child processes ([`process`]); a reader of
+//! Prometheus text ([`metrics`]); one polling schedule for every wait
+//! ([`backoff`]); and a crowd of concurrent clients ([`crowd()`]).
 //!
 //! Every process is a child of the test process and is killed by its
 //! handle's `Drop` (also while a failing test unwinds), and its directory
@@ -11,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 mod crowd;
 pub mod metrics;
 pub mod process;
@@ -20,8 +22,7 @@ pub use crowd::crowd;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -67,7 +68,8 @@ impl RedisServer {
             child: None,
         };
         // A free port can be taken by someone else between probing and
-        // binding; try a few. On panic, `Drop` removes the directory.
+        // binding; try a few, each at once (there is nothing to wait
+        // for). On panic, `Drop` removes the directory.
         let mut last_error = String::new();
         for _ in 0..5 {
             server.port = free_port();
@@ -110,18 +112,15 @@ impl RedisServer {
     /// append-only file is replayed.
     pub fn restart(&mut self) {
         self.kill();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                // The old socket may linger for a moment.
-                Err(e) if Instant::now() > deadline => panic!("redis-server did not restart: {e}"),
-                Err(_) => {
-                    self.kill();
-                    sleep(Duration::from_millis(100));
-                }
+        // The old socket may linger for a moment.
+        backoff::retry(START_TIMEOUT, || {
+            let started = self.spawn();
+            if started.is_err() {
+                self.kill();
             }
-        }
+            started
+        })
+        .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
 
     /// Sends one command and returns the reply (errors as `Err`).
@@ -157,27 +156,30 @@ impl RedisServer {
             Err(e) => return Err(format!("cannot spawn redis-server: {e}")),
         };
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(Reply::Status(s)) = command(self.port, &["PING"]) {
-                if s == "PONG" {
-                    return Ok(());
+        let port = self.port;
+        backoff::retry_if(
+            START_TIMEOUT,
+            || {
+                if let Ok(Reply::Status(s)) = command(port, &["PING"]) {
+                    if s == "PONG" {
+                        return Ok(());
+                    }
                 }
-            }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(format!(
-                        "redis-server on port {} exited with {status}",
-                        self.port
-                    ));
+                match self.child.as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => {
+                        self.child = None;
+                        Err(NotReady::Exited(format!(
+                            "redis-server on port {port} exited with {status}"
+                        )))
+                    }
+                    _ => Err(NotReady::Silent(format!(
+                        "redis-server on port {port} did not answer"
+                    ))),
                 }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("redis-server on port {} did not answer", self.port));
-            }
-            sleep(Duration::from_millis(20));
-        }
+            },
+            |e| matches!(e, NotReady::Silent(_)),
+        )
+        .map_err(|(NotReady::Exited(e) | NotReady::Silent(e))| e)
     }
 
     fn kill(&mut self) {
@@ -193,6 +195,14 @@ impl Drop for RedisServer {
         // Then the `TempDir` field removes the directory.
         self.kill();
     }
+}
+
+/// Why a spawned server does not answer yet.
+enum NotReady {
+    /// Still starting (or the port is someone else's); worth asking again.
+    Silent(String),
+    /// The process is gone: final.
+    Exited(String),
 }
 
 /// A Redis Cluster of private masters (no replicas), all slots covered.
@@ -245,27 +255,21 @@ impl RedisCluster {
     }
 
     fn wait_ok(&self) {
-        let deadline = Instant::now() + CLUSTER_TIMEOUT;
-        let want = self.nodes.len().to_string();
-        loop {
-            let ok = self
-                .nodes
-                .iter()
-                .all(|node| match node.command(&["CLUSTER", "INFO"]) {
-                    Ok(Reply::Bulk(Some(info))) => {
-                        info.contains("cluster_state:ok")
-                            && info.contains(&format!("cluster_known_nodes:{want}"))
-                    }
-                    _ => false,
-                });
-            if ok {
-                return;
+        let want = format!("cluster_known_nodes:{}", self.nodes.len());
+        let ok = |node: &RedisServer| match node.command(&["CLUSTER", "INFO"]) {
+            Ok(Reply::Bulk(Some(info))) => {
+                info.contains("cluster_state:ok") && info.contains(&want)
             }
-            if Instant::now() > deadline {
-                panic!("redis cluster did not reach cluster_state:ok");
+            _ => false,
+        };
+        backoff::retry(CLUSTER_TIMEOUT, || {
+            if self.nodes.iter().all(ok) {
+                Ok(())
+            } else {
+                Err(())
             }
-            sleep(Duration::from_millis(50));
-        }
+        })
+        .unwrap_or_else(|()| panic!("redis cluster did not reach cluster_state:ok"));
     }
 }
 

@@ -6,11 +6,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::{kill_process, Pid, Signal};
 use tempfile::TempDir;
+
+use crate::backoff;
 
 /// A binary of this workspace built next to the running test: test
 /// executables live in `target/<profile>/deps/`, binaries in
@@ -105,16 +106,7 @@ impl Process {
     /// Waits up to `timeout` for the process to exit; its status, or `None`
     /// when it still runs.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.try_status() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            sleep(Duration::from_millis(20));
-        }
+        backoff::retry(timeout, || self.try_status().ok_or(())).ok()
     }
 
     fn try_status(&mut self) -> Option<ExitStatus> {
@@ -182,18 +174,10 @@ pub fn http(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
+/// Polls `check` until it holds or `timeout` passes, on the schedule of
+/// [`backoff`](crate::backoff) (pauses of 5 ms growing to 50 ms).
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        sleep(Duration::from_millis(20));
-    }
+    backoff::retry(timeout, || if check() { Ok(()) } else { Err(()) }).is_ok()
 }
 
 /// The value of one sample, `name{labels}` as exposed (label order free),
@@ -338,5 +322,14 @@ mod tests {
         p.kill();
         assert!(!p.is_running());
         assert_eq!(p.wait_exit(Duration::ZERO).and_then(|s| s.code()), None);
+    }
+
+    #[test]
+    fn sample_reads_one_series() {
+        let page = "# TYPE a_total counter\na_total{x=\"1\",y=\"2\"} 3\n";
+        assert_eq!(sample(page, r#"a_total{x="1",y="2"}"#), Some(3.0));
+        assert_eq!(sample(page, r#"a_total{y="2",x="1"}"#), Some(3.0));
+        assert_eq!(sample(page, r#"a_total{x="1"}"#), None);
+        assert_eq!(sample("garbage line", "a_total"), None);
     }
 }
