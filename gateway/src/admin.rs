@@ -145,7 +145,7 @@ async fn put(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpRe
     if !valid_id(&sale_id) {
         return bad("sale_id must be 1..=64 characters of [A-Za-z0-9_-]");
     }
-    let body = match read_body(req).await {
+    let body = match read_body(req, shared.config.body_read_timeout).await {
         Ok(b) => b,
         Err((_, resp)) => return resp,
     };

@@ -100,6 +100,8 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     pub max_waiters: usize,
     pub header_read_timeout: Duration,
+    /// Time a client has to send its body once the headers are in.
+    pub body_read_timeout: Duration,
     pub user_rate_per_sec: u32,
     pub user_burst: u32,
     pub shutdown_grace: Duration,
@@ -118,6 +120,7 @@ impl GatewayConfig {
             max_connections: 10_000,
             max_waiters: 100_000,
             header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(5),
             user_rate_per_sec: 5,
             user_burst: 5,
             shutdown_grace: Duration::from_secs(10),

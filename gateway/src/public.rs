@@ -17,12 +17,12 @@ use seckill_queue::{QueueError, Ticket};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{error, Answer, Status};
+use crate::catalog::SaleEntry;
+use crate::waiters::Waiter;
 use crate::Shared;
 
 /// Largest request body accepted.
 pub(crate) const MAX_BODY: usize = 4096;
-/// Time a client has to send its body once the headers are in.
-const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const X_REQUEST_ID: &str = "x-request-id";
 
@@ -105,98 +105,165 @@ fn overloaded(request_id: &str) -> (Status, HttpResponse) {
     (s, Answer::of(s).request_id(request_id).into_response(s))
 }
 
+/// An answer with its status (for the metrics): the purchase path's early
+/// returns are refusals of this type, so each step is `step(..)?`.
+type Answered = (Status, HttpResponse);
+
 /// The whole purchase path; returns the status for the metrics too.
 async fn admit_and_wait(
     shared: &Shared,
     sale_id: &str,
     request_id: &str,
     req: Request<Incoming>,
-) -> (Status, HttpResponse) {
-    // 1. Input: size, JSON, ids.
+) -> Answered {
+    match purchase_steps(shared, sale_id, request_id, req).await {
+        Ok(answered) | Err(answered) => answered,
+    }
+}
+
+/// The steps of the design's request path, in order; each refuses with
+/// the answer for its failure.
+async fn purchase_steps(
+    shared: &Shared,
+    sale_id: &str,
+    request_id: &str,
+    req: Request<Incoming>,
+) -> Result<Answered, Answered> {
+    let input = read_input(shared, req).await?;
+    let now = now_ms();
+    let sale = check_sale(shared, sale_id, &input, request_id, now)?;
+    check_edge_limit(shared, sale_id, &input.user_id)?;
+    let purchase = input.into_purchase(shared, sale_id, request_id, now);
+    take_token(&sale, request_id).await?;
+    admit(shared, &purchase).await?;
+    let (waiter, ticket) = park_and_enqueue(shared, purchase, now).await?;
+    Ok(wait_for_result(shared, &sale, waiter, &ticket.purchase).await)
+}
+
+/// A purchase request's validated input.
+struct Input {
+    user_id: String,
+    quantity: u32,
+    idempotency_key: Option<String>,
+}
+
+impl Input {
+    fn into_purchase(self, shared: &Shared, sale_id: &str, request_id: &str, now: u64) -> Purchase {
+        Purchase {
+            request_id: request_id.to_string(),
+            sale_id: sale_id.to_string(),
+            user_id: self.user_id,
+            quantity: self.quantity,
+            idempotency_key: self.idempotency_key,
+            deadline_ms: now + shared.config.request_timeout.as_millis() as u64,
+        }
+    }
+}
+
+/// 1. Input: the idempotency key, the body's size and JSON, the ids.
+async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, Answered> {
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
             Ok(k) if valid_id(k) => Some(k.to_string()),
-            _ => return bad_request("Idempotency-Key must be 1..=64 characters of [A-Za-z0-9_-]"),
+            _ => {
+                return Err(bad_request(
+                    "Idempotency-Key must be 1..=64 characters of [A-Za-z0-9_-]",
+                ))
+            }
         },
     };
-    let body = match read_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let body: PurchaseBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(&format!("invalid JSON body: {e}")),
-    };
+    let body = read_body(req, shared.config.body_read_timeout).await?;
+    let body: PurchaseBody = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
     if body.user_id.is_empty() || body.user_id.len() > 64 {
-        return bad_request("user_id must be 1..=64 characters");
+        return Err(bad_request("user_id must be 1..=64 characters"));
     }
     if body.user_id.chars().any(char::is_control) {
-        return bad_request("user_id must not contain control characters");
+        return Err(bad_request("user_id must not contain control characters"));
     }
     let quantity = body.quantity.unwrap_or(1);
     if quantity == 0 {
-        return bad_request("quantity must be at least 1");
+        return Err(bad_request("quantity must be at least 1"));
     }
-
-    // 2. Sale state, from the local catalog: no I/O.
-    let Some(sale) = shared.catalog.get(sale_id) else {
-        return refuse(Status::NotFound);
-    };
-    let now = now_ms();
-    match seckill_inventory::window_state(&sale.spec, now) {
-        Some(seckill_inventory::SaleState::Upcoming) => return refuse(Status::NotStarted),
-        Some(_) => return refuse(Status::Ended),
-        None => {}
-    }
-    if sale.sold_out() {
-        return refuse(Status::SoldOut);
-    }
-    if quantity > sale.spec.per_user_limit {
-        return bad_request("quantity is over the sale's per-user limit");
-    }
-    if shared.draining.load(Ordering::Acquire) {
-        return overloaded(request_id);
-    }
-
-    // 3. Per-user edge limit.
-    if !shared.limiter.check(sale_id, &body.user_id) {
-        return refuse(Status::RateLimited);
-    }
-
-    let deadline = now + shared.config.request_timeout.as_millis() as u64;
-    let purchase = Purchase {
-        request_id: request_id.to_string(),
-        sale_id: sale_id.to_string(),
+    Ok(Input {
         user_id: body.user_id,
         quantity,
         idempotency_key,
-        deadline_ms: deadline,
-    };
+    })
+}
 
-    // 4. A token, or an immediate refusal: nothing before it touches the
-    // store, so a crowd without tokens never reaches the backend.
-    match sale.bucket.try_take().await {
-        Ok(true) => {}
-        Ok(false) => return refuse(Status::RateLimited),
-        Err(_) => return overloaded(request_id),
+/// 2. The sale's state, from the local catalog: no I/O.
+fn check_sale(
+    shared: &Shared,
+    sale_id: &str,
+    input: &Input,
+    request_id: &str,
+    now: u64,
+) -> Result<Arc<SaleEntry>, Answered> {
+    let Some(sale) = shared.catalog.get(sale_id) else {
+        return Err(refuse(Status::NotFound));
+    };
+    match seckill_inventory::window_state(&sale.spec, now) {
+        Some(seckill_inventory::SaleState::Upcoming) => return Err(refuse(Status::NotStarted)),
+        Some(_) => return Err(refuse(Status::Ended)),
+        None => {}
     }
-    // Record the request and claim its idempotency key. A repeat of a key
-    // gets the first request's result (the token it took is spent: a repeat
-    // without one is refused like any other request, and retries).
-    match shared.stores.inventory.admit(&purchase).await {
-        Ok(Admission::Admitted) => {}
+    if sale.sold_out() {
+        return Err(refuse(Status::SoldOut));
+    }
+    if input.quantity > sale.spec.per_user_limit {
+        return Err(bad_request("quantity is over the sale's per-user limit"));
+    }
+    if shared.draining.load(Ordering::Acquire) {
+        return Err(overloaded(request_id));
+    }
+    Ok(sale)
+}
+
+/// 3. The per-user edge limit.
+fn check_edge_limit(shared: &Shared, sale_id: &str, user_id: &str) -> Result<(), Answered> {
+    if shared.limiter.check(sale_id, user_id) {
+        Ok(())
+    } else {
+        Err(refuse(Status::RateLimited))
+    }
+}
+
+/// 4. A token, or an immediate refusal: nothing before it touches the
+/// store, so a crowd without tokens never reaches the backend.
+async fn take_token(sale: &SaleEntry, request_id: &str) -> Result<(), Answered> {
+    match sale.bucket.try_take().await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refuse(Status::RateLimited)),
+        Err(_) => Err(overloaded(request_id)),
+    }
+}
+
+/// 5. Records the request and claims its idempotency key. A repeat of a
+/// key gets the first request's result (the token it took is spent: a
+/// repeat without one is refused like any other request, and retries).
+async fn admit(shared: &Shared, purchase: &Purchase) -> Result<(), Answered> {
+    match shared.stores.inventory.admit(purchase).await {
+        Ok(Admission::Admitted) => Ok(()),
         Ok(Admission::Duplicate { request_id: first }) if purchase.idempotency_key.is_some() => {
-            return repeat_of(shared, &first).await;
+            Err(repeat_of(shared, &first).await)
         }
         // Unkeyed requests cannot collide; treat it as a store fault.
-        Ok(Admission::Duplicate { .. }) | Err(_) => return overloaded(request_id),
+        Ok(Admission::Duplicate { .. }) | Err(_) => Err(overloaded(&purchase.request_id)),
     }
+}
 
-    // 5. Park, then enqueue: a result can never arrive before its waiter.
-    let Some(waiter) = shared.waiters.park(request_id) else {
+/// 6. Parks the request, then enqueues it: a result can never arrive
+/// before its waiter. A request that cannot be queued is withdrawn.
+async fn park_and_enqueue(
+    shared: &Shared,
+    purchase: Purchase,
+    now: u64,
+) -> Result<(Waiter<'_>, Ticket), Answered> {
+    let Some(waiter) = shared.waiters.park(&purchase.request_id) else {
         withdraw(shared, &purchase).await;
-        return overloaded(request_id);
+        return Err(overloaded(&purchase.request_id));
     };
     let ticket = Ticket {
         purchase,
@@ -206,40 +273,59 @@ async fn admit_and_wait(
     if let Err(e) = shared.stores.queue.enqueue(ticket.clone()).await {
         drop(waiter);
         withdraw(shared, &ticket.purchase).await;
-        return match e {
+        return Err(match e {
             QueueError::UnknownSale(_) => refuse(Status::NotFound),
-            QueueError::Full(_) | QueueError::Unavailable(_) => overloaded(request_id),
-        };
+            QueueError::Full(_) | QueueError::Unavailable(_) => {
+                overloaded(&ticket.purchase.request_id)
+            }
+        });
     }
+    Ok((waiter, ticket))
+}
 
-    // 6. Wait for the result until the deadline, plus a grace for a result
-    // decided just in time.
+/// 7. Waits for the result until the deadline, plus a grace for a result
+/// decided just in time. Without one (timed out, or the gateway is going
+/// away) the answer is 504, and the outcome is final only via
+/// `GET /api/v1/requests/{id}`.
+async fn wait_for_result(
+    shared: &Shared,
+    sale: &SaleEntry,
+    waiter: Waiter<'_>,
+    p: &Purchase,
+) -> Answered {
     let until =
         tokio::time::Instant::now() + shared.config.request_timeout + shared.config.reply_grace;
-    // None: timed out, or the gateway is going away. The outcome is then
-    // final only via GET /api/v1/requests/{id}.
-    let outcome = waiter.wait_until(until).await.map(|c| c.outcome);
-    let p = &ticket.purchase;
-    match outcome {
+    match waiter.wait_until(until).await.map(|c| c.outcome) {
         Some(outcome) => {
             if outcome == Outcome::SoldOut && p.quantity == 1 {
                 // Not even one unit left: later buyers get 410 locally.
                 sale.mark_sold_out();
             }
-            let status = Status::of(&outcome);
-            let mut answer = Answer::outcome(&outcome, &p.request_id);
-            if status == Status::Success {
-                answer.sale_id = Some(&p.sale_id);
-                answer.user_id = Some(&p.user_id);
-                answer.quantity = Some(p.quantity);
-            }
-            (status, answer.into_response(status))
+            answer_outcome(&outcome, &p.request_id, &p.sale_id, &p.user_id, p.quantity)
         }
         None => {
             let s = Status::Timeout;
             (s, Answer::of(s).request_id(&p.request_id).into_response(s))
         }
     }
+}
+
+/// The answer for a request's final outcome; a success names what was bought.
+fn answer_outcome(
+    outcome: &Outcome,
+    request_id: &str,
+    sale_id: &str,
+    user_id: &str,
+    quantity: u32,
+) -> Answered {
+    let status = Status::of(outcome);
+    let mut answer = Answer::outcome(outcome, request_id);
+    if status == Status::Success {
+        answer.sale_id = Some(sale_id);
+        answer.user_id = Some(user_id);
+        answer.quantity = Some(quantity);
+    }
+    (status, answer.into_response(status))
 }
 
 /// Undoes the admission of a request that will not be queued.
@@ -251,7 +337,7 @@ async fn withdraw(shared: &Shared, purchase: &Purchase) {
 
 /// The answer to a repeat of an idempotency key: the first request's
 /// result, or 202 while it is in flight.
-async fn repeat_of(shared: &Shared, first: &str) -> (Status, HttpResponse) {
+async fn repeat_of(shared: &Shared, first: &str) -> Answered {
     match shared.stores.inventory.request(first).await {
         Ok(Some(RequestRecord {
             outcome: Some(outcome),
@@ -259,16 +345,7 @@ async fn repeat_of(shared: &Shared, first: &str) -> (Status, HttpResponse) {
             user_id,
             quantity,
             ..
-        })) => {
-            let status = Status::of(&outcome);
-            let mut answer = Answer::outcome(&outcome, first);
-            if status == Status::Success {
-                answer.sale_id = Some(&sale_id);
-                answer.user_id = Some(&user_id);
-                answer.quantity = Some(quantity);
-            }
-            (status, answer.into_response(status))
-        }
+        })) => answer_outcome(&outcome, first, &sale_id, &user_id, quantity),
         Ok(_) => {
             let s = Status::Pending;
             (s, Answer::of(s).request_id(first).into_response(s))
@@ -277,8 +354,11 @@ async fn repeat_of(shared: &Shared, first: &str) -> (Status, HttpResponse) {
     }
 }
 
-/// Reads a body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
-pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, (Status, HttpResponse)> {
+/// Reads a body of at most [`MAX_BODY`] bytes within `timeout`.
+pub(crate) async fn read_body(
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Bytes, Answered> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -288,7 +368,7 @@ pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, (Status, 
         return Err(refuse(Status::TooLarge));
     }
     let limited = Limited::new(req.into_body(), MAX_BODY);
-    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+    match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(Status::TooLarge)),
         Ok(Err(_)) => Err(bad_request("the request body could not be read")),

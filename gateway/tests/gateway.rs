@@ -231,8 +231,9 @@ async fn an_empty_bucket_answers_429_without_enqueueing() {
     }
     let m = gw.metrics().await;
     assert_eq!(
-        sample(&m, r#"seckill_queue_enqueued_total{sale="slow"}"#).unwrap_or(0.0),
-        0.0
+        sample(&m, r#"seckill_queue_enqueued_total{sale="slow"}"#),
+        Some(0.0),
+        "the queue's counter exists and nothing was enqueued:\n{m}"
     );
     assert_eq!(sold(&gw, "slow").await, (0, 100));
     // The first token arrives after a second; then the purchase goes through.
@@ -557,6 +558,7 @@ async fn malformed_purchases_are_400_and_change_nothing() {
 async fn hostile_connections_are_refused_without_harm() {
     let mut setup = Setup::default();
     setup.config.header_read_timeout = Duration::from_millis(300);
+    setup.config.body_read_timeout = Duration::from_millis(300);
     let gw = TestGateway::with(setup).await;
     gw.open_sale("h", 5, 1).await;
 
@@ -587,13 +589,32 @@ async fn hostile_connections_are_refused_without_harm() {
     .await;
     assert!(started.elapsed() < Duration::from_secs(4));
 
-    // A body that never arrives does not hold stock.
-    let _ = raw(
-        gw.public,
-        b"POST /api/v1/sales/h/purchase HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"user_id\"",
-        Duration::from_millis(200),
+    // A body that stops halfway (a valid purchase, had it all come) is
+    // answered 400 after the body read timeout; it took no token and holds
+    // no stock and no waiter.
+    let body = br#"{"user_id":"slow-body"}"#;
+    let mut req = format!(
+        "POST /api/v1/sales/h/purchase HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
     )
-    .await;
+    .into_bytes();
+    req.extend_from_slice(&body[..body.len() - 1]);
+    let started = std::time::Instant::now();
+    let answer = raw(gw.public, &req, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive in time"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"seckill_tokens_taken_total{sale="h"}"#),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "seckill_gateway_waiting_requests"),
+        Some(0.0),
+        "{m}"
+    );
 
     assert_eq!(sold(&gw, "h").await, (0, 5));
     assert_eq!(gw.buy("h", "u").await.0, StatusCode::OK);

@@ -159,8 +159,11 @@ impl Svc {
         http(self.admin, "GET", path, &[], "").unwrap_or((0, String::new()))
     }
 
+    /// The value of one series; a series the service does not expose fails
+    /// the test, so an assertion on it cannot pass for a renamed metric.
     pub fn metric(&self, series: &str) -> f64 {
-        sample(&self.admin_get("/metrics").1, series).unwrap_or(0.0)
+        let text = self.admin_get("/metrics").1;
+        sample(&text, series).unwrap_or_else(|| panic!("{series} is not exposed:\n{text}"))
     }
 }
 
