@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use hyper::Method;
 
 use crate::assertion::Assertion;
-use crate::http::{self, SaleSetup};
+use crate::http::{self, AdminApi, SaleSetup};
 use crate::model::{Report, REPORT_VERSION};
 use crate::profile::Profile;
 use crate::run::RunConfig;
@@ -111,9 +111,6 @@ struct RunArgs {
     /// Do not poll the final result of 504 answers for the audit.
     #[arg(long)]
     no_resolve: bool,
-    /// Also audit the sale's keys in this Redis.
-    #[arg(long, env = "LOADTEST_REDIS_URL")]
-    redis_url: Option<String>,
     /// Draw the progress line even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
@@ -123,14 +120,16 @@ struct RunArgs {
     /// Create (or replace) the sale with this stock before the run.
     #[arg(long)]
     create_sale: Option<u64>,
-    /// Base URL of the gateway's admin API (for --create-sale).
+    /// Base URL of the gateway's admin API (for --create-sale and the audit
+    /// of its order feed).
     #[arg(
         long,
         env = "LOADTEST_ADMIN_URL",
         default_value = "http://127.0.0.1:8081"
     )]
     admin_url: String,
-    /// Bearer token of the admin API (for --create-sale).
+    /// Bearer token of the admin API: needed by --create-sale; with it the
+    /// audit also reads the gateway's order feed of the sale.
     #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Sale settings for --create-sale (the gateway's defaults otherwise).
@@ -261,16 +260,22 @@ async fn run(a: RunArgs) -> ExitCode {
     if let Err(e) = http::base_url(&a.target) {
         return fail(EXIT_CONFIG, &format!("--target: {e}"));
     }
+    let admin = match &a.admin_token {
+        Some(token) => match http::base_url(&a.admin_url) {
+            Ok(url) => Some(AdminApi {
+                url,
+                token: token.clone(),
+            }),
+            Err(e) => return fail(EXIT_CONFIG, &format!("--admin-url: {e}")),
+        },
+        None => None,
+    };
     if let Some(stock) = a.create_sale {
-        let Some(token) = a.admin_token.as_deref() else {
+        let Some(admin) = &admin else {
             return fail(
                 EXIT_CONFIG,
                 "--create-sale needs --admin-token (or SECKILL_ADMIN_TOKEN)",
             );
-        };
-        let admin = match http::base_url(&a.admin_url) {
-            Ok(u) => u,
-            Err(e) => return fail(EXIT_CONFIG, &format!("--admin-url: {e}")),
         };
         let setup = SaleSetup {
             stock,
@@ -279,7 +284,8 @@ async fn run(a: RunArgs) -> ExitCode {
             token_capacity: a.token_capacity,
             queue_capacity: a.queue_capacity,
         };
-        if let Err(e) = http::put_sale(&http::client(4), &admin, token, &a.sale, &setup).await {
+        let client = http::client(4);
+        if let Err(e) = http::put_sale(&client, &admin.url, &admin.token, &a.sale, &setup).await {
             return fail(EXIT_ERROR, &format!("cannot create the sale: {e:#}"));
         }
     }
@@ -300,7 +306,7 @@ async fn run(a: RunArgs) -> ExitCode {
     cfg.max_lag = Duration::from_millis(a.max_lag_ms);
     cfg.audit = !a.no_audit;
     cfg.resolve_timeouts = !a.no_resolve;
-    cfg.redis_url = a.redis_url;
+    cfg.admin = admin;
     cfg.progress = a.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
     if let Some(seed) = a.seed {
         cfg.seed = seed;

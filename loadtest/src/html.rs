@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::model::{Outcome, PercentilePoint, Report};
-use crate::summary::fmt_us;
+use crate::summary::{feed_line, fmt_us};
 
 const W: f64 = 1100.0;
 const H: f64 = 340.0;
@@ -599,6 +599,7 @@ fn audit_section(h: &mut String, r: &Report) {
         a.units,
         a.timeouts
     );
+    let _ = writeln!(h, "<p>Order feed: {}.</p>", esc(&feed_line(a)));
     h.push_str("<table><tr><th>check</th><th>result</th><th>detail</th></tr>");
     for c in &a.checks {
         let _ = write!(

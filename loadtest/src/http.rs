@@ -1,5 +1,6 @@
 //! The HTTP client side: one pooled hyper client for the load, and the few
-//! plain calls around a run (read the sale, create it, poll a request).
+//! plain calls around a run (read the sale, create it, poll a request; the
+//! order feed is read in `feed`).
 
 use std::time::Duration;
 
@@ -79,6 +80,29 @@ pub async fn call(
     answer.with_context(|| format!("{url}: request failed"))
 }
 
+/// The start of an answer's body, for an error message.
+pub fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(200).collect()
+}
+
+/// Where the admin API is and the bearer token it takes.
+#[derive(Clone)]
+pub struct AdminApi {
+    /// Base URL of the gateway's admin API.
+    pub url: String,
+    pub token: String,
+}
+
+/// The token is a secret: never printed.
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
 /// `GET /api/v1/sales/{id}`, as the API describes it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct SaleView {
@@ -109,14 +133,7 @@ pub async fn get_sale(client: &HttpClient, base: &str, sale_id: &str) -> anyhow:
     )
     .await?;
     if status != StatusCode::OK {
-        bail!(
-            "GET {url}: HTTP {} {}",
-            status.as_u16(),
-            String::from_utf8_lossy(&body)
-                .chars()
-                .take(200)
-                .collect::<String>()
-        );
+        bail!("GET {url}: HTTP {} {}", status.as_u16(), excerpt(&body));
     }
     serde_json::from_slice(&body).with_context(|| format!("GET {url}: not a sale"))
 }
@@ -155,14 +172,7 @@ pub async fn put_sale(
     )
     .await?;
     if !status.is_success() {
-        bail!(
-            "PUT {url}: HTTP {} {}",
-            status.as_u16(),
-            String::from_utf8_lossy(&resp)
-                .chars()
-                .take(200)
-                .collect::<String>()
-        );
+        bail!("PUT {url}: HTTP {} {}", status.as_u16(), excerpt(&resp));
     }
     Ok(())
 }
@@ -210,5 +220,18 @@ mod tests {
         assert!(base_url("https://x").is_err());
         assert!(base_url("http://x/api").is_err());
         assert!(base_url("nonsense url").is_err());
+    }
+
+    #[test]
+    fn the_admin_token_is_not_printed() {
+        let admin = AdminApi {
+            url: "http://127.0.0.1:8081".into(),
+            token: "s3cret".into(),
+        };
+        let shown = format!("{admin:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("8081"),
+            "{shown}"
+        );
     }
 }

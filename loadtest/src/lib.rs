@@ -20,6 +20,7 @@ pub mod assertion;
 pub mod audit;
 pub mod calibrate;
 pub mod cli;
+pub mod feed;
 pub mod html;
 pub mod http;
 pub mod model;
@@ -27,8 +28,6 @@ pub mod outcome;
 pub mod profile;
 pub mod progress;
 pub mod record;
-#[cfg(feature = "redis")]
-pub mod redis_audit;
 pub mod run;
 pub mod summary;
 pub mod throughput;

@@ -311,22 +311,41 @@ pub struct Audit {
     /// Units the sale counts that no buyer of this run was told of (504s
     /// not resolved, or other clients); informational.
     pub unconfirmed: u64,
+    /// The gateway's order feed, when it was read (with an admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redis: Option<RedisAudit>,
+    pub feed: Option<FeedAudit>,
     pub checks: Vec<Check>,
     pub passed: bool,
 }
 
-/// What the sale's keys in Redis say.
+/// What the gateway's order feed (`GET /admin/v1/orders`) holds for the
+/// sale.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RedisAudit {
-    /// Entries of the order stream (`XLEN`).
-    pub orders_stream_len: Option<u64>,
-    /// `stock` and `sold` of the sale hash.
-    pub hash_stock: Option<u64>,
-    pub hash_sold: Option<u64>,
+pub struct FeedAudit {
+    /// Orders of the sale in the feed, repeats included, and their units.
+    pub orders: u64,
+    pub units: u64,
+    /// Entries whose order id the feed had listed already.
+    pub duplicate_order_ids: u64,
+    /// Users holding more units than the per-user limit, by the feed.
+    pub users_over_limit: u64,
+    /// Orders told to buyers (200 answers, resolved 504s) the feed lacks,
+    /// and the first few of their ids.
+    pub told_not_in_feed: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub told_not_in_feed_sample: Vec<String>,
+    /// Pages read.
+    pub pages: u64,
+    /// Reading stopped at its bound on orders, before the feed's end.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+    /// Why the feed could not be read; no other check is made on it then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One audit check.
@@ -349,6 +368,21 @@ pub struct AssertionResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_audit_written_with_the_redis_part_still_reads() {
+        // Reports of version 1 written before the order feed replaced the
+        // Redis keys: the old part is ignored, the feed is absent.
+        let json = r#"{"sale_id":"s","stock":2,"per_user_limit":1,"sold_before":0,
+            "sold_after":2,"remaining_after":0,"state_after":"sold_out",
+            "success_answers":2,"orders":2,"units":2,"timeouts":0,
+            "timeouts_resolved":{},"oversell":0,"users_over_limit":0,"missing":0,
+            "unrecorded":0,"unconfirmed":0,
+            "redis":{"orders_stream_len":2,"hash_stock":2,"hash_sold":2},
+            "checks":[],"passed":true}"#;
+        let audit: Audit = serde_json::from_str(json).unwrap();
+        assert!(audit.passed && audit.feed.is_none());
+    }
 
     #[test]
     fn names_round_trip() {

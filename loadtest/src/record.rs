@@ -87,6 +87,9 @@ pub fn distribution(h: &Histogram<u64>) -> Vec<PercentilePoint> {
 pub struct Order {
     pub user: u64,
     pub quantity: u32,
+    /// The answer named its order (its key is then the order id; otherwise
+    /// the request id, or a placeholder).
+    pub has_order_id: bool,
 }
 
 /// One answered (or unanswered) request.
@@ -212,6 +215,7 @@ impl Recorder {
                 self.success_answers += 1;
                 self.first_success = Some(self.first_success.map_or(at, |f| f.min(at)));
                 self.last_success = self.last_success.max(Some(at));
+                let has_order_id = a.order_id.is_some();
                 let id = a.order_id.or(a.request_id).map(str::to_string);
                 // A success without any id cannot be told apart from a
                 // repeat; give it its own entry so it is never hidden.
@@ -219,6 +223,7 @@ impl Recorder {
                 self.orders.entry(id).or_insert(Order {
                     user: a.user,
                     quantity: a.quantity,
+                    has_order_id,
                 });
             }
             Outcome::SoldOut => {

@@ -21,7 +21,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{self, resolve_timeouts, AuditInput};
-use crate::http::{self, HttpClient, SaleView};
+use crate::feed;
+use crate::http::{self, AdminApi, HttpClient, SaleView};
 use crate::model::{Outcome, Report, Schedule, Settings, REPORT_VERSION};
 use crate::outcome::{classify, AnswerBody};
 use crate::profile::Profile;
@@ -60,7 +61,9 @@ pub struct RunConfig {
     pub audit: bool,
     /// Poll the final result of each 504 for the audit.
     pub resolve_timeouts: bool,
-    pub redis_url: Option<String>,
+    /// The gateway's admin API, to audit its order feed of the sale (not
+    /// read without it).
+    pub admin: Option<AdminApi>,
     /// Draw a progress line on stderr.
     pub progress: bool,
     /// Seed of the buyers' random choices (double-clicks, jitter).
@@ -91,7 +94,7 @@ impl RunConfig {
             max_lag: Duration::from_millis(50),
             audit: true,
             resolve_timeouts: true,
-            redis_url: None,
+            admin: None,
             progress: false,
             seed,
         }
@@ -226,8 +229,13 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
         let after: SaleView = http::get_sale(&client, &base, &cfg.sale_id)
             .await
             .context("reading the sale after the run")?;
-        let redis = match &cfg.redis_url {
-            Some(url) => Some(redis_audit(url, &cfg.sale_id).await),
+        let feed = match &cfg.admin {
+            // Every order of a full sale, and a margin past it: a feed
+            // that goes on beyond that has failed already.
+            Some(admin) => {
+                let bound = after.stock.saturating_mul(2).saturating_add(1_000);
+                Some(feed::read(&client, admin, &cfg.sale_id, bound).await)
+            }
             None => None,
         };
         let r = ctx.rec();
@@ -239,7 +247,7 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
             timeouts: r.counts()[Outcome::Timeout.index()],
             timeouts_resolved: resolved,
             missing: r.counts()[Outcome::NoAnswer.index()],
-            redis,
+            feed,
         }));
     }
 
@@ -308,19 +316,6 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
         audit,
         assertions: Vec::new(),
     })
-}
-
-#[cfg(feature = "redis")]
-async fn redis_audit(url: &str, sale_id: &str) -> crate::model::RedisAudit {
-    crate::redis_audit::read(url, sale_id).await
-}
-
-#[cfg(not(feature = "redis"))]
-async fn redis_audit(_url: &str, _sale_id: &str) -> crate::model::RedisAudit {
-    crate::model::RedisAudit {
-        error: Some("this build has no Redis support (feature `redis`)".into()),
-        ..Default::default()
-    }
 }
 
 fn round6(x: f64) -> f64 {

@@ -34,7 +34,7 @@ impl Audit {
         let mut s = String::new();
         write_sale_books(&mut s, self);
         write_told(&mut s, self);
-        write_redis(&mut s, self);
+        write_feed(&mut s, self);
         write_checks(&mut s, self);
         let _ = write!(
             s,
@@ -204,22 +204,30 @@ fn write_told(s: &mut String, a: &Audit) {
     );
 }
 
-/// The sale's keys in Redis, when they were read.
-fn write_redis(s: &mut String, a: &Audit) {
-    let Some(r) = &a.redis else {
-        return;
-    };
-    let o = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
-    let _ = writeln!(
-        s,
-        "  redis: order stream {}, hash stock {} sold {}{}",
-        o(r.orders_stream_len),
-        o(r.hash_stock),
-        o(r.hash_sold),
-        r.error
-            .as_deref()
-            .map_or(String::new(), |e| format!(" (error: {e})"))
-    );
+/// The gateway's order feed: read or not, and what it holds.
+fn write_feed(s: &mut String, a: &Audit) {
+    let _ = writeln!(s, "  order feed: {}", feed_line(a));
+}
+
+/// `12 orders, 12 units in 2 pages`, or why there is nothing to show.
+pub fn feed_line(a: &Audit) -> String {
+    match &a.feed {
+        None => "not read (no admin token)".into(),
+        Some(f) => match &f.error {
+            Some(e) => format!("unreadable: {e}"),
+            None => format!(
+                "{} orders, {} units in {} pages{}",
+                f.orders,
+                f.units,
+                f.pages,
+                if f.truncated {
+                    " (stopped at the bound, past the stock)"
+                } else {
+                    ""
+                }
+            ),
+        },
+    }
 }
 
 /// One line per check.

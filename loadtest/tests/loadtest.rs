@@ -1,7 +1,8 @@
 //! The harness against fake gateways on real sockets: the scheduler keeps
 //! its arrival times when the target stalls, the audit catches a gateway
-//! that oversells or leaves requests unanswered, the JSON report
-//! round-trips, and assertions set the binary's exit code.
+//! that oversells, leaves requests unanswered or keeps an order feed that
+//! disagrees with its sale, the JSON report round-trips, and assertions set
+//! the binary's exit code.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,8 +16,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use loadtest::http::AdminApi;
 use loadtest::{Outcome, Profile, Report, RunConfig};
 use tokio::net::TcpListener;
+
+/// The admin token of every fake gateway.
+const TOKEN: &str = "fake-admin-token";
+/// Orders per page of a fake's feed: fewer than asked for, so a run reads
+/// several pages.
+const FEED_PAGE: usize = 7;
 
 /// How a fake gateway misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -24,12 +32,38 @@ enum Behaviour {
     /// Sells its stock, then answers 410.
     Honest,
     /// Answers success to everyone, while its sale view claims the stock
-    /// was respected.
+    /// was respected; its order feed lists every order it made.
     Oversell,
     /// Drops the connection without an answer for every fourth buyer.
     DropSome,
     /// Holds the very first purchase this long, then behaves.
     StallFirst(Duration),
+}
+
+/// How a fake gateway's order feed (`GET /admin/v1/orders`) misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Feed {
+    /// Lists the orders made, in order.
+    Honest,
+    /// Lists the first order twice.
+    RepeatsAnOrder,
+    /// Leaves out the last order made.
+    LosesAnOrder,
+    /// Lists the second order under the first order's buyer.
+    MovesAnOrder,
+    /// Refuses every token (401).
+    RefusesTheToken,
+    /// Answers 400 to its own cursor once past the first page.
+    RefusesItsCursor,
+    /// Never ends: every page holds new orders.
+    Endless,
+}
+
+/// An order as the fake's feed lists it.
+#[derive(Clone)]
+struct FakeOrder {
+    id: u64,
+    user: String,
 }
 
 struct Fake {
@@ -38,8 +72,11 @@ struct Fake {
     next: AtomicU64,
     stalled: AtomicBool,
     behaviour: Behaviour,
+    feed: Feed,
     /// First answer per idempotency key: a repeat gets it again.
     answers: Mutex<HashMap<String, (StatusCode, String)>>,
+    /// Orders made, in order.
+    orders: Mutex<Vec<FakeOrder>>,
 }
 
 type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
@@ -55,6 +92,9 @@ fn json(code: StatusCode, body: String) -> Answer {
 impl Fake {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {
         let path = req.uri().path().to_string();
+        if req.method() == Method::GET && path == "/admin/v1/orders" {
+            return self.feed_page(&req);
+        }
         if req.method() == Method::GET && path.starts_with("/api/v1/sales/") {
             let sold = self.sold.load(Ordering::SeqCst);
             // A broken gateway's books look fine: sold never above stock.
@@ -106,6 +146,10 @@ impl Fake {
                 .is_ok(),
         };
         let (code, body) = if sell {
+            self.orders.lock().unwrap().push(FakeOrder {
+                id,
+                user: user.clone(),
+            });
             (
                 StatusCode::OK,
                 format!(
@@ -125,8 +169,88 @@ impl Fake {
     }
 }
 
-/// Starts a fake gateway on a free port; returns its base URL.
+impl Fake {
+    /// `GET /admin/v1/orders?sale_id=..&after=..&limit=..`: the orders
+    /// after the cursor (a position in the list, spelt so that it needs
+    /// escaping in a URL), at most `FEED_PAGE` of them.
+    fn feed_page(&self, req: &Request<Incoming>) -> Answer {
+        let bearer = format!("Bearer {TOKEN}");
+        let authorized = req.headers().get("authorization").map(|v| v.as_bytes());
+        if authorized != Some(bearer.as_bytes()) || self.feed == Feed::RefusesTheToken {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                r#"{"status":"unauthorized","error":"bad token"}"#.into(),
+            );
+        }
+        let query: HashMap<String, String> =
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        assert_eq!(query.get("sale_id").map(String::as_str), Some("fake"));
+        let limit: usize = query["limit"].parse().unwrap();
+        assert!((1..=10_000).contains(&limit), "limit {limit}");
+        let bad_cursor = || {
+            json(
+                StatusCode::BAD_REQUEST,
+                r#"{"status":"bad_request","error":"bad cursor"}"#.into(),
+            )
+        };
+        let from = match query.get("after") {
+            None => 0,
+            Some(c) => match c.strip_prefix("at+").and_then(|n| n.strip_suffix("/=")) {
+                Some(n) => n.parse::<usize>().unwrap(),
+                None => return bad_cursor(),
+            },
+        };
+        if self.feed == Feed::RefusesItsCursor && from > FEED_PAGE {
+            return bad_cursor();
+        }
+        let listed = self.listed();
+        let to = match self.feed {
+            Feed::Endless => from + FEED_PAGE,
+            _ => listed.len().min(from + FEED_PAGE.min(limit)),
+        };
+        let orders: Vec<String> = (from..to)
+            .map(|i| {
+                let o = listed.get(i).cloned().unwrap_or_else(|| FakeOrder {
+                    id: 1_000_000 + i as u64,
+                    user: format!("u-endless-{i}"),
+                });
+                format!(
+                    r#"{{"order_id":"o{}","sale_id":"fake","user_id":"{}","quantity":1,"request_id":"r{}","at":"2026-11-25T09:23:59.902Z"}}"#,
+                    o.id, o.user, o.id
+                )
+            })
+            .collect();
+        json(
+            StatusCode::OK,
+            format!(r#"{{"orders":[{}],"next":"at+{to}/="}}"#, orders.join(",")),
+        )
+    }
+
+    /// The orders as the feed shows them.
+    fn listed(&self) -> Vec<FakeOrder> {
+        let mut orders = self.orders.lock().unwrap().clone();
+        match self.feed {
+            Feed::RepeatsAnOrder if !orders.is_empty() => orders.push(orders[0].clone()),
+            Feed::LosesAnOrder => {
+                orders.pop();
+            }
+            Feed::MovesAnOrder if orders.len() >= 2 => orders[1].user = orders[0].user.clone(),
+            _ => {}
+        }
+        orders
+    }
+}
+
+/// Starts a fake gateway with an honest order feed on a free port; returns
+/// its base URL.
 async fn fake(stock: u64, behaviour: Behaviour) -> String {
+    fake_with_feed(stock, behaviour, Feed::Honest).await
+}
+
+/// Starts a fake gateway on a free port; returns its base URL.
+async fn fake_with_feed(stock: u64, behaviour: Behaviour, feed: Feed) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let fake = Arc::new(Fake {
@@ -135,7 +259,9 @@ async fn fake(stock: u64, behaviour: Behaviour) -> String {
         next: AtomicU64::new(0),
         stalled: AtomicBool::new(false),
         behaviour,
+        feed,
         answers: Mutex::new(HashMap::new()),
+        orders: Mutex::new(Vec::new()),
     });
     tokio::spawn(async move {
         loop {
@@ -158,7 +284,18 @@ fn config(base: &str, profile: &str) -> RunConfig {
     let mut c = RunConfig::new(base, "fake", profile.parse::<Profile>().unwrap());
     c.user_prefix = "u-".into();
     c.timeout = Duration::from_secs(10);
+    c.admin = Some(AdminApi {
+        url: base.into(),
+        token: TOKEN.into(),
+    });
     c
+}
+
+/// Names of the audit's failed checks.
+fn failed_checks(r: &Report) -> Vec<&str> {
+    let audit = r.audit.as_ref().expect("an audit");
+    let failed = audit.checks.iter().filter(|c| !c.passed);
+    failed.map(|c| c.name.as_str()).collect()
 }
 
 async fn run(c: &RunConfig) -> Report {
@@ -222,6 +359,84 @@ async fn the_audit_catches_an_oversell() {
         .map(|c| c.name.as_str())
         .collect();
     assert!(failed.contains(&"no oversell"), "{failed:?}");
+    // The feed shows the twenty orders the sale hides.
+    assert!(
+        failed.contains(&"feed: orders within the stock"),
+        "{failed:?}"
+    );
+    assert!(
+        failed.contains(&"feed: units equal the sale's sold"),
+        "{failed:?}"
+    );
+    let feed = audit.feed.as_ref().unwrap();
+    assert_eq!((feed.orders, feed.units), (20, 20), "{}", audit.summary());
+    assert!(feed.pages > 2, "{feed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_reads_the_order_feed_and_catches_its_faults() {
+    let cases: [(Feed, &[&str]); 7] = [
+        (Feed::Honest, &[]),
+        (
+            Feed::RepeatsAnOrder,
+            &[
+                "feed: orders within the stock",
+                "feed: units equal the sale's sold",
+                "feed: order ids distinct",
+                "feed: per-user limit held",
+            ],
+        ),
+        (
+            Feed::LosesAnOrder,
+            &[
+                "feed: units equal the sale's sold",
+                "feed: every success told is in it",
+            ],
+        ),
+        (Feed::MovesAnOrder, &["feed: per-user limit held"]),
+        (Feed::RefusesTheToken, &["order feed readable"]),
+        (Feed::RefusesItsCursor, &["order feed readable"]),
+        (
+            Feed::Endless,
+            &[
+                "feed: orders within the stock",
+                "feed: units equal the sale's sold",
+            ],
+        ),
+    ];
+    for (feed, expected) in cases {
+        let base = fake_with_feed(10, Behaviour::Honest, feed).await;
+        let r = run(&config(&base, "at-once:20/100ms")).await;
+        let audit = r.audit.as_ref().unwrap();
+        assert_eq!(failed_checks(&r), expected, "{feed:?}: {}", audit.summary());
+        assert_eq!(audit.passed, expected.is_empty(), "{feed:?}");
+        let read = audit.feed.as_ref().unwrap();
+        match feed {
+            Feed::Honest => assert_eq!((read.orders, read.units), (10, 10), "{read:?}"),
+            Feed::RefusesTheToken => {
+                assert!(read.error.as_deref().unwrap().contains("401"), "{read:?}")
+            }
+            Feed::RefusesItsCursor => {
+                assert!(read.error.as_deref().unwrap().contains("400"), "{read:?}")
+            }
+            // Reading stops at its bound on orders, not at the deadline.
+            Feed::Endless => assert!(read.truncated && read.orders < 1_100, "{read:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_token_the_feed_is_not_read() {
+    let base = fake(10, Behaviour::Honest).await;
+    let mut c = config(&base, "at-once:20/100ms");
+    c.admin = None;
+    let r = run(&c).await;
+    let audit = r.audit.as_ref().unwrap();
+    assert!(audit.passed, "{}", audit.summary());
+    assert!(audit.feed.is_none());
+    assert!(!audit.checks.iter().any(|c| c.name.contains("feed")));
+    assert!(audit.summary().contains("order feed: not read"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,6 +460,7 @@ async fn an_honest_sale_passes_and_its_report_round_trips() {
     let mut r = run(&c).await;
     let audit = r.audit.clone().unwrap();
     assert!(audit.passed, "{}", audit.summary());
+    assert_eq!(audit.feed.as_ref().unwrap().orders, 10);
     // Repeats of a key get the first answer again: more success answers
     // than orders.
     assert_eq!(audit.orders, 10);
@@ -273,6 +489,7 @@ async fn an_honest_sale_passes_and_its_report_round_trips() {
 async fn exit_code(base: &str, args: &[&str]) -> i32 {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadtest"));
     cmd.args(["run", "--target", base, "--sale", "fake", "--quiet"])
+        .args(["--admin-url", base, "--admin-token", TOKEN])
         .args(args);
     let status = tokio::task::spawn_blocking(move || cmd.status().unwrap())
         .await
