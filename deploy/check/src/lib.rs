@@ -1,6 +1,6 @@
 //! Checks of the `deploy/` folder against the real binaries. The tests in
 //! `tests/` are the checks; this library holds what they share: the options
-//! the binaries really take (read from their `--help`), the metric
+//! the binaries really take (read from their clap definitions), the metric
 //! selectors of a PromQL expression, YAML loading, and bounded runs of
 //! external commands. Prometheus text is read with
 //! `seckill_test_support::metrics`, as in every other test.

@@ -1,12 +1,12 @@
-//! The options a binary really takes, read from its `--help` (clap's long
-//! help): each `--flag`, its environment variable (`[env: NAME=]`) and its
-//! default (`[default: VALUE]`). Deploy files are checked against these,
-//! never against a list kept by hand.
+//! The options a binary really takes, read from its clap definition
+//! (`gateway::Args`, `seckill_service::Args`, which the binaries' `main`
+//! parse): each `--flag`, its environment variable and its default.
+//! Deploy files are checked against these, never against a list kept by
+//! hand.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+
+use clap::CommandFactory;
 
 /// One option of a binary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -15,8 +15,13 @@ pub struct Opt {
     pub flag: String,
     /// The environment variable that sets it too.
     pub env: Option<String>,
-    /// The default clap prints (may be prose, e.g. "random, printed once").
+    /// The value used when neither the flag nor the variable is given.
+    /// `None` when the program decides at run time: the help may describe
+    /// that in prose (`[default: random, printed once at start]`), which is
+    /// no value a deploy file could rely on.
     pub default: Option<String>,
+    /// Left out of `--help`: a drill or benchmark knob, not for deployments.
+    pub hidden: bool,
 }
 
 /// Every option of one binary.
@@ -26,79 +31,40 @@ pub struct Options {
 }
 
 impl Options {
-    /// Runs `binary --help` and reads its options.
-    pub fn of(binary: &Path) -> Self {
-        let out = crate::command::run(
-            &format!("{} --help", binary.display()),
-            Command::new(binary).arg("--help"),
-            Duration::from_secs(10),
-        );
-        assert!(
-            out.status.success(),
-            "{} --help: {}",
-            binary.display(),
-            out.describe()
-        );
-        let options = Self::parse(&out.stdout);
+    /// The options of the program whose arguments `T` parses.
+    pub fn of<T: CommandFactory>() -> Self {
+        let mut command = T::command();
+        let options = Self::from_command(&mut command);
         assert!(
             options.by_flag.len() > 3,
-            "no options found in {} --help:\n{}",
-            binary.display(),
-            out.stdout
+            "no options found in {}'s arguments",
+            command.get_name()
         );
         options
     }
 
-    /// Reads clap's long help: an option line starts with `-x, --flag` or
-    /// `--flag`; the lines up to the next option are its description.
-    pub fn parse(help: &str) -> Self {
-        let mut by_flag = BTreeMap::new();
-        let mut current: Option<(String, String)> = None;
-        let mut finish = |cur: Option<(String, String)>| {
-            if let Some((flag, text)) = cur {
-                let opt = Opt {
-                    env: bracketed(&text, "env").map(|e| {
-                        e.split_once('=')
-                            .map_or(e.as_str(), |(name, _)| name)
-                            .trim()
-                            .to_string()
-                    }),
-                    default: bracketed(&text, "default"),
-                    flag: flag.clone(),
-                };
-                by_flag.insert(flag, opt);
-            }
-        };
-        for line in help.lines() {
-            let trimmed = line.trim_start();
-            // `--flag <X>`, or `-x, --flag` for options with a short form.
-            let long = trimmed.strip_prefix("--").or_else(|| {
-                let rest = trimmed.strip_prefix('-')?;
-                let mut chars = rest.chars();
-                chars.next().filter(char::is_ascii_alphanumeric)?;
-                chars.as_str().strip_prefix(", --")
-            });
-            let flag = long.map(|f| {
-                let name: String = f
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+    /// Reads every long option of `command`, `--help` and `--version`
+    /// included (clap adds those when it builds the command).
+    pub fn from_command(command: &mut clap::Command) -> Self {
+        command.build();
+        let by_flag = command
+            .get_arguments()
+            .filter_map(|arg| {
+                let flag = format!("--{}", arg.get_long()?);
+                let defaults: Vec<_> = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy())
                     .collect();
-                format!("--{name}")
-            });
-            match flag {
-                Some(flag) if line.starts_with("  ") && !line.starts_with("          ") => {
-                    finish(current.take());
-                    current = Some((flag, trimmed.to_string()));
-                }
-                _ => {
-                    if let Some((_, text)) = current.as_mut() {
-                        text.push(' ');
-                        text.push_str(trimmed);
-                    }
-                }
-            }
-        }
-        finish(current);
+                let opt = Opt {
+                    flag: flag.clone(),
+                    env: arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    default: (!defaults.is_empty()).then(|| defaults.join(",")),
+                    hidden: arg.is_hide_set(),
+                };
+                Some((flag, opt))
+            })
+            .collect();
         Options { by_flag }
     }
 
@@ -126,49 +92,46 @@ impl Options {
     }
 }
 
-/// The text of `[key: ...]` in `text` (brackets may nest one level, as in
-/// `[default: the gRPC listen address]`).
-fn bracketed(text: &str, key: &str) -> Option<String> {
-    let open = format!("[{key}: ");
-    let start = text.find(&open)? + open.len();
-    let mut depth = 0;
-    for (i, c) in text[start..].char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' if depth == 0 => return Some(text[start..start + i].trim().to_string()),
-            ']' => depth -= 1,
-            _ => {}
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const HELP: &str = "\
-Flash-sale gateway.
+    /// Options shaped like the gateway's.
+    #[derive(clap::Parser)]
+    #[allow(dead_code)]
+    struct Fixture {
+        /// Public HTTP listener.
+        #[arg(long, env = "SECKILL_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Address seckill services call back on [default: the gRPC listen address].
+        #[arg(long, env = "SECKILL_ADVERTISE_GRPC")]
+        advertise_grpc: Option<String>,
+        /// Bearer token for /admin/* [default: random, printed once at start].
+        #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Log filter (tracing `EnvFilter` syntax).
+        #[arg(long, env = "SECKILL_LOG", default_value = "info")]
+        log: String,
+    }
 
-Usage: gateway [OPTIONS]
-
-Options:
-      --listen <LISTEN>
-          Public HTTP listener [env: SECKILL_LISTEN=] [default: 127.0.0.1:8080]
-      --advertise-grpc <ADVERTISE_GRPC>
-          Address seckill services call back on [default: the gRPC listen address] [env: SECKILL_ADVERTISE_GRPC=]
-      --admin-token <ADMIN_TOKEN>
-          Bearer token for /admin/* [default: random, printed once at start] [env: SECKILL_ADMIN_TOKEN]
-      --log <LOG>
-          Log filter (tracing `EnvFilter` syntax)
-          over two lines [env: SECKILL_LOG=warn] [default: info]
-  -h, --help
-          Print help
-";
+    /// A binary with a hidden option, several default values and a
+    /// positional argument.
+    #[derive(clap::Parser)]
+    #[command(version)]
+    #[allow(dead_code)]
+    struct Drill {
+        #[arg(long, env = "SECKILL_WORK_DELAY_MS", default_value_t = 0, hide = true)]
+        work_delay_ms: u64,
+        #[arg(long, value_delimiter = ',', default_values = ["a", "b"])]
+        seeds: Vec<String>,
+        #[arg(short = 'n', long = "count", default_value_t = 3)]
+        n: u8,
+        file: Option<String>,
+    }
 
     #[test]
     fn reads_flags_envs_and_defaults() {
-        let o = Options::parse(HELP);
+        let o = Options::of::<Fixture>();
         let listen = o.flag("--listen").unwrap();
         assert_eq!(listen.env.as_deref(), Some("SECKILL_LISTEN"));
         assert_eq!(listen.default.as_deref(), Some("127.0.0.1:8080"));
@@ -181,11 +144,29 @@ Options:
             o.flag("--admin-token").unwrap().env.as_deref(),
             Some("SECKILL_ADMIN_TOKEN")
         );
-        // The value clap shows for a set variable is not part of the name.
         assert_eq!(o.flag("--log").unwrap().env.as_deref(), Some("SECKILL_LOG"));
         assert_eq!(o.flag("--log").unwrap().default.as_deref(), Some("info"));
         assert!(o.flag("--help").is_some());
         assert!(o.flag("--nope").is_none());
+        assert_eq!(o.all().count(), 5);
+        // A default the help describes in prose is not a value.
+        assert_eq!(o.flag("--advertise-grpc").unwrap().default, None);
+        assert_eq!(o.flag("--admin-token").unwrap().default, None);
+        assert_eq!(o.default_port("--advertise-grpc"), None);
+        assert!(o.all().all(|opt| !opt.hidden));
+    }
+
+    #[test]
+    fn reads_hidden_options_and_lists_of_defaults() {
+        let o = Options::from_command(&mut <Drill as CommandFactory>::command());
+        let delay = o.env("SECKILL_WORK_DELAY_MS").unwrap();
+        assert_eq!(delay.flag, "--work-delay-ms");
+        assert!(delay.hidden);
+        assert_eq!(delay.default.as_deref(), Some("0"));
+        assert_eq!(o.flag("--seeds").unwrap().default.as_deref(), Some("a,b"));
+        assert_eq!(o.flag("--count").unwrap().default.as_deref(), Some("3"));
+        assert!(o.flag("--version").is_some());
+        // Positional arguments have no flag to set.
         assert_eq!(o.all().count(), 5);
     }
 }

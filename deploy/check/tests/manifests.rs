@@ -1,9 +1,10 @@
 //! The container files against the binaries' real options: the Dockerfile,
 //! docker-compose.yml (with the Prometheus configuration it runs) and the
 //! Kubernetes base all parse, and every image, port, environment variable,
-//! probe and grace period they name matches what `gateway --help` and
-//! `seckill-service --help` say (flags, `[env: ...]`, default ports), and
-//! what the other files name (stages, services, labels, ports).
+//! probe and grace period they name matches the options the binaries parse
+//! (`gateway::Args`, `seckill_service::Args`: flags, environment variables,
+//! default ports), and what the other files name (stages, services, labels,
+//! ports).
 //!
 //! Docker is not needed: the files are read, not run. When `kubectl` is on
 //! the PATH, `kubectl kustomize` also builds the Kubernetes base.
@@ -16,7 +17,6 @@ use deploy_check::command::{run, which};
 use deploy_check::options::Options;
 use deploy_check::yaml::{self, at, entries, items, missing, text, Yaml};
 use deploy_check::{deploy, read, repo_root};
-use seckill_test_support::process::binary;
 
 /// The version images are tagged with: the workspace's.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -67,8 +67,8 @@ struct Binaries {
 impl Binaries {
     fn load() -> Self {
         Binaries {
-            gateway: Options::of(&binary("gateway")),
-            service: Options::of(&binary("seckill-service")),
+            gateway: Options::of::<gateway::Args>(),
+            service: Options::of::<seckill_service::Args>(),
         }
     }
 
@@ -120,6 +120,12 @@ impl<'a> Config<'a> {
                 );
                 continue;
             };
+            assert!(
+                !opt.hidden,
+                "{}: {name} is a drill option of {}, left out of its --help, not for deployments",
+                self.origin,
+                self.bin.name()
+            );
             if opt.flag.ends_with("listen") {
                 let default = self.options.default_port(&opt.flag).unwrap();
                 assert_eq!(
@@ -247,6 +253,7 @@ fn both_binaries_have_the_contracts_options() {
             .flag(flag)
             .unwrap_or_else(|| panic!("{} has no {flag}", bin.name()));
         assert_eq!(opt.env.as_deref(), Some(env), "{} {flag}", bin.name());
+        assert!(!opt.hidden, "{} {flag} is left out of --help", bin.name());
         if port.is_some() {
             assert_eq!(options.default_port(flag), port, "{} {flag}", bin.name());
         }
@@ -1026,7 +1033,7 @@ fn kubernetes_base_matches_the_binaries() {
         for (key, _) in entries(&cm["data"]) {
             for bin in [Bin::Gateway, Bin::Service] {
                 assert!(
-                    bins.of(bin).env(&key).is_some(),
+                    bins.of(bin).env(&key).is_some_and(|o| !o.hidden),
                     "ConfigMap {cm_name}: {key} is not an option of {}",
                     bin.name()
                 );
