@@ -40,6 +40,23 @@ async fn final_status(gw: &TestGateway, request_id: &str) -> Value {
     panic!("request {request_id} never left pending");
 }
 
+/// Polls `/metrics` until `holds` is true of it (at most 10 s) and returns
+/// that scrape: the condition a test waits for, instead of a fixed sleep.
+async fn until_metrics(gw: &TestGateway, what: &str, holds: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = gw.metrics().await;
+        if holds(&m) {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Sends raw bytes on a fresh connection and returns what came back before
 /// the server closed it (or `wait` passed).
 async fn raw(addr: std::net::SocketAddr, bytes: &[u8], wait: Duration) -> String {
@@ -153,7 +170,6 @@ async fn outside_the_window_is_409_not_started_or_ended() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
 
     let (s, v) = gw.buy("later", "u").await;
     assert_eq!((s, status_of(&v)), (StatusCode::CONFLICT, "not_started"));
@@ -237,7 +253,10 @@ async fn an_empty_bucket_answers_429_without_enqueueing() {
     );
     assert_eq!(sold(&gw, "slow").await, (0, 100));
     // The first token arrives after a second; then the purchase goes through.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    until_metrics(&gw, "a token for sale slow", |m| {
+        sample(m, r#"seckill_tokens_available{sale="slow"}"#) >= Some(1.0)
+    })
+    .await;
     assert_eq!(gw.buy("slow", "late").await.0, StatusCode::OK);
     let m = gw.metrics().await;
     assert_eq!(
@@ -282,21 +301,23 @@ async fn a_full_queue_is_503_overloaded() {
         .put_sale("q", json!({"stock": 10, "queue_capacity": 1}))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A new sale's bucket starts empty; three buyers need three tokens.
+    until_metrics(&gw, "tokens for sale q", |m| {
+        sample(m, r#"seckill_tokens_available{sale="q"}"#) >= Some(3.0)
+    })
+    .await;
 
     let mut parked = Vec::new();
     for (n, user) in ["in-work", "in-queue"].into_iter().enumerate() {
         let g = gw.clone();
         parked.push(tokio::spawn(async move { g.buy("q", user).await }));
-        // Wait until it is enqueued (and the first one picked up).
-        for _ in 0..200 {
-            let m = gw.metrics().await;
-            if sample(&m, r#"seckill_queue_enqueued_total{sale="q"}"#) == Some(n as f64 + 1.0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Wait until it is enqueued, and the first one picked up by the
+        // only worker: the queue then holds exactly the second.
+        until_metrics(&gw, "the purchase enqueued", |m| {
+            sample(m, r#"seckill_queue_enqueued_total{sale="q"}"#) == Some(n as f64 + 1.0)
+                && sample(m, r#"seckill_queue_depth{sale="q"}"#) == Some(n as f64)
+        })
+        .await;
     }
     let (s, h, v) = gw.purchase("q", r#"{"user_id":"third"}"#).await;
     assert_eq!(
@@ -762,8 +783,11 @@ async fn the_admin_api_needs_the_token_and_validates_its_input() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(gw.sale("a1").await["stock"], 4);
+    until_metrics(&gw, "a token for sale a1", |m| {
+        sample(m, r#"seckill_tokens_available{sale="a1"}"#) >= Some(1.0)
+    })
+    .await;
     assert_eq!(gw.buy("a1", "u").await.0, StatusCode::OK);
     let (s, v) = put(bearer.clone(), "a1", body.clone()).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
@@ -806,7 +830,6 @@ async fn the_admin_api_needs_the_token_and_validates_its_input() {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(gw.get("/api/v1/sales/a1").await.0, StatusCode::NOT_FOUND);
     assert_eq!(gw.buy("a1", "v").await.0, StatusCode::NOT_FOUND);
     gw.stop().await;
@@ -896,9 +919,11 @@ async fn metrics_expose_every_documented_series_and_parse() {
     gw.open_sale("m", 1, 1).await;
     assert_eq!(gw.buy("m", "a").await.0, StatusCode::OK);
     let _ = gw.buy("m", "b").await;
-    // Let the sync loop publish the gauges.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let text = gw.metrics().await;
+    // The sync loop publishes the stock gauge.
+    let text = until_metrics(&gw, "the stock gauge of sale m", |m| {
+        sample(m, r#"seckill_stock_remaining{sale="m"}"#) == Some(0.0)
+    })
+    .await;
     let types = parse_prometheus(&text);
     for m in METRICS {
         assert!(types.contains_key(*m), "{m} missing from /metrics:\n{text}");
@@ -945,13 +970,10 @@ async fn graceful_shutdown_answers_a_waiting_request() {
         tokio::spawn(async move { gw.buy("bye", "patient").await })
     };
     // Shut down while the request waits for its result.
-    for _ in 0..100 {
-        let m = gw.metrics().await;
-        if sample(&m, r#"seckill_queue_enqueued_total{sale="bye"}"#) == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_metrics(&gw, "the purchase enqueued", |m| {
+        sample(m, r#"seckill_queue_enqueued_total{sale="bye"}"#) == Some(1.0)
+    })
+    .await;
     gw.shutdown.cancel();
     let (s, v) = waiting.await.unwrap();
     assert_eq!((s, status_of(&v)), (StatusCode::OK, "success"), "{v}");
