@@ -342,7 +342,12 @@ fn command(port: u16, args: &[&str]) -> Result<Reply, String> {
         Some(code) => server_error(code, e.detail()),
         None => e.to_string(),
     };
-    let client = redis::Client::open(("127.0.0.1", port)).map_err(error)?;
+    // Without the client's CLIENT SETINFO handshake, each call is the one
+    // command on the wire: tests count commands in INFO commandstats.
+    let info =
+        redis::IntoConnectionInfo::into_connection_info(("127.0.0.1", port)).map_err(error)?;
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    let client = redis::Client::open(info.set_redis_settings(settings)).map_err(error)?;
     let mut conn = client
         .get_connection_with_timeout(Duration::from_secs(1))
         .map_err(error)?;
@@ -420,8 +425,12 @@ mod tests {
         );
         assert_eq!(s.command(&["GET", "missing"]), Ok(Reply::Bulk(None)));
         assert_eq!(s.command(&["PING"]), Ok(Reply::Status("PONG".into())));
-        match s.command(&["INFO", "server"]) {
-            Ok(Reply::Bulk(Some(info))) => assert!(info.contains("redis_version:")),
+        match s.command(&["INFO", "commandstats"]) {
+            // Nothing but the commands sent: no handshake of the client's.
+            Ok(Reply::Bulk(Some(info))) => {
+                assert!(info.contains("cmdstat_rpush:calls=1,"), "{info}");
+                assert!(!info.contains("cmdstat_client"), "{info}");
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
