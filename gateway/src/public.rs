@@ -1,5 +1,10 @@
 //! The public API: purchase, read a request's result, read a sale.
 
+// The purchase steps refuse with the whole answer (`Answered`): a refusal
+// is the common answer in a sale, and boxing it would allocate on the path
+// that must cost least.
+#![allow(clippy::result_large_err)]
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,7 +165,7 @@ impl Input {
     }
 }
 
-/// 1. Input: the idempotency key, the body's size and JSON, the ids.
+/// Step 1, input: the idempotency key, the body's size and JSON, the ids.
 async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, Answered> {
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
@@ -193,7 +198,7 @@ async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, An
     })
 }
 
-/// 2. The sale's state, from the local catalog: no I/O.
+/// Step 2: the sale's state, from the local catalog: no I/O.
 fn check_sale(
     shared: &Shared,
     sale_id: &str,
@@ -221,7 +226,7 @@ fn check_sale(
     Ok(sale)
 }
 
-/// 3. The per-user edge limit.
+/// Step 3: the per-user edge limit.
 fn check_edge_limit(shared: &Shared, sale_id: &str, user_id: &str) -> Result<(), Answered> {
     if shared.limiter.check(sale_id, user_id) {
         Ok(())
@@ -230,7 +235,7 @@ fn check_edge_limit(shared: &Shared, sale_id: &str, user_id: &str) -> Result<(),
     }
 }
 
-/// 4. A token, or an immediate refusal: nothing before it touches the
+/// Step 4: a token, or an immediate refusal: nothing before it touches the
 /// store, so a crowd without tokens never reaches the backend.
 async fn take_token(sale: &SaleEntry, request_id: &str) -> Result<(), Answered> {
     match sale.bucket.try_take().await {
@@ -240,7 +245,7 @@ async fn take_token(sale: &SaleEntry, request_id: &str) -> Result<(), Answered> 
     }
 }
 
-/// 5. Records the request and claims its idempotency key. A repeat of a
+/// Step 5: records the request and claims its idempotency key. A repeat of a
 /// key gets the first request's result (the token it took is spent: a
 /// repeat without one is refused like any other request, and retries).
 async fn admit(shared: &Shared, purchase: &Purchase) -> Result<(), Answered> {
@@ -254,7 +259,7 @@ async fn admit(shared: &Shared, purchase: &Purchase) -> Result<(), Answered> {
     }
 }
 
-/// 6. Parks the request, then enqueues it: a result can never arrive
+/// Step 6: parks the request, then enqueues it: a result can never arrive
 /// before its waiter. A request that cannot be queued is withdrawn.
 async fn park_and_enqueue(
     shared: &Shared,
@@ -283,7 +288,7 @@ async fn park_and_enqueue(
     Ok((waiter, ticket))
 }
 
-/// 7. Waits for the result until the deadline, plus a grace for a result
+/// Step 7: waits for the result until the deadline, plus a grace for a result
 /// decided just in time. Without one (timed out, or the gateway is going
 /// away) the answer is 504, and the outcome is final only via
 /// `GET /api/v1/requests/{id}`.
