@@ -2,8 +2,16 @@
 //! scripts, nothing fetched) with the summary, the audit and three plots:
 //! answers per second over time, latency over time, and the latency
 //! distribution by percentile.
+//!
+//! The markup is the askama template `templates/report.html`, which escapes
+//! every value it writes; this module turns the report into what the
+//! template shows: texts, table cells, and the plots' geometry (ticks and
+//! shapes in pixel coordinates).
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use askama::Template;
 
 use crate::model::{Outcome, PercentilePoint, Report};
 use crate::summary::{feed_line, fmt_us};
@@ -14,6 +22,59 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 20.0;
 const BOTTOM: f64 = 50.0;
+
+/// Renders the report as one HTML page.
+pub fn render(r: &Report) -> String {
+    Page::of(r)
+        .render()
+        .expect("the report's template renders into a String")
+}
+
+/// What the page template shows.
+#[derive(Template)]
+#[template(path = "report.html")]
+struct Page<'a> {
+    r: &'a Report,
+    verdict: &'static str,
+    verdict_class: &'static str,
+    started: String,
+    invalid_reason: &'a str,
+    cards: Vec<(&'static str, String)>,
+    legend: Vec<LegendItem>,
+    throughput: Chart,
+    latency: Chart,
+    distribution: Chart,
+    rows: Vec<OutcomeRow>,
+    all_cells: Vec<String>,
+    lag: LagNote,
+    buyers: String,
+    feed: String,
+}
+
+impl<'a> Page<'a> {
+    fn of(r: &'a Report) -> Page<'a> {
+        Page {
+            r,
+            verdict: if r.passed() { "PASS" } else { "FAIL" },
+            verdict_class: if r.passed() { "pass" } else { "fail" },
+            started: utc(r.started_unix_ms),
+            invalid_reason: r
+                .invalid_reason
+                .as_deref()
+                .unwrap_or("the generator fell behind"),
+            cards: cards(r),
+            legend: legend(r),
+            throughput: throughput_chart(r),
+            latency: latency_chart(r),
+            distribution: distribution_chart(r),
+            rows: outcome_rows(r),
+            all_cells: all_cells(r),
+            lag: LagNote::of(r),
+            buyers: counted(&r.buyers),
+            feed: r.audit.as_ref().map(feed_line).unwrap_or_default(),
+        }
+    }
+}
 
 /// A colour per outcome, stable across reports.
 fn color(o: Outcome) -> &'static str {
@@ -31,84 +92,26 @@ fn color(o: Outcome) -> &'static str {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// Outcomes that occurred, in their fixed order.
+fn present(r: &Report) -> Vec<Outcome> {
+    Outcome::ALL
+        .into_iter()
+        .filter(|o| r.outcomes.contains_key(o.name()))
+        .collect()
 }
 
-/// Renders the report as one HTML page.
-pub fn render(r: &Report) -> String {
-    let mut h = String::with_capacity(64 * 1024);
-    let verdict = if r.passed() { "PASS" } else { "FAIL" };
-    let _ = write!(
-        h,
-        r#"<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>loadtest: sale {sale} — {verdict}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1140px; }}
-h1 {{ font-size: 22px; margin: 0 0 4px; }} h2 {{ font-size: 17px; margin: 28px 0 8px; }}
-.muted {{ color: #666; }}
-.badge {{ display: inline-block; padding: 2px 10px; border-radius: 4px; color: #fff; font-weight: 600; }}
-.pass {{ background: #2e7d32; }} .fail {{ background: #c62828; }} .warn {{ background: #ef6c00; }}
-.cards {{ display: flex; flex-wrap: wrap; gap: 10px; margin: 14px 0; }}
-.card {{ border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 120px; }}
-.card b {{ display: block; font-size: 20px; }}
-table {{ border-collapse: collapse; margin: 6px 0; }}
-th, td {{ border-bottom: 1px solid #e5e5e5; padding: 4px 10px; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-td.l {{ text-align: left; }}
-.sw {{ display: inline-block; width: 10px; height: 10px; margin-right: 6px; border-radius: 2px; }}
-svg {{ background: #fff; border: 1px solid #e5e5e5; }}
-svg text {{ font: 11px system-ui, sans-serif; fill: #444; }}
-.legend span {{ margin-right: 14px; }}
-</style></head><body>
-<h1>Flash-sale load test: sale <code>{sale}</code> <span class="badge {cls}">{verdict}</span></h1>
-<div class="muted">{gen} · target {target} · profile <code>{profile}</code> · started {started}</div>
-"#,
-        sale = esc(&r.sale_id),
-        verdict = verdict,
-        cls = if r.passed() { "pass" } else { "fail" },
-        gen = esc(&r.generator),
-        target = esc(&r.target),
-        profile = esc(&r.profile),
-        started = utc(r.started_unix_ms),
-    );
-    if !r.valid {
-        let _ = write!(
-            h,
-            r#"<p><span class="badge warn">INVALID RUN</span> {}</p>"#,
-            esc(r
-                .invalid_reason
-                .as_deref()
-                .unwrap_or("the generator fell behind"))
-        );
-    }
-    cards(&mut h, r);
-
-    h.push_str("<h2>Answers per second, by outcome</h2>\n");
-    legend(&mut h, r, true);
-    h.push_str(&throughput_chart(r));
-    h.push_str(
-        "<h2>Latency over time (by intended send time; solid p99, dashed p50, corrected)</h2>\n",
-    );
-    legend(&mut h, r, false);
-    h.push_str(&latency_chart(r));
-    h.push_str("<h2>Latency distribution (solid corrected, dashed raw)</h2>\n");
-    legend(&mut h, r, false);
-    h.push_str(&distribution_chart(r));
-
-    outcome_table(&mut h, r);
-    audit_section(&mut h, r);
-    assertion_section(&mut h, r);
-    settings_section(&mut h, r);
-    h.push_str("</body></html>\n");
-    h
+/// `a 1, b 2`.
+fn counted(m: &BTreeMap<String, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn cards(h: &mut String, r: &Report) {
+// === the page's parts ===
+
+/// The headline numbers.
+fn cards(r: &Report) -> Vec<(&'static str, String)> {
     let so = r
         .sell_out
         .time_to_sell_out_s
@@ -118,7 +121,7 @@ fn cards(h: &mut String, r: &Report) {
         Some(_) => "FAILED".to_string(),
         None => "not run".to_string(),
     };
-    let items = [
+    vec![
         ("buyers", r.buyers_planned.to_string()),
         ("requests", r.requests_sent.to_string()),
         ("offered", format!("{:.0}/s", r.offered_rps)),
@@ -128,39 +131,185 @@ fn cards(h: &mut String, r: &Report) {
         ("p99 all", fmt_us(r.all.p99_us)),
         ("schedule lag p99", fmt_us(r.schedule.start_lag.p99_us)),
         ("audit", audit),
-    ];
-    h.push_str("<div class=\"cards\">");
-    for (k, v) in items {
-        let _ = write!(
-            h,
-            "<div class=\"card\"><span class=\"muted\">{k}</span><b>{}</b></div>",
-            esc(&v)
-        );
-    }
-    h.push_str("</div>\n");
+    ]
 }
 
-fn present(r: &Report) -> Vec<Outcome> {
-    Outcome::ALL
+/// One swatch of a plot's legend.
+struct LegendItem {
+    color: &'static str,
+    name: &'static str,
+}
+
+fn legend(r: &Report) -> Vec<LegendItem> {
+    present(r)
         .into_iter()
-        .filter(|o| r.outcomes.contains_key(o.name()))
+        .map(|o| LegendItem {
+            color: color(o),
+            name: o.name(),
+        })
         .collect()
 }
 
-fn legend(h: &mut String, r: &Report, offered: bool) {
-    h.push_str("<div class=\"legend\">");
-    for o in present(r) {
-        let _ = write!(
-            h,
-            "<span><i class=\"sw\" style=\"background:{}\"></i>{}</span>",
-            color(o),
-            o.name()
-        );
+/// One outcome's line of the latency table.
+struct OutcomeRow {
+    color: &'static str,
+    name: &'static str,
+    /// Count, corrected p50 … max, raw p50, p99, max.
+    cells: Vec<String>,
+}
+
+fn outcome_rows(r: &Report) -> Vec<OutcomeRow> {
+    present(r)
+        .into_iter()
+        .map(|o| {
+            let s = &r.outcomes[o.name()];
+            let c = &s.corrected;
+            let mut cells = vec![s.count.to_string()];
+            cells.extend(
+                [
+                    c.p50_us,
+                    c.p90_us,
+                    c.p99_us,
+                    c.p999_us,
+                    c.p9999_us,
+                    c.max_us,
+                    s.raw.p50_us,
+                    s.raw.p99_us,
+                    s.raw.max_us,
+                ]
+                .map(fmt_us),
+            );
+            OutcomeRow {
+                color: color(o),
+                name: o.name(),
+                cells,
+            }
+        })
+        .collect()
+}
+
+/// Count and corrected latency over all answers.
+fn all_cells(r: &Report) -> Vec<String> {
+    let a = &r.all;
+    let mut cells = vec![a.count.to_string()];
+    cells.extend(
+        [
+            a.p50_us, a.p90_us, a.p99_us, a.p999_us, a.p9999_us, a.max_us,
+        ]
+        .map(fmt_us),
+    );
+    cells
+}
+
+/// The schedule's lag, under the latency table.
+struct LagNote {
+    dispatch_p99: String,
+    dispatch_max: String,
+    start_p99: String,
+    start_max: String,
+    wait_p99: String,
+    wait_max: String,
+}
+
+impl LagNote {
+    fn of(r: &Report) -> LagNote {
+        let lag = &r.schedule;
+        LagNote {
+            dispatch_p99: fmt_us(lag.dispatch_lag.p99_us),
+            dispatch_max: fmt_us(lag.dispatch_lag.max_us),
+            start_p99: fmt_us(lag.start_lag.p99_us),
+            start_max: fmt_us(lag.start_lag.max_us),
+            wait_p99: fmt_us(lag.connection_wait.p99_us),
+            wait_max: fmt_us(lag.connection_wait.max_us),
+        }
     }
-    if offered {
-        h.push_str("<span>- - - offered (sent by intended time)</span>");
+}
+
+// === plots ===
+
+/// A pixel coordinate, written with one decimal.
+#[derive(Clone, Copy)]
+struct Px(f64);
+
+impl fmt::Display for Px {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.1}", self.0)
     }
-    h.push_str("</div>\n");
+}
+
+/// The fixed geometry every plot shares.
+struct Frame {
+    width: f64,
+    height: f64,
+    left: f64,
+    top: f64,
+    right: Px,
+    bottom: Px,
+    y_label_x: Px,
+    x_label_x: Px,
+    x_label_y: Px,
+}
+
+const FRAME: Frame = Frame {
+    width: W,
+    height: H,
+    left: LEFT,
+    top: TOP,
+    right: Px(W - RIGHT),
+    bottom: Px(H - BOTTOM),
+    y_label_x: Px(LEFT - 6.0),
+    x_label_x: Px((LEFT + W - RIGHT) / 2.0),
+    x_label_y: Px(H - 10.0),
+};
+
+/// A grid line and its label.
+struct Tick {
+    /// Where the line is (y for the y axis, x for the x axis).
+    at: Px,
+    /// The label's y.
+    label_at: Px,
+    label: String,
+}
+
+/// What a plot draws, in order.
+enum Shape {
+    /// A filled band (one outcome's share of the answers).
+    Area {
+        color: &'static str,
+        points: String,
+        title: &'static str,
+    },
+    Line {
+        color: &'static str,
+        width: f64,
+        dashed: bool,
+        points: String,
+    },
+    /// A lone point, where a line would have one point only.
+    Dot { x: Px, y: Px, color: &'static str },
+}
+
+/// One plot: its frame, ticks and shapes; or, without data, a note.
+struct Chart {
+    empty: bool,
+    frame: Frame,
+    y_ticks: Vec<Tick>,
+    x_ticks: Vec<Tick>,
+    x_label: &'static str,
+    shapes: Vec<Shape>,
+}
+
+impl Chart {
+    fn empty() -> Chart {
+        Chart {
+            empty: true,
+            frame: FRAME,
+            y_ticks: Vec::new(),
+            x_ticks: Vec::new(),
+            x_label: "",
+            shapes: Vec::new(),
+        }
+    }
 }
 
 /// A plot area with linear x and linear or log-10 y.
@@ -189,62 +338,59 @@ impl Plot {
         H - BOTTOM - f * (H - TOP - BOTTOM)
     }
 
-    /// Axes, grid and labels.
-    fn frame(&self, x_ticks: &[(f64, String)], y_ticks: &[(f64, String)], x_label: &str) -> String {
-        let mut s = format!(
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}">"#
-        );
-        for (y, label) in y_ticks {
-            let py = self.py(*y);
-            let _ = write!(
-                s,
-                r##"<line x1="{LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-                W - RIGHT,
-                LEFT - 6.0,
-                py + 4.0,
-                esc(label)
-            );
+    /// A chart on this plot area with its grid and labels, no shapes yet.
+    fn chart(
+        &self,
+        x_ticks: &[(f64, String)],
+        y_ticks: &[(f64, String)],
+        x_label: &'static str,
+    ) -> Chart {
+        let y_ticks = y_ticks
+            .iter()
+            .map(|(y, label)| {
+                let py = self.py(*y);
+                Tick {
+                    at: Px(py),
+                    label_at: Px(py + 4.0),
+                    label: label.clone(),
+                }
+            })
+            .collect();
+        let x_ticks = x_ticks
+            .iter()
+            .map(|(x, label)| Tick {
+                at: Px(self.px(*x)),
+                label_at: Px(H - BOTTOM + 16.0),
+                label: label.clone(),
+            })
+            .collect();
+        Chart {
+            empty: false,
+            frame: FRAME,
+            y_ticks,
+            x_ticks,
+            x_label,
+            shapes: Vec::new(),
         }
-        for (x, label) in x_ticks {
-            let px = self.px(*x);
-            let _ = write!(
-                s,
-                r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="#f2f2f2"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-                H - BOTTOM,
-                H - BOTTOM + 16.0,
-                esc(label)
-            );
-        }
-        let _ = write!(
-            s,
-            r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{b:.1}" stroke="#999"/><line x1="{LEFT}" y1="{b:.1}" x2="{:.1}" y2="{b:.1}" stroke="#999"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            W - RIGHT,
-            (LEFT + W - RIGHT) / 2.0,
-            H - 10.0,
-            esc(x_label),
-            b = H - BOTTOM,
-        );
-        s
     }
 }
 
-fn polyline(points: &[(f64, f64)], color: &str, width: f64, dash: bool) -> String {
-    if points.is_empty() {
-        return String::new();
-    }
-    let pts: Vec<String> = points
-        .iter()
+/// `x,y x,y ...` of an SVG `points` attribute.
+fn points(pts: &[(f64, f64)]) -> String {
+    pts.iter()
         .map(|(x, y)| format!("{x:.1},{y:.1}"))
-        .collect();
-    format!(
-        r#"<polyline fill="none" stroke="{color}" stroke-width="{width}"{} points="{}"/>"#,
-        if dash {
-            r#" stroke-dasharray="5,4""#
-        } else {
-            ""
-        },
-        pts.join(" ")
-    )
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A line through `pts`, if there is any point.
+fn line(pts: &[(f64, f64)], color: &'static str, width: f64, dashed: bool) -> Option<Shape> {
+    (!pts.is_empty()).then(|| Shape::Line {
+        color,
+        width,
+        dashed,
+        points: points(pts),
+    })
 }
 
 /// Ticks at 1-2-5 steps covering `0..=max`.
@@ -321,11 +467,11 @@ fn latency_range(values: impl Iterator<Item = u64>) -> (f64, f64) {
     (lo, hi)
 }
 
-fn throughput_chart(r: &Report) -> String {
+fn throughput_chart(r: &Report) -> Chart {
     let tl = &r.timeline;
     let width_s = tl.bucket_ms as f64 / 1000.0;
     if tl.buckets.is_empty() || width_s <= 0.0 {
-        return "<p class=\"muted\">no data</p>".into();
+        return Chart::empty();
     }
     let n = tl.buckets.len();
     let outcomes = present(r);
@@ -353,7 +499,7 @@ fn throughput_chart(r: &Report) -> String {
         y1: ymax.max(1.0),
         log_y: false,
     };
-    let mut s = plot.frame(
+    let mut chart = plot.chart(
         &linear_ticks(plot.x1, secs),
         &linear_ticks(plot.y1 / 1.0001, |v| format!("{v:.0}/s")),
         "time since start",
@@ -370,30 +516,26 @@ fn throughput_chart(r: &Report) -> String {
             pts.push((plot.px(b), plot.py(*bottom)));
             pts.push((plot.px(a), plot.py(*bottom)));
         }
-        let p: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-        let _ = write!(
-            s,
-            r#"<polygon fill="{c}" fill-opacity="0.75" stroke="{c}" stroke-width="0.5" points="{}"><title>{}</title></polygon>"#,
-            p.join(" "),
-            o.name(),
-            c = color(*o)
-        );
+        chart.shapes.push(Shape::Area {
+            color: color(*o),
+            points: points(&pts),
+            title: o.name(),
+        });
     }
-    let mut line = Vec::with_capacity(2 * n);
+    let mut offered_line = Vec::with_capacity(2 * n);
     for (i, v) in offered.iter().enumerate() {
-        line.push((plot.px(i as f64 * width_s), plot.py(*v)));
-        line.push((plot.px((i + 1) as f64 * width_s), plot.py(*v)));
+        offered_line.push((plot.px(i as f64 * width_s), plot.py(*v)));
+        offered_line.push((plot.px((i + 1) as f64 * width_s), plot.py(*v)));
     }
-    s.push_str(&polyline(&line, "#000", 1.2, true));
-    s.push_str("</svg>\n");
-    s
+    chart.shapes.extend(line(&offered_line, "#000", 1.2, true));
+    chart
 }
 
-fn latency_chart(r: &Report) -> String {
+fn latency_chart(r: &Report) -> Chart {
     let tl = &r.timeline;
     let width_s = tl.bucket_ms as f64 / 1000.0;
     if tl.buckets.is_empty() {
-        return "<p class=\"muted\">no data</p>".into();
+        return Chart::empty();
     }
     let (lo, hi) = latency_range(
         tl.buckets
@@ -413,7 +555,7 @@ fn latency_chart(r: &Report) -> String {
         y1: hi,
         log_y: true,
     };
-    let mut s = plot.frame(
+    let mut chart = plot.chart(
         &linear_ticks(plot.x1, secs),
         &log_ticks(lo, hi),
         "intended send time since start",
@@ -430,24 +572,18 @@ fn latency_chart(r: &Report) -> String {
                         .map(|v| (plot.px((i as f64 + 0.5) * width_s), plot.py(*v as f64)))
                 })
                 .collect();
-            if pts.len() == 1 {
-                let (x, y) = pts[0];
-                let _ = write!(
-                    s,
-                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{}"/>"#,
-                    color(o)
-                );
+            if let [(x, y)] = pts[..] {
+                chart.shapes.push(Shape::Dot {
+                    x: Px(x),
+                    y: Px(y),
+                    color: color(o),
+                });
             }
-            s.push_str(&polyline(
-                &pts,
-                color(o),
-                if dash { 1.0 } else { 1.8 },
-                dash,
-            ));
+            let width = if dash { 1.0 } else { 1.8 };
+            chart.shapes.extend(line(&pts, color(o), width, dash));
         }
     }
-    s.push_str("</svg>\n");
-    s
+    chart
 }
 
 /// "Nines" of a percentile: 90 % → 1, 99 % → 2, ...
@@ -455,7 +591,7 @@ fn nines(p: f64) -> f64 {
     -(1.0 - (p / 100.0).min(0.999_999_9)).log10()
 }
 
-fn distribution_chart(r: &Report) -> String {
+fn distribution_chart(r: &Report) -> Chart {
     let outcomes = present(r);
     let curves: Vec<(Outcome, &Vec<PercentilePoint>, &Vec<PercentilePoint>)> = outcomes
         .iter()
@@ -466,7 +602,7 @@ fn distribution_chart(r: &Report) -> String {
         })
         .collect();
     if curves.is_empty() {
-        return "<p class=\"muted\">no data</p>".into();
+        return Chart::empty();
     }
     let (lo, hi) = latency_range(
         curves
@@ -497,164 +633,24 @@ fn distribution_chart(r: &Report) -> String {
         .map(|(i, l)| (i as f64, l.to_string()))
         .collect();
     x_ticks.push((max_x, "max".into()));
-    let mut s = plot.frame(&x_ticks, &log_ticks(lo, hi), "percentile");
+    let mut chart = plot.chart(&x_ticks, &log_ticks(lo, hi), "percentile");
     for (o, corrected, raw) in curves {
         for (dash, curve) in [(true, raw), (false, corrected)] {
             let pts: Vec<(f64, f64)> = curve
                 .iter()
                 .map(|p| (plot.px(x_of(p.percentile)), plot.py(p.us as f64)))
                 .collect();
-            s.push_str(&polyline(
-                &pts,
-                color(o),
-                if dash { 1.0 } else { 1.8 },
-                dash,
-            ));
+            let width = if dash { 1.0 } else { 1.8 };
+            chart.shapes.extend(line(&pts, color(o), width, dash));
         }
     }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn outcome_table(h: &mut String, r: &Report) {
-    h.push_str(
-        "<h2>Latency by outcome (corrected, from the intended send time)</h2>\n<table><tr><th>outcome</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>p99.99</th><th>max</th><th>raw p50</th><th>raw p99</th><th>raw max</th></tr>\n",
-    );
-    for o in present(r) {
-        let s = &r.outcomes[o.name()];
-        let c = &s.corrected;
-        let _ = writeln!(
-            h,
-            "<tr><td><i class=\"sw\" style=\"background:{}\"></i>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            color(o),
-            o.name(),
-            s.count,
-            fmt_us(c.p50_us),
-            fmt_us(c.p90_us),
-            fmt_us(c.p99_us),
-            fmt_us(c.p999_us),
-            fmt_us(c.p9999_us),
-            fmt_us(c.max_us),
-            fmt_us(s.raw.p50_us),
-            fmt_us(s.raw.p99_us),
-            fmt_us(s.raw.max_us),
-        );
-    }
-    let a = &r.all;
-    let _ = writeln!(
-        h,
-        "<tr><td><b>all answered</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td></td><td></td></tr></table>",
-        a.count,
-        fmt_us(a.p50_us),
-        fmt_us(a.p90_us),
-        fmt_us(a.p99_us),
-        fmt_us(a.p999_us),
-        fmt_us(a.p9999_us),
-        fmt_us(a.max_us)
-    );
-    let lag = &r.schedule;
-    let _ = writeln!(
-        h,
-        "<p class=\"muted\">Schedule lag: dispatch p99 {} (max {}), task start p99 {} (max {}); waiting for one of the {} connections p99 {} (max {}). Buyers by final outcome: {}.</p>",
-        fmt_us(lag.dispatch_lag.p99_us),
-        fmt_us(lag.dispatch_lag.max_us),
-        fmt_us(lag.start_lag.p99_us),
-        fmt_us(lag.start_lag.max_us),
-        r.settings.connections,
-        fmt_us(lag.connection_wait.p99_us),
-        fmt_us(lag.connection_wait.max_us),
-        esc(&r
-            .buyers
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", "))
-    );
-    if !r.errors.is_empty() {
-        h.push_str("<table><tr><th>error</th><th>count</th></tr>");
-        for (k, v) in &r.errors {
-            let _ = write!(h, "<tr><td>{}</td><td>{v}</td></tr>", esc(k));
-        }
-        h.push_str("</table>\n");
-    }
-}
-
-fn audit_section(h: &mut String, r: &Report) {
-    let Some(a) = &r.audit else {
-        h.push_str("<h2>Audit</h2><p class=\"muted\">not run</p>\n");
-        return;
-    };
-    let _ = writeln!(
-        h,
-        "<h2>Audit <span class=\"badge {}\">{}</span></h2>\n<p>stock {}, sold {} → {}, remaining {}, state {}; {} success answers = {} orders, {} units; {} timeouts.</p>",
-        if a.passed { "pass" } else { "fail" },
-        if a.passed { "passed" } else { "FAILED" },
-        a.stock,
-        a.sold_before,
-        a.sold_after,
-        a.remaining_after,
-        esc(&a.state_after),
-        a.success_answers,
-        a.orders,
-        a.units,
-        a.timeouts
-    );
-    let _ = writeln!(h, "<p>Order feed: {}.</p>", esc(&feed_line(a)));
-    h.push_str("<table><tr><th>check</th><th>result</th><th>detail</th></tr>");
-    for c in &a.checks {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
-            esc(&c.name),
-            if c.passed { "ok" } else { "<b>FAIL</b>" },
-            esc(&c.detail)
-        );
-    }
-    h.push_str("</table>\n");
-}
-
-fn assertion_section(h: &mut String, r: &Report) {
-    if r.assertions.is_empty() {
-        return;
-    }
-    h.push_str(
-        "<h2>Assertions</h2><table><tr><th>assertion</th><th>actual</th><th>result</th></tr>",
-    );
-    for a in &r.assertions {
-        let _ = write!(
-            h,
-            "<tr><td><code>{}</code></td><td>{}</td><td class=\"l\">{}</td></tr>",
-            esc(&a.expr),
-            esc(&a.actual),
-            if a.passed { "pass" } else { "<b>FAIL</b>" }
-        );
-    }
-    h.push_str("</table>\n");
-}
-
-fn settings_section(h: &mut String, r: &Report) {
-    let s = &r.settings;
-    let _ = writeln!(
-        h,
-        "<h2>Settings</h2><p class=\"muted\">connections {}, client timeout {} ms, quantity {}, double-click share {} (gap {} ms), retries {} (backoff {}–{} ms), idempotency keys {}, user prefix <code>{}</code>, max lag {} ms, timeline bucket {} ms.</p>",
-        s.connections,
-        s.timeout_ms,
-        s.quantity,
-        s.double_click_share,
-        s.double_click_gap_ms,
-        s.retries,
-        s.retry_backoff_ms,
-        s.retry_max_backoff_ms,
-        s.idempotency_keys,
-        esc(&s.user_prefix),
-        s.max_lag_ms,
-        r.timeline.bucket_ms
-    );
+    chart
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AssertionResult, Audit, Check, FeedAudit};
 
     #[test]
     fn ticks_cover_their_range() {
@@ -676,6 +672,86 @@ mod tests {
 
     #[test]
     fn text_is_escaped() {
-        assert_eq!(esc("<a&\">"), "&lt;a&amp;&quot;&gt;");
+        let r = Report {
+            sale_id: "<a&\">".into(),
+            ..Default::default()
+        };
+        let html = render(&r);
+        assert!(
+            html.contains("sale <code>&#60;a&#38;&#34;&#62;</code>"),
+            "{html}"
+        );
+        assert!(!html.contains("<a&"));
+    }
+
+    /// Every text the page shows from outside (the sale id and settings
+    /// given on the command line, and what the gateway answered: error
+    /// kinds, sale state, check details, order ids) comes out as text.
+    #[test]
+    fn hostile_text_cannot_open_a_script() {
+        let evil = "<script>alert(1)</script>";
+        let mut r = Report {
+            sale_id: evil.into(),
+            target: evil.into(),
+            profile: evil.into(),
+            valid: false,
+            invalid_reason: Some(evil.into()),
+            ..Default::default()
+        };
+        r.settings.user_prefix = evil.into();
+        r.errors.insert(evil.into(), 3);
+        r.buyers.insert(evil.into(), 1);
+        r.assertions.push(AssertionResult {
+            expr: evil.into(),
+            actual: evil.into(),
+            passed: false,
+        });
+        r.audit = Some(Audit {
+            state_after: evil.into(),
+            checks: vec![Check {
+                name: evil.into(),
+                passed: false,
+                detail: evil.into(),
+            }],
+            feed: Some(FeedAudit {
+                error: Some(evil.into()),
+                ..Default::default()
+            }),
+            ..audit()
+        });
+        let html = render(&r);
+        assert!(!html.contains("<script"), "{html}");
+        let shown = html
+            .matches("&#60;script&#62;alert(1)&#60;/script&#62;")
+            .count();
+        // Title and heading, target, profile, invalid reason, error kind,
+        // buyers, state, feed, check name and detail, assertion expression
+        // and value, user prefix.
+        assert_eq!(shown, 14, "{html}");
+    }
+
+    fn audit() -> Audit {
+        Audit {
+            sale_id: String::new(),
+            stock: 1,
+            per_user_limit: 1,
+            sold_before: 0,
+            sold_after: 1,
+            remaining_after: 0,
+            state_after: String::new(),
+            success_answers: 1,
+            orders: 1,
+            units: 1,
+            timeouts: 0,
+            timeouts_resolved: Default::default(),
+            oversell: 0,
+            users_over_limit: 0,
+            missing: 0,
+            unrecorded: 0,
+            unconfirmed: 0,
+            feed: None,
+            checks: Vec::new(),
+            passed: false,
+        }
     }
 }

@@ -101,7 +101,7 @@ impl fmt::Display for Outcome {
 pub const REPORT_VERSION: u32 = 1;
 
 /// Everything about one run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub version: u32,
     /// `loadtest <crate version>`.
@@ -154,7 +154,7 @@ pub struct Report {
 }
 
 /// The options a run was made with.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub connections: usize,
     pub timeout_ms: u64,
@@ -170,7 +170,7 @@ pub struct Settings {
 }
 
 /// How closely the generator kept to its schedule.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
     /// Intended arrival → the generator handed the request over.
     pub dispatch_lag: LatencyStats,
