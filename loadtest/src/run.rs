@@ -16,6 +16,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Uri};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -73,10 +75,6 @@ pub struct RunConfig {
 impl RunConfig {
     /// Defaults for a run of `profile` against `sale_id` at `target`.
     pub fn new(target: impl Into<String>, sale_id: impl Into<String>, profile: Profile) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
         RunConfig {
             target: target.into(),
             sale_id: sale_id.into(),
@@ -90,13 +88,13 @@ impl RunConfig {
             retry_backoff: Duration::from_millis(100),
             retry_max_backoff: Duration::from_secs(2),
             idempotency_keys: false,
-            user_prefix: format!("u{:06x}-", splitmix(seed) & 0xff_ffff),
+            user_prefix: format!("u{:06x}-", per_run_rng().random_range(0..1u32 << 24)),
             max_lag: Duration::from_millis(50),
             audit: true,
             resolve_timeouts: true,
             admin: None,
             progress: false,
-            seed,
+            seed: clock_seed(),
         }
     }
 
@@ -175,7 +173,9 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
         tracker: tracker.clone(),
         stop: stop.clone(),
         user_prefix: cfg.user_prefix.clone(),
-        key_prefix: format!("k{:08x}-", splitmix(cfg.seed ^ 0x6b65) & 0xffff_ffff),
+        // Not from the seed: a rerun with the same seed and user prefix
+        // must not replay the answers of the earlier run's keys.
+        key_prefix: format!("k{:08x}-", per_run_rng().random::<u32>()),
         keys: cfg.keys(),
         quantity: cfg.quantity,
         timeout: cfg.timeout,
@@ -368,23 +368,31 @@ fn generate(
 async fn buyer(ctx: Arc<Ctx>, n: u64, intended: Instant) {
     let key = ctx.keys.then(|| format!("{}{n}", ctx.key_prefix));
     let key = key.as_deref();
-    let outcome = if ctx.double_click > 0.0 && unit(ctx.seed, n) < ctx.double_click {
+    let mut rng = buyer_rng(ctx.seed, n);
+    let outcome = if ctx.double_click > 0.0 && rng.random_bool(ctx.double_click) {
+        let (first_rng, second_rng) = (rng.fork(), rng.fork());
         let second = async {
             let at = intended + ctx.double_click_gap;
             tokio::time::sleep_until(at.into()).await;
             ctx.rec().double_clicks += 1;
-            attempts(&ctx, n, key, at).await
+            attempts(&ctx, n, key, at, second_rng).await
         };
-        let (a, b) = tokio::join!(attempts(&ctx, n, key, intended), second);
+        let (a, b) = tokio::join!(attempts(&ctx, n, key, intended, first_rng), second);
         a.min(b)
     } else {
-        attempts(&ctx, n, key, intended).await
+        attempts(&ctx, n, key, intended, rng).await
     };
     ctx.rec().buyer_done(outcome);
 }
 
 /// Sends until the answer is final or the retries are spent.
-async fn attempts(ctx: &Ctx, n: u64, key: Option<&str>, mut intended: Instant) -> Outcome {
+async fn attempts(
+    ctx: &Ctx,
+    n: u64,
+    key: Option<&str>,
+    mut intended: Instant,
+    mut rng: SmallRng,
+) -> Outcome {
     let mut attempt = 0;
     loop {
         let outcome = send(ctx, n, key, intended).await;
@@ -396,7 +404,7 @@ async fn attempts(ctx: &Ctx, n: u64, key: Option<&str>, mut intended: Instant) -
             .retry_backoff
             .saturating_mul(1 << attempt.min(16))
             .min(ctx.retry_max_backoff);
-        let jitter = 0.5 + 0.5 * unit(ctx.seed ^ u64::from(attempt + 1), n);
+        let jitter = rng.random_range(0.5..=1.0);
         attempt += 1;
         ctx.rec().retries += 1;
         intended = Instant::now() + full.mul_f64(jitter);
@@ -474,17 +482,27 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     format!("no answer: {text}")
 }
 
-/// SplitMix64: a well-mixed 64-bit hash of `x`.
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+/// The clock's nanoseconds: a seed that differs from run to run.
+fn clock_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
 }
 
-/// A deterministic number in `0..1` for buyer `n` under `seed`.
-fn unit(seed: u64, n: u64) -> f64 {
-    (splitmix(seed ^ splitmix(n)) >> 11) as f64 / (1u64 << 53) as f64
+/// Random draws that differ from run to run (prefixes of user ids and
+/// idempotency keys).
+fn per_run_rng() -> SmallRng {
+    SmallRng::seed_from_u64(clock_seed())
+}
+
+/// Buyer `n`'s own random choices under `seed`: the same seed makes the
+/// same choices whatever order the buyers run in. `seed_from_u64` expands
+/// its argument through a PCG step, so neighbouring buyers get unrelated
+/// streams. (`SmallRng` is not cryptographic, and needs not be: these are
+/// load-shaping choices, not secrets.)
+fn buyer_rng(seed: u64, n: u64) -> SmallRng {
+    SmallRng::seed_from_u64(seed ^ n)
 }
 
 #[cfg(test)]
@@ -493,9 +511,14 @@ mod tests {
 
     #[test]
     fn buyer_choices_are_uniform_enough() {
-        let picked = (0..10_000).filter(|&n| unit(42, n) < 0.1).count();
+        let picked = (0..10_000)
+            .filter(|&n| buyer_rng(42, n).random_bool(0.1))
+            .count();
         assert!((800..1200).contains(&picked), "{picked}");
-        assert_eq!(unit(1, 5), unit(1, 5));
+        assert_eq!(
+            buyer_rng(1, 5).random::<u64>(),
+            buyer_rng(1, 5).random::<u64>()
+        );
     }
 
     #[test]
