@@ -592,9 +592,6 @@ fn the_load_harness_audits_a_distributed_sale_through_the_order_feed() {
     let status = lt.wait_exit(Duration::from_secs(90));
     let out = lt.log();
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{out}");
-    assert!(
-        out.contains("redis: order stream 300, hash stock 300 sold 300"),
-        "{out}"
-    );
+    assert!(out.contains("order feed: 300 orders, 300 units"), "{out}");
     assert_eq!(gw.sold("audited"), (300, 0));
 }

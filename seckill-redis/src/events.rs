@@ -8,12 +8,14 @@
 //! published meanwhile are missed, which the gateways' periodic catalog
 //! resynchronisation covers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
-use seckill_inventory::SaleEvent;
 use redis::aio::PubSub;
 use redis::RedisError;
+use seckill_inventory::SaleEvent;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -69,27 +71,10 @@ async fn forward(
     events: broadcast::Sender<SaleEvent>,
     timeout: Duration,
 ) {
-    let mut pubsub = Some(first);
-    let mut next = 0;
-    let mut backoff = MIN_BACKOFF;
+    let mut pubsub = first;
+    let attempts = AtomicUsize::new(0);
     loop {
-        let Some(ps) = pubsub.take() else {
-            next = (next + 1) % urls.len();
-            match subscribe(&urls[next], &channel, timeout).await {
-                Ok(ps) => {
-                    tracing::info!("catalog event subscription restored");
-                    pubsub = Some(ps);
-                    backoff = MIN_BACKOFF;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot subscribe to catalog events");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-            continue;
-        };
-        let mut messages = ps.into_on_message();
+        let mut messages = pubsub.into_on_message();
         while let Some(msg) = messages.next().await {
             let Ok(payload) = msg.get_payload::<String>() else {
                 continue;
@@ -99,6 +84,33 @@ async fn forward(
             }
         }
         tracing::warn!("catalog event subscription lost; reconnecting");
+        // Each attempt tries the next seed node; jitter keeps the gateways
+        // that lost Redis together from coming back together.
+        let reconnect = || {
+            let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            subscribe(&urls[n % urls.len()], &channel, timeout)
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(MIN_BACKOFF)
+            .with_max_delay(MAX_BACKOFF)
+            .with_jitter()
+            .without_max_times();
+        match reconnect
+            .retry(backoff)
+            .notify(|e, _| tracing::debug!(error = %e, "cannot subscribe to catalog events"))
+            .await
+        {
+            Ok(ps) => {
+                tracing::info!("catalog event subscription restored");
+                pubsub = ps;
+            }
+            // Unreachable with no limit on attempts; end the task rather
+            // than spin.
+            Err(e) => {
+                tracing::error!(error = %e, "catalog event subscription given up");
+                return;
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rustix::process::{kill_process, Pid, Signal};
@@ -16,20 +17,54 @@ use crate::backoff;
 /// A binary of this workspace built next to the running test: test
 /// executables live in `target/<profile>/deps/`, binaries in
 /// `target/<profile>/`. `cargo test --workspace` builds every binary of a
-/// package that has integration tests.
+/// package that has integration tests; a test of one package
+/// (`cargo test -p gateway`) that needs another package's binary builds it
+/// here, once, into the same target folder.
+///
+/// Only a missing binary is built: rebuilding one that exists would build
+/// it with other features than the workspace's test run unified, and undo
+/// that run's build. Each binary is named after its package.
 pub fn binary(name: &str) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
     let exe = std::env::current_exe().expect("the test knows its own path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executables live in target/<profile>/deps");
     let path = dir.join(name);
+    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        build(name, dir);
+    }
     assert!(
         path.exists(),
         "{} is not built: run the workspace's tests (scripts/test) or `cargo build -p {name}` first",
         path.display()
     );
     path
+}
+
+/// `cargo build -p <name>` into the target folder that holds `profile_dir`.
+fn build(name: &str, profile_dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("this crate lives in the workspace root");
+    let target = profile_dir.parent().expect("target/<profile>");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .args(["-p", name, "--bin", name, "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("cargo build -p {name} failed: {s}"),
+        Err(e) => panic!("cannot run cargo to build {name}: {e}"),
+    }
 }
 
 /// A running child process, killed when dropped.

@@ -29,10 +29,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{describe, keys, Shared};
 
-static TICK: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("bucket_tick.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lease_release.lua")));
+static TICK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bucket_tick.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lease_release.lua")));
 
 /// The first batch a gateway takes.
 const FIRST_BATCH: u32 = 4;
@@ -119,7 +117,11 @@ impl RedisBucket {
         let inner = Arc::new(Inner {
             shared,
             sale: sale_id.to_string(),
-            instance: format!("g-{}-{}", std::process::id(), seckill_inventory::unique_id()),
+            instance: format!(
+                "g-{}-{}",
+                std::process::id(),
+                seckill_inventory::unique_id()
+            ),
             config,
             lease: Mutex::new(Lease {
                 tokens: 0,

@@ -13,23 +13,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
+use redis::{AsyncCommands, Script, Value};
 use seckill_inventory::{
     sale_of_request, unique_id, Admission, Decision, Inventory, InventoryError, OrderEvent,
     Outcome, Purchase, Put, RequestRecord, SaleEvent, SaleSpec, SaleStatus,
 };
-use redis::{AsyncCommands, Script, Value};
 use tokio::sync::broadcast;
 
 use crate::{describe, keys, Shared};
 
-static PURCHASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("purchase.lua")));
+static PURCHASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("purchase.lua")));
 static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
-static WITHDRAW: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("withdraw.lua")));
+static WITHDRAW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("withdraw.lua")));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
-static PUT_SALE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("put_sale.lua")));
+static PUT_SALE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("put_sale.lua")));
 static REMOVE_SALE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("remove_sale.lua")));
 

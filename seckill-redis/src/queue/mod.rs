@@ -28,20 +28,17 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::{AsyncCommands, RedisError, Script};
 use seckill_inventory::SaleEvent;
 use seckill_queue::{Delivery, QueueError, RequestQueue, Ticket, MAX_WAIT};
-use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::time::Instant;
 
 use crate::{describe, keys, Conn, Shared};
 
-static OPEN: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("queue_open.lua")));
-static ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("enqueue.lua")));
-static RECLAIM: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("reclaim.lua")));
+static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("queue_open.lua")));
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue.lua")));
+static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reclaim.lua")));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ack.lua")));
 static DEAD_LETTER: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("dead_letter.lua")));
@@ -101,7 +98,11 @@ impl RedisQueue {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         RedisQueue {
             shared: shared.clone(),
-            consumer: format!("c-{}-{}", std::process::id(), seckill_inventory::unique_id()),
+            consumer: format!(
+                "c-{}-{}",
+                std::process::id(),
+                seckill_inventory::unique_id()
+            ),
             state: Mutex::new(State {
                 sales: Arc::default(),
                 refreshed: None,
