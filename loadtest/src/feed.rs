@@ -5,11 +5,13 @@
 //! The read is bounded three ways, so a broken feed cannot hold the audit
 //! up: the total time, the number of pages, and the number of orders (a
 //! feed far past the stock has already failed the audit; reading on would
-//! only use memory).
+//! only use memory). A page that fails on the way (no answer, 429, 5xx) is
+//! asked for again after a pause; a refusal (400, 401) is final.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, Retryable};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -23,6 +25,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const MAX_PAGES: u64 = 10_000;
 /// One page within this.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tries of one page after the first, when it fails on the way.
+const PAGE_RETRIES: usize = 3;
 
 /// One order of the feed.
 #[derive(Clone, Debug, Deserialize)]
@@ -100,12 +104,20 @@ pub async fn read(
         if tally.pages >= MAX_PAGES {
             return Err(format!("no end of the feed after {MAX_PAGES} pages"));
         }
-        let left = DEADLINE.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Err(format!("no end of the feed within {DEADLINE:?}"));
-        }
         let url = page_url(&admin.url, sale_id, after.as_deref(), PAGE_LIMIT);
-        let page = fetch_page(client, &url, &admin.token, left.min(PAGE_TIMEOUT)).await?;
+        let fetch = || async {
+            let left = DEADLINE.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                let why = format!("no end of the feed within {DEADLINE:?}");
+                return Err(PageError::refused(why));
+            }
+            fetch_page(client, &url, &admin.token, left.min(PAGE_TIMEOUT)).await
+        };
+        let page = fetch
+            .retry(page_retry_policy())
+            .when(|e| e.passing)
+            .await
+            .map_err(|e| e.reason)?;
         tally.pages += 1;
         if page.orders.is_empty() {
             return Ok(tally);
@@ -145,25 +157,61 @@ fn page_url(admin: &str, sale_id: &str, after: Option<&str>, limit: u32) -> Stri
     format!("{admin}/admin/v1/orders?{}", query.finish())
 }
 
+/// Pauses between tries of a page: 100 ms, doubling, at most a second.
+fn page_retry_policy() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(PAGE_RETRIES)
+}
+
+/// Why a page could not be had, and whether asking again may help.
+#[derive(Debug)]
+struct PageError {
+    reason: String,
+    /// The failure may pass (no answer, 429, 5xx).
+    passing: bool,
+}
+
+impl PageError {
+    fn passing(reason: String) -> PageError {
+        PageError {
+            reason,
+            passing: true,
+        }
+    }
+
+    fn refused(reason: String) -> PageError {
+        PageError {
+            reason,
+            passing: false,
+        }
+    }
+}
+
 /// One page, or why there is none.
 async fn fetch_page(
     client: &HttpClient,
     url: &str,
     token: &str,
     timeout: Duration,
-) -> Result<Page, String> {
+) -> Result<Page, PageError> {
     let (status, body) = call(client, Method::GET, url, Some(token), None, timeout)
         .await
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(|e| PageError::passing(format!("{e:#}")))?;
+    let why = |what: &str| format!("GET {url}: HTTP {} {what}", status.as_u16());
     match status {
         StatusCode::OK => serde_json::from_slice(&body)
-            .map_err(|e| format!("GET {url}: not a page of orders: {e}")),
-        StatusCode::UNAUTHORIZED => Err(format!("GET {url}: HTTP 401, the admin token is refused")),
-        StatusCode::BAD_REQUEST => Err(format!(
-            "GET {url}: HTTP 400 (bad cursor?) {}",
+            .map_err(|e| PageError::refused(format!("GET {url}: not a page of orders: {e}"))),
+        StatusCode::UNAUTHORIZED => Err(PageError::refused(why("(the admin token is refused)"))),
+        StatusCode::BAD_REQUEST => Err(PageError::refused(why(&format!(
+            "(bad cursor?) {}",
             excerpt(&body)
-        )),
-        s => Err(format!("GET {url}: HTTP {} {}", s.as_u16(), excerpt(&body))),
+        )))),
+        s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
+            Err(PageError::passing(why(&excerpt(&body))))
+        }
+        _ => Err(PageError::refused(why(&excerpt(&body)))),
     }
 }
 

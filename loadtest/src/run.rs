@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::CONTENT_TYPE;
@@ -370,46 +371,74 @@ async fn buyer(ctx: Arc<Ctx>, n: u64, intended: Instant) {
     let key = key.as_deref();
     let mut rng = buyer_rng(ctx.seed, n);
     let outcome = if ctx.double_click > 0.0 && rng.random_bool(ctx.double_click) {
-        let (first_rng, second_rng) = (rng.fork(), rng.fork());
+        let (first_jitter, second_jitter) = (rng.random(), rng.random());
         let second = async {
             let at = intended + ctx.double_click_gap;
             tokio::time::sleep_until(at.into()).await;
             ctx.rec().double_clicks += 1;
-            attempts(&ctx, n, key, at, second_rng).await
+            attempts(&ctx, n, key, at, second_jitter).await
         };
-        let (a, b) = tokio::join!(attempts(&ctx, n, key, intended, first_rng), second);
+        let (a, b) = tokio::join!(attempts(&ctx, n, key, intended, first_jitter), second);
         a.min(b)
     } else {
-        attempts(&ctx, n, key, intended, rng).await
+        attempts(&ctx, n, key, intended, rng.random()).await
     };
     ctx.rec().buyer_done(outcome);
 }
 
-/// Sends until the answer is final or the retries are spent.
+/// Sends until the answer is final or the retries are spent, pausing
+/// between tries by [`retry_policy`]. Each retry's latency counts from
+/// the end of its pause, its intended send time.
 async fn attempts(
     ctx: &Ctx,
     n: u64,
     key: Option<&str>,
-    mut intended: Instant,
-    mut rng: SmallRng,
+    intended: Instant,
+    jitter_seed: u64,
 ) -> Outcome {
-    let mut attempt = 0;
-    loop {
-        let outcome = send(ctx, n, key, intended).await;
-        if !outcome.retryable() || attempt >= ctx.retries || ctx.stop.load(Ordering::Relaxed) {
-            return outcome;
+    let next_intended = Mutex::new(intended);
+    let at = || *next_intended.lock().unwrap_or_else(|e| e.into_inner());
+    let attempt = || async {
+        let outcome = send(ctx, n, key, at()).await;
+        if outcome.retryable() {
+            Err(outcome)
+        } else {
+            Ok(outcome)
         }
-        // Exponential backoff with "equal jitter": half fixed, half random.
-        let full = ctx
-            .retry_backoff
-            .saturating_mul(1 << attempt.min(16))
-            .min(ctx.retry_max_backoff);
-        let jitter = rng.random_range(0.5..=1.0);
-        attempt += 1;
-        ctx.rec().retries += 1;
-        intended = Instant::now() + full.mul_f64(jitter);
-        tokio::time::sleep_until(intended.into()).await;
-    }
+    };
+    attempt
+        .retry(retry_policy(
+            ctx.retry_backoff,
+            ctx.retry_max_backoff,
+            ctx.retries,
+            jitter_seed,
+        ))
+        .when(|_| !ctx.stop.load(Ordering::Relaxed))
+        .notify(|_, pause| {
+            ctx.rec().retries += 1;
+            *next_intended.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now() + pause;
+        })
+        .await
+        .unwrap_or_else(|last| last)
+}
+
+/// Exponential backoff with "equal jitter": each pause lies between half
+/// and all of `retry_backoff · 2^attempt`, capped at `retry_max_backoff`.
+/// backon's jitter adds up to the delay again at random, so the delays
+/// start from half the configured ones.
+fn retry_policy(
+    backoff: Duration,
+    max_backoff: Duration,
+    retries: u32,
+    jitter_seed: u64,
+) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(backoff.min(max_backoff) / 2)
+        .with_max_delay(max_backoff / 2)
+        .with_factor(2.0)
+        .with_max_times(retries as usize)
+        .with_jitter()
+        .with_jitter_seed(jitter_seed)
 }
 
 /// One request: waits for a connection slot, sends, reads the answer and
@@ -508,6 +537,7 @@ fn buyer_rng(seed: u64, n: u64) -> SmallRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backon::BackoffBuilder;
 
     #[test]
     fn buyer_choices_are_uniform_enough() {
@@ -519,6 +549,31 @@ mod tests {
             buyer_rng(1, 5).random::<u64>(),
             buyer_rng(1, 5).random::<u64>()
         );
+    }
+
+    #[test]
+    fn retry_pauses_are_exponential_with_equal_jitter() {
+        let (backoff, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for seed in 0..50 {
+            let pauses: Vec<Duration> = retry_policy(backoff, max, 8, seed).build().collect();
+            assert_eq!(pauses.len(), 8);
+            for (k, pause) in pauses.iter().enumerate() {
+                let full = backoff.saturating_mul(1 << k).min(max);
+                // f32 jitter: allow a microsecond of rounding.
+                let slack = Duration::from_micros(1);
+                assert!(
+                    *pause + slack >= full / 2 && *pause <= full + slack,
+                    "retry {k}: {pause:?} outside {:?}..={full:?}",
+                    full / 2
+                );
+            }
+        }
+        // A longest backoff below the first still bounds every pause.
+        let short = Duration::from_millis(40);
+        assert!(retry_policy(backoff, short, 3, 1)
+            .build()
+            .all(|p| p <= short));
+        assert_eq!(retry_policy(backoff, max, 0, 1).build().count(), 0);
     }
 
     #[test]

@@ -148,6 +148,12 @@ pub async fn run(cfg: ThroughputConfig) -> anyhow::Result<ThroughputResult> {
 }
 
 /// One connection's loop; reconnects after a transport error.
+///
+/// The reconnects stay hand-written rather than going through the backoff
+/// the buyers use: this is the measurement itself (a closed loop at full
+/// speed), each failure counts as an error, and a growing pause would
+/// lower the very rate being measured. Only a refused connect pauses, a
+/// fixed 10 ms, so a target that is down is not spun on.
 async fn connection(s: Arc<Shared>) -> Tally {
     let mut tally = Tally {
         latency: Some(histogram()),

@@ -57,6 +57,8 @@ enum Feed {
     RefusesItsCursor,
     /// Never ends: every page holds new orders.
     Endless,
+    /// Answers every other request with 503 (it passes when asked again).
+    Flaky,
 }
 
 /// An order as the fake's feed lists it.
@@ -77,6 +79,8 @@ struct Fake {
     answers: Mutex<HashMap<String, (StatusCode, String)>>,
     /// Orders made, in order.
     orders: Mutex<Vec<FakeOrder>>,
+    /// Requests for pages of the feed.
+    feed_requests: AtomicU64,
 }
 
 type Answer = Result<Response<Full<Bytes>>, std::io::Error>;
@@ -205,6 +209,12 @@ impl Fake {
         if self.feed == Feed::RefusesItsCursor && from > FEED_PAGE {
             return bad_cursor();
         }
+        if self.feed == Feed::Flaky && self.feed_requests.fetch_add(1, Ordering::SeqCst) & 1 == 0 {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"overloaded","error":"try again"}"#.into(),
+            );
+        }
         let listed = self.listed();
         let to = match self.feed {
             Feed::Endless => from + FEED_PAGE,
@@ -262,6 +272,7 @@ async fn fake_with_feed(stock: u64, behaviour: Behaviour, feed: Feed) -> String 
         feed,
         answers: Mutex::new(HashMap::new()),
         orders: Mutex::new(Vec::new()),
+        feed_requests: AtomicU64::new(0),
     });
     tokio::spawn(async move {
         loop {
@@ -375,8 +386,9 @@ async fn the_audit_catches_an_oversell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_reads_the_order_feed_and_catches_its_faults() {
-    let cases: [(Feed, &[&str]); 7] = [
+    let cases: [(Feed, &[&str]); 8] = [
         (Feed::Honest, &[]),
+        (Feed::Flaky, &[]),
         (
             Feed::RepeatsAnOrder,
             &[
@@ -412,7 +424,9 @@ async fn the_audit_reads_the_order_feed_and_catches_its_faults() {
         assert_eq!(audit.passed, expected.is_empty(), "{feed:?}");
         let read = audit.feed.as_ref().unwrap();
         match feed {
-            Feed::Honest => assert_eq!((read.orders, read.units), (10, 10), "{read:?}"),
+            Feed::Honest | Feed::Flaky => {
+                assert_eq!((read.orders, read.units), (10, 10), "{read:?}")
+            }
             Feed::RefusesTheToken => {
                 assert!(read.error.as_deref().unwrap().contains("401"), "{read:?}")
             }
