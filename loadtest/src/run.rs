@@ -24,9 +24,9 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{self, resolve_timeouts, AuditInput};
-use crate::feed;
+use crate::feed::{self, FeedTally};
 use crate::http::{self, AdminApi, HttpClient, SaleView};
-use crate::model::{Outcome, Report, Schedule, Settings, REPORT_VERSION};
+use crate::model::{Audit, LatencyStats, Outcome, Report, Schedule, Settings, REPORT_VERSION};
 use crate::outcome::{classify, AnswerBody};
 use crate::profile::Profile;
 use crate::progress::Progress;
@@ -108,6 +108,8 @@ impl RunConfig {
 struct Ctx {
     client: HttpClient,
     uri: Uri,
+    /// The start of the schedule: arrivals are offsets from it.
+    t0: Instant,
     rec: Mutex<Recorder>,
     /// Requests started (the recorder counts them when they end).
     sent: AtomicU64,
@@ -136,43 +138,93 @@ impl Ctx {
 /// Makes the run, waits for every answer, audits, and builds the report
 /// (assertions are left to the caller). `stop` ends the schedule early.
 pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
+    check(cfg)?;
+    let target = Target::of(cfg)?;
+    let before = read_sale_before(cfg, &target).await?;
+    let started_unix_ms = unix_ms_now();
+    let ctx = buyers_context(cfg, &target, stop);
+    let dispatch_lag = drive_the_schedule(cfg, &ctx).await?;
+    let audit = match &before {
+        Some(before) => Some(audit_the_sale(cfg, &target, &ctx, before).await?),
+        None => None,
+    };
+    let dispatch_lag = record::stats(&dispatch_lag);
+    let report = build_report(
+        cfg,
+        target.base,
+        &ctx.rec(),
+        started_unix_ms,
+        dispatch_lag,
+        audit,
+    );
+    Ok(report)
+}
+
+/// The bounds the library enforces itself (the command line has its own).
+fn check(cfg: &RunConfig) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.connections > 0, "connections must be at least 1");
     anyhow::ensure!(
         (0.0..=1.0).contains(&cfg.double_click),
         "the double-click share must be within 0..=1"
     );
-    let base = http::base_url(&cfg.target)?;
-    let uri: Uri = format!("{base}/api/v1/sales/{}/purchase", cfg.sale_id)
-        .parse()
-        .context("the sale id does not fit in a URL")?;
-    let client = http::client(cfg.connections);
-    let before = if cfg.audit {
-        Some(
-            http::get_sale(&client, &base, &cfg.sale_id)
-                .await
-                .context("reading the sale before the run")?,
-        )
-    } else {
-        None
-    };
+    Ok(())
+}
 
-    let planned = cfg.profile.duration();
-    let bucket = bucket_for(planned + cfg.timeout.min(Duration::from_secs(1)));
-    let started_unix_ms = SystemTime::now()
+/// Where the requests go and the client they go through.
+struct Target {
+    /// Base URL of the public API.
+    base: String,
+    /// The sale's purchase endpoint.
+    purchase: Uri,
+    client: HttpClient,
+}
+
+impl Target {
+    fn of(cfg: &RunConfig) -> anyhow::Result<Target> {
+        let base = http::base_url(&cfg.target)?;
+        let purchase: Uri = format!("{base}/api/v1/sales/{}/purchase", cfg.sale_id)
+            .parse()
+            .context("the sale id does not fit in a URL")?;
+        Ok(Target {
+            base,
+            purchase,
+            client: http::client(cfg.connections),
+        })
+    }
+}
+
+/// The sale as it stands before the run, when it is to be audited.
+async fn read_sale_before(cfg: &RunConfig, target: &Target) -> anyhow::Result<Option<SaleView>> {
+    if !cfg.audit {
+        return Ok(None);
+    }
+    let sale = http::get_sale(&target.client, &target.base, &cfg.sale_id)
+        .await
+        .context("reading the sale before the run")?;
+    Ok(Some(sale))
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    // A short lead lets the generator thread start before the first arrival.
+        .unwrap_or(0)
+}
+
+/// What the buyers share, with the schedule starting shortly: a short lead
+/// lets the generator thread start before the first arrival.
+fn buyers_context(cfg: &RunConfig, target: &Target, stop: Arc<AtomicBool>) -> Arc<Ctx> {
     let t0 = Instant::now() + Duration::from_millis(20);
-    let tracker = TaskTracker::new();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        uri,
+    let bucket = bucket_for(cfg.profile.duration() + cfg.timeout.min(Duration::from_secs(1)));
+    Arc::new(Ctx {
+        client: target.client.clone(),
+        uri: target.purchase.clone(),
+        t0,
         rec: Mutex::new(Recorder::new(t0, bucket)),
         sent: AtomicU64::new(0),
         conns: Semaphore::new(cfg.connections),
-        tracker: tracker.clone(),
-        stop: stop.clone(),
+        tracker: TaskTracker::new(),
+        stop,
         user_prefix: cfg.user_prefix.clone(),
         // Not from the seed: a rerun with the same seed and user prefix
         // must not replay the answers of the earlier run's keys.
@@ -186,33 +238,49 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
         retry_backoff: cfg.retry_backoff,
         retry_max_backoff: cfg.retry_max_backoff,
         seed: cfg.seed,
-    });
+    })
+}
 
-    let total = cfg.profile.arrivals_total();
+/// Runs the generator thread over the profile, then waits until every
+/// buyer it started is done (and the progress line has drawn its last).
+/// Returns the generator's dispatch lag.
+async fn drive_the_schedule(
+    cfg: &RunConfig,
+    ctx: &Arc<Ctx>,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let (total, planned) = (cfg.profile.arrivals_total(), cfg.profile.duration());
     let progress = cfg
         .progress
-        .then(|| Progress::start(t0, total, planned, ctx_counts(ctx.clone())));
-
+        .then(|| Progress::start(ctx.t0, total, planned, ctx_counts(ctx.clone())));
     let (lag_tx, lag_rx) = oneshot::channel();
     let generator = {
         let (ctx, profile, handle) = (ctx.clone(), cfg.profile.clone(), Handle::current());
         std::thread::Builder::new()
             .name("loadtest-generator".into())
             .spawn(move || {
-                let lag = generate(&profile, t0, &ctx, &handle);
+                let lag = generate(&profile, &ctx, &handle);
                 let _ = lag_tx.send(lag);
             })
             .context("starting the generator thread")?
     };
     let dispatch_lag = lag_rx.await.context("the generator thread died")?;
     let _ = generator.join();
-    tracker.close();
-    tracker.wait().await;
+    ctx.tracker.close();
+    ctx.tracker.wait().await;
     if let Some(p) = progress {
         p.finish().await;
     }
+    Ok(dispatch_lag)
+}
 
-    // The audit works on the recorder's findings.
+/// Resolves the 504s, reads the sale again and its order feed, and audits
+/// the recorder's findings against them.
+async fn audit_the_sale(
+    cfg: &RunConfig,
+    target: &Target,
+    ctx: &Ctx,
+    before: &SaleView,
+) -> anyhow::Result<Audit> {
     let (timeouts, mut orders) = {
         let mut r = ctx.rec();
         (
@@ -220,79 +288,106 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
             std::mem::take(&mut r.orders),
         )
     };
-    let mut audit = None;
-    if let Some(before) = &before {
-        let resolved = if cfg.resolve_timeouts && !timeouts.is_empty() {
-            resolve_timeouts(&client, &base, &timeouts, cfg.quantity, &mut orders).await
-        } else {
-            Default::default()
-        };
-        let after: SaleView = http::get_sale(&client, &base, &cfg.sale_id)
-            .await
-            .context("reading the sale after the run")?;
-        let feed = match &cfg.admin {
-            // Every order of a full sale, and a margin past it: a feed
-            // that goes on beyond that has failed already.
-            Some(admin) => {
-                let bound = after.stock.saturating_mul(2).saturating_add(1_000);
-                Some(feed::read(&client, admin, &cfg.sale_id, bound).await)
-            }
-            None => None,
-        };
-        let r = ctx.rec();
-        audit = Some(audit::compute(AuditInput {
-            before,
-            after: &after,
-            orders: &orders,
-            success_answers: r.success_answers,
-            timeouts: r.counts()[Outcome::Timeout.index()],
-            timeouts_resolved: resolved,
-            missing: r.counts()[Outcome::NoAnswer.index()],
-            feed,
-        }));
-    }
-
+    let resolved = if cfg.resolve_timeouts && !timeouts.is_empty() {
+        let (client, base) = (&target.client, &target.base);
+        resolve_timeouts(client, base, &timeouts, cfg.quantity, &mut orders).await
+    } else {
+        Default::default()
+    };
+    let after: SaleView = http::get_sale(&target.client, &target.base, &cfg.sale_id)
+        .await
+        .context("reading the sale after the run")?;
+    let feed = read_the_feed(cfg, target, &after).await;
     let r = ctx.rec();
-    let dispatch_lag = record::stats(&dispatch_lag);
-    let start_lag = r.start_lag();
-    let max_lag_us = cfg.max_lag.as_micros() as u64;
-    let invalid_reason = if dispatch_lag.p99_us > max_lag_us {
+    Ok(audit::compute(AuditInput {
+        before,
+        after: &after,
+        orders: &orders,
+        success_answers: r.success_answers,
+        timeouts: r.counts()[Outcome::Timeout.index()],
+        timeouts_resolved: resolved,
+        missing: r.counts()[Outcome::NoAnswer.index()],
+        feed,
+    }))
+}
+
+/// The sale's order feed, when there is an admin API to read it from.
+async fn read_the_feed(
+    cfg: &RunConfig,
+    target: &Target,
+    after: &SaleView,
+) -> Option<Result<FeedTally, String>> {
+    let admin = cfg.admin.as_ref()?;
+    // Every order of a full sale, and a margin past it: a feed that goes
+    // on beyond that has failed already.
+    let bound = after.stock.saturating_mul(2).saturating_add(1_000);
+    Some(feed::read(&target.client, admin, &cfg.sale_id, bound).await)
+}
+
+/// Why the run is invalid, if it is: the generator or the client fell
+/// behind the schedule by more than `max_lag`.
+fn invalid_reason(
+    dispatch: &LatencyStats,
+    start: &LatencyStats,
+    max_lag: Duration,
+) -> Option<String> {
+    let max_lag_us = max_lag.as_micros() as u64;
+    if dispatch.p99_us > max_lag_us {
         Some(format!(
             "the generator fell behind: dispatch lag p99 {} over --max-lag {}",
-            fmt_us(dispatch_lag.p99_us),
+            fmt_us(dispatch.p99_us),
             fmt_us(max_lag_us)
         ))
-    } else if start_lag.p99_us > max_lag_us {
+    } else if start.p99_us > max_lag_us {
         Some(format!(
             "the client could not keep up: start lag p99 {} over --max-lag {}",
-            fmt_us(start_lag.p99_us),
+            fmt_us(start.p99_us),
             fmt_us(max_lag_us)
         ))
     } else {
         None
-    };
+    }
+}
+
+/// The options of the run, as the report keeps them.
+fn settings(cfg: &RunConfig) -> Settings {
+    Settings {
+        connections: cfg.connections,
+        timeout_ms: cfg.timeout.as_millis() as u64,
+        quantity: cfg.quantity,
+        double_click_share: cfg.double_click,
+        double_click_gap_ms: cfg.double_click_gap.as_millis() as u64,
+        retries: cfg.retries,
+        retry_backoff_ms: cfg.retry_backoff.as_millis() as u64,
+        retry_max_backoff_ms: cfg.retry_max_backoff.as_millis() as u64,
+        idempotency_keys: cfg.keys(),
+        user_prefix: cfg.user_prefix.clone(),
+        max_lag_ms: cfg.max_lag.as_millis() as u64,
+    }
+}
+
+/// The report from the recorder's measurements and the audit.
+fn build_report(
+    cfg: &RunConfig,
+    target: String,
+    r: &Recorder,
+    started_unix_ms: u64,
+    dispatch_lag: LatencyStats,
+    audit: Option<Audit>,
+) -> Report {
+    let start_lag = r.start_lag();
+    let invalid_reason = invalid_reason(&dispatch_lag, &start_lag, cfg.max_lag);
+    let (total, planned) = (cfg.profile.arrivals_total(), cfg.profile.duration());
     let duration = r.last_answer().max(Duration::from_millis(1));
     let sold_out_now = audit.as_ref().is_some_and(|a| a.remaining_after == 0);
-    Ok(Report {
+    Report {
         version: REPORT_VERSION,
         generator: format!("loadtest {}", env!("CARGO_PKG_VERSION")),
         started_unix_ms,
-        target: base,
+        target,
         sale_id: cfg.sale_id.clone(),
         profile: cfg.profile.to_string(),
-        settings: Settings {
-            connections: cfg.connections,
-            timeout_ms: cfg.timeout.as_millis() as u64,
-            quantity: cfg.quantity,
-            double_click_share: cfg.double_click,
-            double_click_gap_ms: cfg.double_click_gap.as_millis() as u64,
-            retries: cfg.retries,
-            retry_backoff_ms: cfg.retry_backoff.as_millis() as u64,
-            retry_max_backoff_ms: cfg.retry_max_backoff.as_millis() as u64,
-            idempotency_keys: cfg.keys(),
-            user_prefix: cfg.user_prefix.clone(),
-            max_lag_ms: cfg.max_lag.as_millis() as u64,
-        },
+        settings: settings(cfg),
         buyers_planned: total,
         requests_sent: r.sent,
         answered: r.answered,
@@ -316,7 +411,7 @@ pub async fn run(cfg: &RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Repor
         timeline: r.timeline(),
         audit,
         assertions: Vec::new(),
-    })
+    }
 }
 
 fn round6(x: f64) -> f64 {
@@ -336,15 +431,10 @@ fn ctx_counts(ctx: Arc<Ctx>) -> impl Fn() -> (u64, u64, [u64; Outcome::COUNT]) +
 /// the runtime. Arrivals already due go out at once, so a late wake-up
 /// costs one sleep's overshoot, not a growing backlog. Returns the
 /// dispatch lag.
-fn generate(
-    profile: &Profile,
-    t0: Instant,
-    ctx: &Arc<Ctx>,
-    handle: &Handle,
-) -> hdrhistogram::Histogram<u64> {
+fn generate(profile: &Profile, ctx: &Arc<Ctx>, handle: &Handle) -> hdrhistogram::Histogram<u64> {
     let mut lag = histogram();
     for (n, offset) in profile.arrivals().enumerate() {
-        let intended = t0 + offset;
+        let intended = ctx.t0 + offset;
         loop {
             if ctx.stop.load(Ordering::Relaxed) {
                 return lag;
@@ -574,6 +664,20 @@ mod tests {
             .build()
             .all(|p| p <= short));
         assert_eq!(retry_policy(backoff, max, 0, 1).build().count(), 0);
+    }
+
+    #[test]
+    fn a_run_behind_its_schedule_is_invalid() {
+        let lag = |p99_us| LatencyStats {
+            p99_us,
+            ..Default::default()
+        };
+        let max = Duration::from_millis(50);
+        assert_eq!(invalid_reason(&lag(10_000), &lag(50_000), max), None);
+        let why = invalid_reason(&lag(60_000), &lag(0), max).unwrap();
+        assert!(why.contains("the generator fell behind"), "{why}");
+        let why = invalid_reason(&lag(0), &lag(60_000), max).unwrap();
+        assert!(why.contains("could not keep up"), "{why}");
     }
 
     #[test]

@@ -272,6 +272,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_summary_has_its_parts_in_order() {
+        let mut r = Report {
+            generator: "loadtest 0.1.0".into(),
+            valid: true,
+            ..Default::default()
+        };
+        r.errors.insert("no answer: reset".into(), 2);
+        r.assertions.push(crate::model::AssertionResult {
+            expr: "oversell==0".into(),
+            actual: "0".into(),
+            passed: true,
+        });
+        let s = r.summary();
+        let parts = [
+            "loadtest 0.1.0 → ",
+            "schedule lag: ",
+            "→ valid",
+            "latency from intended send",
+            "errors: no answer: reset ×2",
+            "first success -",
+            "buyers by final outcome: ",
+            "assertions:\n  pass oversell==0  (actual 0)",
+            "result: PASS",
+        ];
+        let mut from = 0;
+        for p in parts {
+            let at = s[from..]
+                .find(p)
+                .unwrap_or_else(|| panic!("{p:?} after {from} in\n{s}"));
+            from += at + p.len();
+        }
+    }
+
+    #[test]
     fn durations_print_in_readable_units() {
         assert_eq!(fmt_us(12), "12µs");
         assert_eq!(fmt_us(1_500), "1.50ms");
