@@ -358,3 +358,383 @@ impl Inventory for MemoryInventory {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Far enough ahead that no test runs into it.
+    const MINUTE_MS: u64 = 60_000;
+
+    fn sale(id: &str, stock: u64, per_user_limit: u32) -> SaleSpec {
+        SaleSpec {
+            per_user_limit,
+            ..SaleSpec::new(id, stock)
+        }
+    }
+
+    fn purchase(sale: &str, user: &str, quantity: u32) -> Purchase {
+        Purchase {
+            request_id: request_id(sale),
+            sale_id: sale.to_string(),
+            user_id: user.to_string(),
+            quantity,
+            idempotency_key: None,
+            deadline_ms: now_ms() + MINUTE_MS,
+        }
+    }
+
+    fn keyed(sale: &str, user: &str, key: &str) -> Purchase {
+        Purchase {
+            idempotency_key: Some(key.to_string()),
+            ..purchase(sale, user, 1)
+        }
+    }
+
+    async fn buy(inv: &MemoryInventory, p: &Purchase) -> Decision {
+        inv.purchase(std::slice::from_ref(p))
+            .await
+            .unwrap()
+            .remove(0)
+    }
+
+    async fn sold(inv: &MemoryInventory, sale: &str) -> u64 {
+        inv.sale(sale).await.unwrap().unwrap().sold
+    }
+
+    fn order_id(d: &Decision) -> String {
+        match &d.outcome {
+            Outcome::Success { order_id } => order_id.clone(),
+            other => panic!("expected a success, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stock_never_goes_below_zero_under_concurrent_purchases() {
+        const STOCK: u64 = 100;
+        const USERS: usize = 200;
+        let inv = MemoryInventory::default();
+        inv.put_sale(sale("crowd", STOCK, 1)).await.unwrap();
+        // Every user tries twice, from two different tasks, and the tasks
+        // send batches of mixed users: twice the buyers of the stock, four
+        // times the requests.
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..40 {
+            let inv = inv.clone();
+            tasks.spawn(async move {
+                let mut won = Vec::new();
+                for round in 0..5 {
+                    let batch: Vec<Purchase> = (0..2)
+                        .map(|j| {
+                            let user = (t * 10 + round * 2 + j) % USERS;
+                            purchase("crowd", &format!("u{user}"), 1)
+                        })
+                        .collect();
+                    let decisions = inv.purchase(&batch).await.unwrap();
+                    for (p, d) in batch.iter().zip(&decisions) {
+                        if matches!(d.outcome, Outcome::Success { .. }) {
+                            won.push(p.user_id.clone());
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+                won
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(won) = tasks.join_next().await {
+            winners.extend(won.unwrap());
+        }
+
+        assert_eq!(winners.len() as u64, STOCK, "exactly the stock is sold");
+        assert_eq!(sold(&inv, "crowd").await, STOCK);
+        let distinct: HashSet<_> = winners.iter().collect();
+        assert_eq!(distinct.len(), winners.len(), "one unit per user");
+        let orders = inv.orders("crowd").await.unwrap();
+        assert_eq!(orders.len() as u64, STOCK, "one order per success");
+        let ids: HashSet<_> = orders.iter().map(|o| &o.order_id).collect();
+        assert_eq!(ids.len(), orders.len(), "order ids are distinct");
+    }
+
+    #[tokio::test]
+    async fn per_user_limit_holds_across_batches() {
+        let inv = MemoryInventory::default();
+        inv.put_sale(sale("lim", 10, 2)).await.unwrap();
+
+        let first = buy(&inv, &purchase("lim", "u", 1)).await;
+        assert!(
+            matches!(first.outcome, Outcome::Success { .. }),
+            "{first:?}"
+        );
+        let too_many = buy(&inv, &purchase("lim", "u", 2)).await;
+        assert_eq!(too_many.outcome, Outcome::LimitExceeded, "1 held + 2 > 2");
+        let second = buy(&inv, &purchase("lim", "u", 1)).await;
+        assert!(
+            matches!(second.outcome, Outcome::Success { .. }),
+            "{second:?}"
+        );
+        let third = buy(&inv, &purchase("lim", "u", 1)).await;
+        assert_eq!(
+            third.outcome,
+            Outcome::LimitExceeded,
+            "2 held: limit reached"
+        );
+
+        let other = buy(&inv, &purchase("lim", "v", 2)).await;
+        assert!(
+            matches!(other.outcome, Outcome::Success { .. }),
+            "users are limited apart: {other:?}"
+        );
+        assert_eq!(sold(&inv, "lim").await, 4, "refusals sell nothing");
+    }
+
+    #[tokio::test]
+    async fn same_idempotency_key_gets_the_first_outcome_and_changes_nothing() {
+        let inv = MemoryInventory::default();
+        inv.put_sale(sale("idem", 10, 5)).await.unwrap();
+        let first = keyed("idem", "u", "k1");
+        let again = keyed("idem", "u", "k1");
+        assert_eq!(inv.admit(&first).await.unwrap(), Admission::Admitted);
+        assert_eq!(
+            inv.admit(&again).await.unwrap(),
+            Admission::Duplicate {
+                request_id: first.request_id.clone()
+            },
+            "the key names its first request"
+        );
+
+        let decided = buy(&inv, &first).await;
+        assert!(!decided.duplicate);
+        let repeat = buy(&inv, &again).await;
+        assert!(repeat.duplicate, "{repeat:?}");
+        assert_eq!(
+            repeat.outcome, decided.outcome,
+            "the first outcome, same order"
+        );
+        assert_eq!(sold(&inv, "idem").await, 1);
+        assert_eq!(inv.orders("idem").await.unwrap().len(), 1);
+        assert_eq!(
+            inv.request(&again.request_id).await.unwrap(),
+            None,
+            "the duplicate leaves no record of its own"
+        );
+
+        // A key belongs to one user of one sale.
+        let other_user = buy(&inv, &keyed("idem", "v", "k1")).await;
+        assert!(!other_user.duplicate);
+        assert_ne!(order_id(&other_user), order_id(&decided));
+        assert_eq!(sold(&inv, "idem").await, 2);
+    }
+
+    #[tokio::test]
+    async fn second_request_with_a_key_in_flight_never_buys() {
+        let inv = MemoryInventory::default();
+        inv.put_sale(sale("flight", 10, 5)).await.unwrap();
+        let first = keyed("flight", "u", "k");
+        let second = keyed("flight", "u", "k");
+        inv.admit(&first).await.unwrap();
+
+        // The second reaches the purchase step before the first is decided.
+        let early = buy(&inv, &second).await;
+        assert!(early.duplicate, "{early:?}");
+        assert!(
+            !matches!(early.outcome, Outcome::Success { .. }),
+            "{early:?}"
+        );
+        assert_eq!(sold(&inv, "flight").await, 0);
+
+        let decided = buy(&inv, &first).await;
+        assert!(
+            matches!(decided.outcome, Outcome::Success { .. }),
+            "the key's first request still decides: {decided:?}"
+        );
+        assert_eq!(sold(&inv, "flight").await, 1);
+    }
+
+    #[tokio::test]
+    async fn redelivered_request_is_a_duplicate_and_changes_nothing() {
+        let inv = MemoryInventory::default();
+        inv.put_sale(sale("redo", 10, 5)).await.unwrap();
+        let p = purchase("redo", "u", 1);
+
+        let first = buy(&inv, &p).await;
+        assert!(!first.duplicate);
+        let redelivered = buy(&inv, &p).await;
+        assert!(redelivered.duplicate, "{redelivered:?}");
+        assert_eq!(redelivered.outcome, first.outcome);
+
+        // Twice in one batch: decided once.
+        let q = purchase("redo", "v", 1);
+        let both = inv.purchase(&[q.clone(), q]).await.unwrap();
+        assert!(!both[0].duplicate);
+        assert!(both[1].duplicate, "{both:?}");
+        assert_eq!(both[1].outcome, both[0].outcome);
+
+        assert_eq!(sold(&inv, "redo").await, 2);
+        assert_eq!(inv.orders("redo").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn purchase_past_its_deadline_is_not_committed() {
+        let inv = MemoryInventory::default();
+        inv.put_sale(sale("late", 10, 1)).await.unwrap();
+        let late = Purchase {
+            deadline_ms: now_ms() - 1,
+            ..purchase("late", "u", 1)
+        };
+
+        let d = buy(&inv, &late).await;
+        assert_eq!(d.outcome, Outcome::Expired);
+        assert_eq!(sold(&inv, "late").await, 0);
+        assert!(inv.orders("late").await.unwrap().is_empty());
+        let record = inv.request(&late.request_id).await.unwrap().unwrap();
+        assert_eq!(
+            record.outcome,
+            Some(Outcome::Expired),
+            "the outcome is recorded"
+        );
+
+        // The user's limit was not used up by the expired attempt.
+        let on_time = buy(&inv, &purchase("late", "u", 1)).await;
+        assert!(
+            matches!(on_time.outcome, Outcome::Success { .. }),
+            "{on_time:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn settle_does_not_overwrite_a_recorded_outcome() {
+        let inv = MemoryInventory::default();
+        inv.put_sale(sale("settle", 10, 1)).await.unwrap();
+
+        let bought = purchase("settle", "u", 1);
+        let success = buy(&inv, &bought).await.outcome;
+        let late = inv.settle(&bought, Outcome::Expired).await.unwrap();
+        assert!(late.duplicate, "{late:?}");
+        assert_eq!(late.outcome, success, "the stored outcome comes back");
+        let record = inv.request(&bought.request_id).await.unwrap().unwrap();
+        assert_eq!(record.outcome, Some(success));
+        assert_eq!(sold(&inv, "settle").await, 1, "settling sells nothing back");
+
+        // A pending request is settled once; the first outcome wins.
+        let pending = purchase("settle", "v", 1);
+        inv.admit(&pending).await.unwrap();
+        let first = inv.settle(&pending, Outcome::Expired).await.unwrap();
+        assert_eq!(
+            first,
+            Decision {
+                outcome: Outcome::Expired,
+                duplicate: false
+            }
+        );
+        let second = inv.settle(&pending, rejected("blacklisted")).await.unwrap();
+        assert_eq!(
+            second,
+            Decision {
+                outcome: Outcome::Expired,
+                duplicate: true
+            }
+        );
+        // Nor does a purchase step after it.
+        let redelivered = buy(&inv, &pending).await;
+        assert_eq!(redelivered.outcome, Outcome::Expired);
+        assert!(redelivered.duplicate);
+        assert_eq!(sold(&inv, "settle").await, 1);
+    }
+
+    #[tokio::test]
+    async fn put_sale_replaces_until_the_first_sale_then_refuses() {
+        let inv = MemoryInventory::default();
+        assert_eq!(
+            inv.put_sale(sale("swap", 5, 1)).await.unwrap(),
+            Put::Created
+        );
+        assert_eq!(
+            inv.put_sale(sale("swap", 7, 1)).await.unwrap(),
+            Put::Replaced
+        );
+        // Attempts that sold nothing do not count as sales.
+        let expired = Purchase {
+            deadline_ms: now_ms() - 1,
+            ..purchase("swap", "u", 1)
+        };
+        buy(&inv, &expired).await;
+        assert_eq!(
+            inv.put_sale(sale("swap", 8, 1)).await.unwrap(),
+            Put::Replaced
+        );
+
+        buy(&inv, &purchase("swap", "u", 1)).await;
+        let refused = inv.put_sale(sale("swap", 100, 1)).await;
+        assert!(
+            matches!(&refused, Err(InventoryError::HasSales(id)) if id == "swap"),
+            "{refused:?}"
+        );
+        let status = inv.sale("swap").await.unwrap().unwrap();
+        assert_eq!(
+            (status.spec.stock, status.sold),
+            (8, 1),
+            "the sale is unchanged"
+        );
+    }
+
+    #[tokio::test]
+    async fn orders_are_listed_in_commit_order() {
+        let inv = MemoryInventory::default();
+        inv.put_sale(sale("feed", 10, 1)).await.unwrap();
+        let mut committed = Vec::new();
+        for batch in [vec!["a", "b", "a"], vec!["c"], vec!["d", "b", "e"]] {
+            let batch: Vec<Purchase> = batch.iter().map(|u| purchase("feed", u, 1)).collect();
+            let decisions = inv.purchase(&batch).await.unwrap();
+            for (p, d) in batch.iter().zip(&decisions) {
+                if let Outcome::Success { order_id } = &d.outcome {
+                    committed.push((order_id.clone(), p.request_id.clone()));
+                }
+            }
+        }
+        assert_eq!(committed.len(), 5, "a and b are refused their second unit");
+
+        let orders = inv.orders("feed").await.unwrap();
+        let listed: Vec<_> = orders
+            .iter()
+            .map(|o| (o.order_id.clone(), o.request_id.clone()))
+            .collect();
+        assert_eq!(listed, committed);
+        assert!(orders.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        assert!(inv.orders("nosuch").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn results_and_keys_older_than_the_retention_are_gone() {
+        // Retention counts from the wall clock (`now_ms`) at which a record
+        // was written: `request` hides older records at once, `sweep` (run
+        // by a background task every ten seconds) forgets them and their
+        // idempotency keys.
+        let retention = Duration::from_millis(300);
+        let inv = MemoryInventory::new(retention);
+        inv.put_sale(sale("old", 10, 5)).await.unwrap();
+        let first = keyed("old", "u", "k");
+        inv.admit(&first).await.unwrap();
+        buy(&inv, &first).await;
+        assert!(inv.request(&first.request_id).await.unwrap().is_some());
+
+        tokio::time::sleep(retention * 2).await;
+        assert_eq!(
+            inv.request(&first.request_id).await.unwrap(),
+            None,
+            "hidden past the retention, before any sweep"
+        );
+        inv.sweep();
+        assert!(inv.inner.requests.is_empty(), "the record is forgotten");
+        assert!(inv.inner.keys.is_empty(), "the key is forgotten");
+        let reuse = keyed("old", "u", "k");
+        assert_eq!(
+            inv.admit(&reuse).await.unwrap(),
+            Admission::Admitted,
+            "the key is free again"
+        );
+        assert_eq!(inv.orders("old").await.unwrap().len(), 1, "orders stay");
+    }
+}
