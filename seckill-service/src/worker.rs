@@ -147,3 +147,485 @@ fn rejected(reason: &str) -> Outcome {
         reason: reason.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use seckill_inventory::{
+        request_id, Admission, Inventory, InventoryError, MemoryInventory, OrderEvent, Put,
+        RequestRecord, SaleEvent, SaleSpec, SaleStatus,
+    };
+    use seckill_queue::{MemoryQueue, QueueError, RequestQueue, Ticket};
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::{Callback, CallbackError, RiskConfig, ServiceConfig};
+
+    const GATEWAY_A: &str = "10.0.0.1:50051";
+    const GATEWAY_B: &str = "10.0.0.2:50051";
+    const MAX_DELIVERIES: u32 = 3;
+
+    /// Records every callback; fails them all when told to.
+    #[derive(Default)]
+    struct Gateways {
+        calls: Mutex<Vec<(String, Vec<Completion>)>>,
+        fail: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Callback for Gateways {
+        async fn complete(
+            &self,
+            reply_to: &str,
+            results: Vec<Completion>,
+        ) -> Result<(), CallbackError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((reply_to.to_string(), results));
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(CallbackError::Address(reply_to.to_string()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Gateways {
+        /// The calls made, ordered by gateway.
+        fn calls(&self) -> Vec<(String, Vec<Completion>)> {
+            let mut calls = self.calls.lock().unwrap().clone();
+            calls.sort_by(|a, b| a.0.cmp(&b.0));
+            calls
+        }
+
+        /// The outcome first reported for a request.
+        fn outcome(&self, request_id: &str) -> Option<Outcome> {
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|(_, results)| results)
+                .find(|c| c.request_id == request_id)
+                .map(|c| c.outcome.clone())
+        }
+    }
+
+    /// The memory queue, with a record of what was acknowledged and
+    /// dead-lettered (the memory queue itself forgets entries once taken).
+    #[derive(Default)]
+    struct Ledger {
+        queue: MemoryQueue,
+        acked: Mutex<Vec<String>>,
+        dead: Mutex<Vec<String>>,
+    }
+
+    fn ids(deliveries: &[Delivery]) -> Vec<String> {
+        deliveries
+            .iter()
+            .map(|d| d.ticket.purchase.request_id.clone())
+            .collect()
+    }
+
+    #[async_trait]
+    impl RequestQueue for Ledger {
+        async fn open(&self, sale_id: &str, capacity: u32) -> Result<(), QueueError> {
+            self.queue.open(sale_id, capacity).await
+        }
+        async fn close(&self, sale_id: &str) -> Result<(), QueueError> {
+            self.queue.close(sale_id).await
+        }
+        async fn enqueue(&self, ticket: Ticket) -> Result<(), QueueError> {
+            self.queue.enqueue(ticket).await
+        }
+        async fn next_batch(
+            &self,
+            max: usize,
+            wait: Duration,
+        ) -> Result<Vec<Delivery>, QueueError> {
+            self.queue.next_batch(max, wait).await
+        }
+        async fn ack(&self, deliveries: &[Delivery]) -> Result<(), QueueError> {
+            self.acked.lock().unwrap().extend(ids(deliveries));
+            self.queue.ack(deliveries).await
+        }
+        async fn dead_letter(&self, deliveries: &[Delivery]) -> Result<(), QueueError> {
+            self.dead.lock().unwrap().extend(ids(deliveries));
+            self.queue.dead_letter(deliveries).await
+        }
+        async fn depth(&self, sale_id: &str) -> Result<u64, QueueError> {
+            self.queue.depth(sale_id).await
+        }
+        async fn ping(&self) -> Result<(), QueueError> {
+            self.queue.ping().await
+        }
+    }
+
+    /// The memory inventory, with a record of the requests that reached
+    /// the purchase step, and a switch that makes the step fail.
+    #[derive(Default)]
+    struct Store {
+        inventory: MemoryInventory,
+        purchased: Mutex<Vec<String>>,
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Inventory for Store {
+        async fn put_sale(&self, spec: SaleSpec) -> Result<Put, InventoryError> {
+            self.inventory.put_sale(spec).await
+        }
+        async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError> {
+            self.inventory.remove_sale(sale_id).await
+        }
+        async fn sale(&self, sale_id: &str) -> Result<Option<SaleStatus>, InventoryError> {
+            self.inventory.sale(sale_id).await
+        }
+        async fn sales(&self) -> Result<Vec<SaleStatus>, InventoryError> {
+            self.inventory.sales().await
+        }
+        async fn admit(&self, purchase: &Purchase) -> Result<Admission, InventoryError> {
+            self.inventory.admit(purchase).await
+        }
+        async fn withdraw(&self, purchase: &Purchase) -> Result<(), InventoryError> {
+            self.inventory.withdraw(purchase).await
+        }
+        async fn purchase(&self, batch: &[Purchase]) -> Result<Vec<Decision>, InventoryError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(InventoryError::Unavailable("down for the test".into()));
+            }
+            self.purchased
+                .lock()
+                .unwrap()
+                .extend(batch.iter().map(|p| p.request_id.clone()));
+            self.inventory.purchase(batch).await
+        }
+        async fn settle(
+            &self,
+            purchase: &Purchase,
+            outcome: Outcome,
+        ) -> Result<Decision, InventoryError> {
+            self.inventory.settle(purchase, outcome).await
+        }
+        async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, InventoryError> {
+            self.inventory.request(request_id).await
+        }
+        async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError> {
+            self.inventory.orders(sale_id).await
+        }
+        fn events(&self) -> broadcast::Receiver<SaleEvent> {
+            self.inventory.events()
+        }
+        async fn ping(&self) -> Result<(), InventoryError> {
+            self.inventory.ping().await
+        }
+    }
+
+    struct Harness {
+        service: Arc<Service>,
+        queue: Arc<Ledger>,
+        store: Arc<Store>,
+        gateways: Arc<Gateways>,
+    }
+
+    /// A service on the memory stores with one open sale of `stock` units.
+    async fn harness(stock: u64) -> Harness {
+        let queue = Arc::new(Ledger::default());
+        let store = Arc::new(Store::default());
+        let gateways = Arc::new(Gateways::default());
+        store.put_sale(SaleSpec::new("s", stock)).await.unwrap();
+        queue.open("s", 100).await.unwrap();
+        let config = ServiceConfig {
+            max_deliveries: MAX_DELIVERIES,
+            risk: RiskConfig {
+                blacklist: ["mallory".to_string()].into(),
+                ..RiskConfig::default()
+            },
+            ..ServiceConfig::default()
+        };
+        let service = Service::new(queue.clone(), store.clone(), gateways.clone(), config);
+        Harness {
+            service,
+            queue,
+            store,
+            gateways,
+        }
+    }
+
+    fn ticket(user: &str, reply_to: &str) -> Ticket {
+        Ticket {
+            purchase: Purchase {
+                request_id: request_id("s"),
+                sale_id: "s".to_string(),
+                user_id: user.to_string(),
+                quantity: 1,
+                idempotency_key: None,
+                deadline_ms: now_ms() + 60_000,
+            },
+            reply_to: reply_to.to_string(),
+            enqueued_at_ms: now_ms(),
+        }
+    }
+
+    fn expired(user: &str) -> Ticket {
+        let mut t = ticket(user, GATEWAY_A);
+        t.purchase.deadline_ms = now_ms() - 1;
+        t
+    }
+
+    impl Harness {
+        /// Queues the tickets and takes them back as one batch.
+        async fn batch(&self, tickets: &[Ticket]) -> Vec<Delivery> {
+            for t in tickets {
+                self.queue.enqueue(t.clone()).await.unwrap();
+            }
+            let batch = self
+                .queue
+                .next_batch(tickets.len(), Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(batch.len(), tickets.len());
+            batch
+        }
+
+        async fn recorded(&self, t: &Ticket) -> Option<Outcome> {
+            let record = self.store.request(&t.purchase.request_id).await.unwrap();
+            record.and_then(|r| r.outcome)
+        }
+
+        async fn sold(&self) -> u64 {
+            self.store.sale("s").await.unwrap().unwrap().sold
+        }
+
+        fn reached_purchase(&self, t: &Ticket) -> bool {
+            let purchased = self.store.purchased.lock().unwrap();
+            purchased.contains(&t.purchase.request_id)
+        }
+
+        fn acked(&self) -> Vec<String> {
+            self.queue.acked.lock().unwrap().clone()
+        }
+    }
+
+    fn rejected_for(reason: &str) -> Outcome {
+        Outcome::Rejected {
+            reason: reason.to_string(),
+        }
+    }
+
+    fn is_success(outcome: &Option<Outcome>) -> bool {
+        matches!(outcome, Some(Outcome::Success { .. }))
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_settled_expired_without_touching_stock() {
+        let h = harness(10).await;
+        let late = expired("u1");
+        let on_time = ticket("u2", GATEWAY_A);
+        let batch = h.batch(&[late.clone(), on_time.clone()]).await;
+
+        decide(&h.service, batch).await.unwrap();
+
+        assert_eq!(h.recorded(&late).await, Some(Outcome::Expired));
+        assert_eq!(
+            h.gateways.outcome(&late.purchase.request_id),
+            Some(Outcome::Expired)
+        );
+        assert!(
+            !h.reached_purchase(&late),
+            "dropped before the purchase step"
+        );
+        assert!(h.reached_purchase(&on_time));
+        assert_eq!(h.sold().await, 1, "only the request on time bought");
+        let orders = h.store.orders("s").await.unwrap();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0].request_id, on_time.purchase.request_id);
+    }
+
+    #[tokio::test]
+    async fn blacklisted_user_is_rejected_before_the_purchase_step() {
+        let h = harness(10).await;
+        let bad = ticket("mallory", GATEWAY_A);
+        let batch = h.batch(std::slice::from_ref(&bad)).await;
+
+        decide(&h.service, batch).await.unwrap();
+
+        let want = rejected_for("blacklisted");
+        assert_eq!(h.recorded(&bad).await, Some(want.clone()));
+        assert_eq!(h.gateways.outcome(&bad.purchase.request_id), Some(want));
+        assert!(!h.reached_purchase(&bad));
+        assert_eq!(h.sold().await, 0);
+        assert_eq!(h.acked(), vec![bad.purchase.request_id.clone()]);
+    }
+
+    #[tokio::test]
+    async fn entry_over_max_deliveries_is_dead_lettered_and_rejected() {
+        let h = harness(10).await;
+        let mut batch = h
+            .batch(&[ticket("u1", GATEWAY_A), ticket("u2", GATEWAY_A)])
+            .await;
+        // The memory queue never redelivers: stand in for a queue that did.
+        batch[0].deliveries = MAX_DELIVERIES + 1;
+        batch[1].deliveries = MAX_DELIVERIES;
+        let (over, last_try) = (batch[0].ticket.clone(), batch[1].ticket.clone());
+
+        decide(&h.service, batch).await.unwrap();
+
+        let want = rejected_for("delivery_failed");
+        assert_eq!(h.recorded(&over).await, Some(want.clone()));
+        assert_eq!(h.gateways.outcome(&over.purchase.request_id), Some(want));
+        assert!(!h.reached_purchase(&over));
+        assert_eq!(
+            *h.queue.dead.lock().unwrap(),
+            vec![over.purchase.request_id.clone()],
+            "only the entry over the limit is dead-lettered"
+        );
+        assert!(
+            is_success(&h.recorded(&last_try).await),
+            "the last allowed delivery is still decided"
+        );
+        let mut acked = h.acked();
+        acked.sort();
+        let mut all = vec![over.purchase.request_id, last_try.purchase.request_id];
+        all.sort();
+        assert_eq!(acked, all, "dead letters are acknowledged too");
+    }
+
+    #[tokio::test]
+    async fn dead_lettered_entry_keeps_the_outcome_recorded_before() {
+        let h = harness(10).await;
+        let t = ticket("u1", GATEWAY_A);
+        let first = h.batch(std::slice::from_ref(&t)).await;
+        decide(&h.service, first.clone()).await.unwrap();
+        let bought = h.recorded(&t).await;
+        assert!(is_success(&bought), "{bought:?}");
+
+        // The purchase was committed but the entry kept coming back.
+        let mut again = first;
+        again[0].deliveries = MAX_DELIVERIES + 1;
+        decide(&h.service, again).await.unwrap();
+
+        assert_eq!(h.recorded(&t).await, bought, "the purchase stands");
+        let reported: Vec<_> = h.gateways.calls().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(reported.len(), 2);
+        assert_eq!(
+            Some(reported[1][0].outcome.clone()),
+            bought,
+            "the gateway is told the recorded outcome, not a failure"
+        );
+        assert_eq!(h.sold().await, 1);
+    }
+
+    #[tokio::test]
+    async fn redelivered_entry_reports_its_recorded_outcome_and_buys_nothing() {
+        let h = harness(10).await;
+        let t = ticket("u1", GATEWAY_A);
+        let first = h.batch(std::slice::from_ref(&t)).await;
+        decide(&h.service, first.clone()).await.unwrap();
+        let mut again = first;
+        again[0].deliveries = 2;
+        decide(&h.service, again).await.unwrap();
+
+        let calls = h.gateways.calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].1, calls[1].1, "the same result, order id included");
+        assert_eq!(h.sold().await, 1);
+        assert_eq!(h.store.orders("s").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn results_of_a_batch_are_grouped_per_reply_to() {
+        let h = harness(10).await;
+        let tickets = [
+            ticket("u1", GATEWAY_A),
+            ticket("u2", GATEWAY_B),
+            ticket("u3", GATEWAY_A),
+            ticket("u4", GATEWAY_B),
+            ticket("u5", GATEWAY_A),
+        ];
+        let batch = h.batch(&tickets).await;
+
+        decide(&h.service, batch).await.unwrap();
+
+        let calls = h.gateways.calls();
+        let got: Vec<(String, Vec<String>)> = calls
+            .iter()
+            .map(|(gw, results)| {
+                let ids = results.iter().map(|c| c.request_id.clone()).collect();
+                (gw.clone(), ids)
+            })
+            .collect();
+        let id = |i: usize| tickets[i].purchase.request_id.clone();
+        assert_eq!(
+            got,
+            [
+                (GATEWAY_A.to_string(), vec![id(0), id(2), id(4)]),
+                (GATEWAY_B.to_string(), vec![id(1), id(3)]),
+            ],
+            "one call per gateway, each with its own results in batch order"
+        );
+        for (_, results) in &calls {
+            for c in results {
+                let t = tickets
+                    .iter()
+                    .find(|t| t.purchase.request_id == c.request_id)
+                    .unwrap();
+                assert_eq!(*c, Completion::of(&t.purchase, c.outcome.clone()));
+                assert_eq!(h.recorded(t).await, Some(c.outcome.clone()));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_callback_still_acks_and_results_stay_readable() {
+        let h = harness(10).await;
+        h.gateways.fail.store(true, Ordering::SeqCst);
+        let tickets = [ticket("u1", GATEWAY_A), ticket("u2", GATEWAY_B)];
+        let batch = h.batch(&tickets).await;
+
+        decide(&h.service, batch).await.unwrap();
+
+        assert_eq!(h.gateways.calls().len(), 2, "both gateways were tried");
+        let mut acked = h.acked();
+        acked.sort();
+        let mut all: Vec<String> = tickets
+            .iter()
+            .map(|t| t.purchase.request_id.clone())
+            .collect();
+        all.sort();
+        assert_eq!(acked, all, "the batch is acknowledged");
+        for t in &tickets {
+            let outcome = h.recorded(t).await;
+            assert!(is_success(&outcome), "readable by request id: {outcome:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn store_error_leaves_the_batch_unacknowledged_for_redelivery() {
+        let h = harness(10).await;
+        let t = ticket("u1", GATEWAY_A);
+        let batch = h.batch(std::slice::from_ref(&t)).await;
+        h.store.down.store(true, Ordering::SeqCst);
+
+        let failed = decide(&h.service, batch.clone()).await;
+
+        assert!(
+            matches!(failed, Err(BatchError::Inventory(_))),
+            "{failed:?}"
+        );
+        assert!(h.acked().is_empty(), "nothing acknowledged");
+        assert!(h.gateways.calls().is_empty(), "nothing reported");
+        assert_eq!(h.recorded(&t).await, None, "still pending");
+
+        // Redelivered once the store is back: decided once.
+        h.store.down.store(false, Ordering::SeqCst);
+        let mut again = batch;
+        again[0].deliveries = 2;
+        decide(&h.service, again).await.unwrap();
+        assert!(is_success(&h.recorded(&t).await));
+        assert_eq!(h.acked(), vec![t.purchase.request_id.clone()]);
+        assert_eq!(h.sold().await, 1);
+    }
+}
