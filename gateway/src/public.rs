@@ -135,9 +135,18 @@ async fn purchase_steps(
     req: Request<Incoming>,
 ) -> Result<Answered, Answered> {
     let input = read_input(shared, req).await?;
+    if let Some(key) = &input.idempotency_key {
+        // A repeat of a key is how a buyer whose connection broke recovers
+        // its result, so it is answered before the sale's state refuses:
+        // sold out, ended or removed, the first request's result stands.
+        check_edge_limit(shared, sale_id, &input.user_id)?;
+        answer_repeat(shared, sale_id, &input.user_id, key, request_id).await?;
+    }
     let now = now_ms();
     let sale = check_sale(shared, sale_id, &input, request_id, now)?;
-    check_edge_limit(shared, sale_id, &input.user_id)?;
+    if input.idempotency_key.is_none() {
+        check_edge_limit(shared, sale_id, &input.user_id)?;
+    }
     let purchase = input.into_purchase(shared, sale_id, request_id, now);
     take_token(&sale, request_id).await?;
     admit(shared, &purchase).await?;
@@ -196,6 +205,31 @@ async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, An
         quantity,
         idempotency_key,
     })
+}
+
+/// Step 1b, for a keyed request: the first request's result when the key
+/// was used before (a store read; unkeyed requests never make it). A store
+/// that cannot say fails closed.
+async fn answer_repeat(
+    shared: &Shared,
+    sale_id: &str,
+    user_id: &str,
+    key: &str,
+    request_id: &str,
+) -> Result<(), Answered> {
+    if !valid_id(sale_id) {
+        return Ok(()); // no such sale; step 2 answers 404
+    }
+    match shared
+        .stores
+        .inventory
+        .request_of_key(sale_id, user_id, key)
+        .await
+    {
+        Ok(None) => Ok(()),
+        Ok(Some(first)) => Err(repeat_of(shared, &first).await),
+        Err(_) => Err(overloaded(request_id)),
+    }
 }
 
 /// Step 2: the sale's state, from the local catalog: no I/O.

@@ -449,6 +449,46 @@ async fn concurrent_duplicates_never_exceed_the_per_user_limit() {
     Arc::into_inner(gw).unwrap().stop().await;
 }
 
+#[tokio::test]
+async fn a_repeated_key_gets_the_first_result_after_sell_out_and_removal() {
+    let gw = TestGateway::start().await;
+    gw.open_sale("rk", 1, 1).await;
+    let key = [("idempotency-key", "k-first")];
+    let body = r#"{"user_id":"u-first"}"#;
+    let (s, _, first) = gw.purchase_with("rk", body, &key).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let (s, v) = gw.buy("rk", "u-late").await;
+    assert_eq!((s, status_of(&v)), (StatusCode::GONE, "sold_out"), "{v}");
+
+    // Sold out: the buyer whose connection broke repeats its key.
+    let (s, _, again) = gw.purchase_with("rk", body, &key).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["order_id"], first["order_id"]);
+    assert_eq!(again["request_id"], first["request_id"]);
+    // Another user's same key is not theirs.
+    let (s, _, v) = gw
+        .purchase_with("rk", r#"{"user_id":"u-other"}"#, &key)
+        .await;
+    assert_eq!((s, status_of(&v)), (StatusCode::GONE, "sold_out"), "{v}");
+
+    // Removed: the order still stands for its key.
+    let auth = format!("Bearer {TOKEN}");
+    let (s, _, _) = gw
+        .request(
+            hyper::Method::DELETE,
+            gw.admin,
+            "/admin/v1/sales/rk",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, again) = gw.purchase_with("rk", body, &key).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["order_id"], first["order_id"]);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_repeats_of_one_idempotency_key_make_one_order() {
     let gw = Arc::new(TestGateway::start().await);

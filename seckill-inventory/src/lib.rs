@@ -55,6 +55,16 @@ pub trait Inventory: Send + Sync + 'static {
     /// key was claimed before; nothing is recorded then.
     async fn admit(&self, purchase: &Purchase) -> Result<Admission, InventoryError>;
 
+    /// The request that claimed `key` for `user_id` in `sale_id`, while
+    /// within the result retention: how a repeat of the key finds the first
+    /// request's result in any state of the sale.
+    async fn request_of_key(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<String>, InventoryError>;
+
     /// Undoes [`Inventory::admit`] for a request that never reached the
     /// queue (no token, queue full), so its key can be used again.
     async fn withdraw(&self, purchase: &Purchase) -> Result<(), InventoryError>;

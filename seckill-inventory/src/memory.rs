@@ -302,6 +302,22 @@ impl Inventory for MemoryInventory {
         Ok(Admission::Admitted)
     }
 
+    async fn request_of_key(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<String>, InventoryError> {
+        let cutoff = now_ms().saturating_sub(self.inner.retention_ms);
+        let k = (sale_id.to_string(), user_id.to_string(), key.to_string());
+        Ok(self
+            .inner
+            .keys
+            .get(&k)
+            .filter(|e| e.1 >= cutoff)
+            .map(|e| e.0.clone()))
+    }
+
     async fn withdraw(&self, p: &Purchase) -> Result<(), InventoryError> {
         self.inner
             .requests

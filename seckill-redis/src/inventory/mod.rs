@@ -265,6 +265,18 @@ impl Inventory for RedisInventory {
         })
     }
 
+    async fn request_of_key(
+        &self,
+        sale_id: &str,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<String>, InventoryError> {
+        self.conn()
+            .get(keys::idempotency(sale_id, user_id, key))
+            .await
+            .map_err(unavailable)
+    }
+
     async fn withdraw(&self, p: &Purchase) -> Result<(), InventoryError> {
         let (idem, keyed) = idem_key(p);
         let _: i64 = WITHDRAW

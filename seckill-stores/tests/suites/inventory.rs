@@ -109,6 +109,13 @@ async fn idempotent_duplicates(env: Env) {
     );
     let pending = inv.request(&first.request_id).await.unwrap().unwrap();
     assert_eq!(pending.outcome, None, "admitted and pending");
+    // A repeat finds the key's first request, for that user only.
+    assert_eq!(
+        inv.request_of_key(&sale, "u1", "k1").await.unwrap(),
+        Some(first.request_id.clone())
+    );
+    assert_eq!(inv.request_of_key(&sale, "u2", "k1").await.unwrap(), None);
+    assert_eq!(inv.request_of_key(&sale, "u1", "k2").await.unwrap(), None);
 
     // The second request reaches the purchase step before the first is
     // decided: it never buys.
