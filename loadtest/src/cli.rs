@@ -10,13 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::builder::RangedU64ValueParser;
+use clap::{value_parser, Args, Parser, Subcommand};
 use hyper::Method;
 
 use crate::assertion::Assertion;
 use crate::http::{self, AdminApi, SaleSetup};
 use crate::model::{Report, REPORT_VERSION};
 use crate::profile::Profile;
+use crate::record::HIGHEST_US;
 use crate::run::RunConfig;
 use crate::throughput::ThroughputConfig;
 
@@ -69,16 +71,16 @@ struct RunArgs {
     /// Requests in flight at most; each holds one connection. More
     /// connections cost the client (and the target) a connection setup
     /// each; raise it for targets that hold requests for long.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = connections())]
     connections: usize,
     /// The client's own limit on one request (no answer by then = missing).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     timeout_ms: u64,
     /// Units each buyer asks for.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = value_parser!(u32).range(1..))]
     quantity: u32,
     /// Share of buyers (0..=1) who click twice (same user, same key).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
     double_click: f64,
     /// Time between the two clicks of a double-click.
     #[arg(long, default_value_t = 50)]
@@ -132,14 +134,20 @@ struct RunArgs {
     /// audit also reads the gateway's order feed of the sale.
     #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Sale settings for --create-sale (the gateway's defaults otherwise).
-    #[arg(long)]
+    /// For --create-sale: units one buyer may hold [default: the gateway's].
+    #[arg(long, value_parser = value_parser!(u32).range(1..))]
     per_user_limit: Option<u32>,
-    #[arg(long)]
+    /// For --create-sale: purchase tokens issued per second [default: the
+    /// gateway's].
+    #[arg(long, value_parser = value_parser!(u32).range(1..))]
     token_rate: Option<u32>,
-    #[arg(long)]
+    /// For --create-sale: tokens the sale's bucket holds at most [default:
+    /// the gateway's].
+    #[arg(long, value_parser = value_parser!(u32).range(1..))]
     token_capacity: Option<u32>,
-    #[arg(long)]
+    /// For --create-sale: admitted requests the sale's queue holds at most
+    /// [default: the gateway's].
+    #[arg(long, value_parser = value_parser!(u32).range(1..))]
     queue_capacity: Option<u32>,
     #[command(flatten)]
     output: OutputArgs,
@@ -167,18 +175,24 @@ struct ThroughputArgs {
     /// Full URL to request.
     #[arg(long)]
     url: String,
+    /// HTTP method of every request.
     #[arg(long, default_value = "GET")]
     method: Method,
-    /// Request body (sent as JSON); `{n}` becomes a per-request counter.
+    // Not spelt `{n}` here: clap prints that token as a line break.
+    /// Request body (sent as JSON); the letter n between braces becomes a
+    /// counter unique to the request.
     #[arg(long)]
     body: Option<String>,
     /// Extra header `Name: value`. Repeatable.
     #[arg(long = "header")]
     headers: Vec<String>,
-    #[arg(long, default_value_t = 64)]
+    /// Connections, each sending its next request when the last is answered.
+    #[arg(long, default_value_t = 64, value_parser = connections())]
     connections: usize,
-    #[arg(long, default_value_t = 3000)]
+    /// How long to measure, after the warm-up.
+    #[arg(long, default_value_t = 3000, value_parser = value_parser!(u64).range(1..))]
     duration_ms: u64,
+    /// Time at full load before measuring starts.
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
     /// Write the result as JSON here (`-` = stdout).
@@ -199,6 +213,27 @@ struct ReportArgs {
     input: PathBuf,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+/// Latencies are kept up to an hour; a longer client timeout would only
+/// clamp them.
+const MAX_TIMEOUT_MS: u64 = HIGHEST_US / 1_000;
+
+/// Connections to one target: from one client address there are no more
+/// ports than this.
+fn connections() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..=65_535)
+}
+
+/// A share within 0..=1. Hand-written because clap's ranged parsers are
+/// for integers only.
+fn share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a share within 0..=1"))
+    }
 }
 
 /// Runs the command line and returns the exit status.
@@ -248,15 +283,6 @@ async fn run(a: RunArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    if !(0.0..=1.0).contains(&a.double_click) {
-        return fail(EXIT_CONFIG, "--double-click must be a share within 0..=1");
-    }
-    if a.connections == 0 || a.timeout_ms == 0 || a.quantity == 0 {
-        return fail(
-            EXIT_CONFIG,
-            "--connections, --timeout-ms and --quantity must be at least 1",
-        );
-    }
     if let Err(e) = http::base_url(&a.target) {
         return fail(EXIT_CONFIG, &format!("--target: {e}"));
     }
@@ -395,12 +421,6 @@ async fn throughput(a: ThroughputArgs) -> ExitCode {
             None => return fail(EXIT_CONFIG, &format!("--header '{h}' is not 'Name: value'")),
         }
     }
-    if a.connections == 0 || a.duration_ms == 0 {
-        return fail(
-            EXIT_CONFIG,
-            "--connections and --duration-ms must be at least 1",
-        );
-    }
     let cfg = ThroughputConfig {
         url: a.url,
         method: a.method,
@@ -492,4 +512,63 @@ fn report(a: ReportArgs) -> ExitCode {
     // Assertions given here replace the stored ones; none given keeps them.
     let list = (!assertions.is_empty()).then_some(assertions.as_slice());
     finish(report, list, &a.output, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_says_what_it_is_for() {
+        Cli::command().debug_assert();
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} {id} has no help",
+                    sub.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn option_bounds_are_checked_while_parsing() {
+        let parse = |args: &[&str]| {
+            let run = ["loadtest", "run", "--profile", "at-once:1"];
+            Cli::try_parse_from(run.iter().chain(args))
+        };
+        assert!(parse(&[]).is_ok());
+        assert!(parse(&["--double-click", "0.25", "--connections", "1"]).is_ok());
+        for bad in [
+            ["--connections", "0"],
+            ["--connections", "70000"],
+            ["--timeout-ms", "3600001"],
+            ["--timeout-ms", "0"],
+            ["--quantity", "0"],
+            ["--double-click", "1.5"],
+            ["--double-click", "often"],
+            ["--per-user-limit", "0"],
+            ["--token-rate", "0"],
+        ] {
+            let e = parse(&bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{bad:?}: {e}");
+        }
+        let throughput = |args: &[&str]| {
+            let base = ["loadtest", "throughput", "--url", "http://127.0.0.1:1/"];
+            Cli::try_parse_from(base.iter().chain(args))
+        };
+        assert!(throughput(&[]).is_ok());
+        for bad in [["--connections", "0"], ["--duration-ms", "0"]] {
+            let e = throughput(&bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{bad:?}: {e}");
+        }
+    }
 }

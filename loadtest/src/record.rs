@@ -11,7 +11,7 @@ use crate::model::{
 };
 
 /// Highest latency a histogram tracks (values above are clamped): one hour.
-const HIGHEST_US: u64 = 3_600_000_000;
+pub const HIGHEST_US: u64 = 3_600_000_000;
 /// Timeline buckets beyond this fold into the last one.
 const MAX_BUCKETS: usize = 20_000;
 /// Distinct error descriptions kept; the rest count as "other".

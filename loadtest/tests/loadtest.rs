@@ -539,6 +539,11 @@ async fn assertions_and_the_audit_set_the_exit_code() {
         .await,
         64
     );
+    // So are values out of their bounds.
+    for bad in [["--connections", "0"], ["--double-click", "2"]] {
+        let args = [&profile[..], &bad[..]].concat();
+        assert_eq!(exit_code(&overselling, &args).await, 64, "{bad:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
