@@ -9,7 +9,7 @@ mod procs;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use procs::{cluster_args, redis_args, spike, Answer, Gw, Svc};
+use procs::{cluster_args, keyed_spike, redis_args, spike, Answer, Gw, Svc};
 use seckill_redis::keys;
 use seckill_test_support::process::{http, wait_until};
 use seckill_test_support::{Options, RedisCluster, RedisServer, Reply};
@@ -249,6 +249,89 @@ async fn a_killed_service_is_taken_over_without_oversell() {
         survivor.metric(r#"seckill_service_processed_total{result="success"}"#) > 0.0,
         "the survivor took over"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_gateway_crash_every_charged_buyer_recovers_its_order_by_its_key() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let timeout = ["--request-timeout-ms", "20000"];
+    let mut crashed = Gw::start("gateway-crashed", &store, &timeout);
+    let other = Gw::start("gateway-other", &store, &timeout);
+    // A slow backend: the buyers are still waiting when their gateway dies.
+    let _svc = Svc::start(
+        "service",
+        &store,
+        &[
+            "--work-delay-ms",
+            "200",
+            "--batch-size",
+            "10",
+            "--workers",
+            "1",
+        ],
+    );
+    const STOCK: usize = 40;
+    assert_eq!(
+        crashed.put_sale("crash", &sale_body(STOCK as u64, 5000, 1000)),
+        201
+    );
+    wait_sale(&[&crashed, &other], "crash");
+
+    let buyers: Vec<_> = (0..200)
+        .map(|i| (crashed.public, format!("c{i}")))
+        .collect();
+    let load = tokio::spawn(keyed_spike(buyers, "crash", 200));
+    assert!(
+        wait_until(Duration::from_secs(20), || crashed
+            .metric("seckill_gateway_waiting_requests")
+            .is_some_and(|n| n >= 100.0)),
+        "the buyers never waited on the gateway"
+    );
+    crashed.p.kill();
+    let answers = load.await.unwrap();
+    let cut_off = answers.iter().filter(|a| a.status == 0).count();
+    assert!(cut_off >= 100, "{cut_off} buyers lost their connection");
+
+    // The service decides what was queued; the results stay in the store.
+    assert!(
+        wait_until(Duration::from_secs(30), || other.sold("crash").0
+            == STOCK as u64),
+        "the sale did not sell out: {:?}",
+        other.sold("crash")
+    );
+    let orders = other.orders("crash");
+    assert_eq!(orders.len(), STOCK, "{orders:?}");
+
+    // Every buyer repeats its key on the other gateway, until no result is
+    // pending any more.
+    let mut recovered = HashMap::new();
+    for i in 0..200 {
+        let user = format!("c{i}");
+        let key = format!("key-{user}");
+        let mut answer = other.buy_keyed("crash", &user, &key);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answer.0 == 202 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            answer = other.buy_keyed("crash", &user, &key);
+        }
+        let (status, body) = answer;
+        assert!(matches!(status, 200 | 410 | 429), "{user}: {status} {body}");
+        if status == 200 {
+            assert_eq!(body["user_id"], user.as_str(), "{body}");
+            recovered.insert(user, body["order_id"].as_str().unwrap().to_string());
+        }
+    }
+    for o in &orders {
+        let user = o["user_id"].as_str().unwrap();
+        assert_eq!(
+            recovered.get(user).map(String::as_str),
+            o["order_id"].as_str(),
+            "charged buyer {user} did not get its order back"
+        );
+    }
+    assert_eq!(recovered.len(), STOCK, "a repeat made no new order");
+    assert_eq!(other.sold("crash"), (STOCK as u64, 0));
 }
 
 /// Calls of `command` Redis has run so far (those run by scripts included).

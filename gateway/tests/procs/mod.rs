@@ -116,6 +116,43 @@ impl Gw {
         }
     }
 
+    /// One purchase with an idempotency key; the status and body.
+    pub fn buy_keyed(&self, sale: &str, user: &str, key: &str) -> (u16, Value) {
+        let body = format!(r#"{{"user_id":"{user}"}}"#);
+        match http(
+            self.public,
+            "POST",
+            &format!("/api/v1/sales/{sale}/purchase"),
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ],
+            &body,
+        ) {
+            Ok((s, b)) => (s, serde_json::from_str(&b).unwrap_or(Value::Null)),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Every order of a sale, through the admin API's order feed.
+    pub fn orders(&self, sale: &str) -> Vec<Value> {
+        let auth = format!("Bearer {TOKEN}");
+        let (mut all, mut after) = (Vec::new(), "0".to_string());
+        loop {
+            let path = format!("/admin/v1/orders?sale_id={sale}&after={after}&limit=1000");
+            let (s, body) = http(self.admin, "GET", &path, &[("authorization", &auth)], "")
+                .expect("the order feed answers");
+            assert_eq!(s, 200, "{body}");
+            let page: Value = serde_json::from_str(&body).unwrap();
+            let orders = page["orders"].as_array().unwrap();
+            if orders.is_empty() {
+                return all;
+            }
+            all.extend(orders.iter().cloned());
+            after = page["next"].as_str().unwrap().to_string();
+        }
+    }
+
     /// The sale as every client sees it: (sold, remaining).
     pub fn sold(&self, sale: &str) -> (u64, u64) {
         let (s, v) = self.get(&format!("/api/v1/sales/{sale}"));
@@ -187,6 +224,25 @@ pub struct Answer {
 /// Sends one purchase per `(gateway, user)` at most `in_flight` at a time,
 /// and returns every answer.
 pub async fn spike(buyers: Vec<(SocketAddr, String)>, sale: &str, in_flight: usize) -> Vec<Answer> {
+    spike_with(buyers, sale, in_flight, false).await
+}
+
+/// [`spike`] where each buyer sends `Idempotency-Key: key-<user>`, as a
+/// client that can recover its order after a broken connection does.
+pub async fn keyed_spike(
+    buyers: Vec<(SocketAddr, String)>,
+    sale: &str,
+    in_flight: usize,
+) -> Vec<Answer> {
+    spike_with(buyers, sale, in_flight, true).await
+}
+
+async fn spike_with(
+    buyers: Vec<(SocketAddr, String)>,
+    sale: &str,
+    in_flight: usize,
+    keyed: bool,
+) -> Vec<Answer> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
@@ -198,10 +254,14 @@ pub async fn spike(buyers: Vec<(SocketAddr, String)>, sale: &str, in_flight: usi
     seckill_test_support::crowd(buyers, in_flight, move |(target, user)| {
         let (client, sale) = (client.clone(), sale.clone());
         async move {
-            let req = Request::builder()
+            let mut req = Request::builder()
                 .method(Method::POST)
                 .uri(format!("http://{target}/api/v1/sales/{sale}/purchase"))
-                .header("content-type", "application/json")
+                .header("content-type", "application/json");
+            if keyed {
+                req = req.header("idempotency-key", format!("key-{user}"));
+            }
+            let req = req
                 .body(Full::new(Bytes::from(format!(r#"{{"user_id":"{user}"}}"#))))
                 .unwrap();
             // Status 0 carries the client's error as its body, for the
