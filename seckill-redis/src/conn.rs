@@ -12,7 +12,11 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
+
+/// Declared writing, writes nothing: see the script.
+const WRITABLE: &str = include_str!("ready.lua");
 
 /// A connection to a single Redis or to a Redis Cluster.
 #[derive(Clone)]
@@ -75,6 +79,62 @@ impl Conn {
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner, Inner::Cluster(_))
     }
+
+    /// Succeeds when the server accepts writes, in a cluster every primary:
+    /// readiness. A Redis that answers `PING` and reads may still refuse
+    /// every write (full at `maxmemory`, persistence failing, too few
+    /// replicas), and then no purchase can be admitted.
+    ///
+    /// One round trip (in a cluster, one to each primary, in parallel). Every
+    /// primary, not the shard of some readiness key: sales spread over all
+    /// shards by their hash tags and every process serves every sale, so one
+    /// shard refusing writes leaves sales that cannot sell. The script goes
+    /// as `EVAL`, not `EVALSHA`: it is a few hundred bytes, and a node that
+    /// lost its script cache then costs no second round trip.
+    pub async fn check_writable(&mut self) -> Result<(), RedisError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(WRITABLE).arg(0);
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        match &mut self.inner {
+            Inner::Single(c) => {
+                let _: Value = bounded(self.timeout, cmd.query_async(c)).await?;
+                Ok(())
+            }
+            Inner::Cluster(c) => {
+                // No response policy: one reply per primary, by address, so
+                // the error can name the shard that refuses.
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let replies = bounded(self.timeout, c.route_command(cmd, routing)).await?;
+                first_refusal(replies)
+            }
+        }
+    }
+}
+
+/// The first node's error among per-node replies (`address → reply`).
+fn first_refusal(replies: Value) -> Result<(), RedisError> {
+    let Value::Map(replies) = replies else {
+        return Err(RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "per-node replies expected",
+            format!("{replies:?}"),
+        )));
+    };
+    for (node, reply) in replies {
+        if let Value::ServerError(e) = reply {
+            let node = match node {
+                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            let kind = e.kind().map_or(ErrorKind::Extension, ErrorKind::Server);
+            let detail = match e.details() {
+                Some(d) => format!("{node}: {} {d}", e.code()),
+                None => format!("{node}: {}", e.code()),
+            };
+            return Err(RedisError::from((kind, "a primary refuses writes", detail)));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `fut` with a deadline; running out of time is an I/O timeout error.

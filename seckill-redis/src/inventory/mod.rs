@@ -387,11 +387,9 @@ impl Inventory for RedisInventory {
         self.shared.events.subscribe()
     }
 
+    /// Reachable *and* accepting writes (see [`Conn::check_writable`](crate::Conn::check_writable)):
+    /// a Redis that only reads cannot admit anyone.
     async fn ping(&self) -> Result<(), InventoryError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.conn().check_writable().await.map_err(unavailable)
     }
 }
