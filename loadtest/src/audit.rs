@@ -116,6 +116,8 @@ fn check(name: &str, passed: bool, detail: String) -> Check {
 
 // === checks of the sale against what buyers were told ===
 
+/// No more units sold than the stock, by the sale's count or by what
+/// buyers were told on top of the sale's count before the run.
 fn no_oversell(
     oversell: u64,
     stock: u64,
@@ -133,6 +135,8 @@ fn no_oversell(
     )
 }
 
+/// A request without any HTTP answer leaves its buyer not knowing; the
+/// API promises one to every request.
 fn every_request_answered(missing: u64) -> Check {
     check(
         "every request answered",
@@ -141,6 +145,7 @@ fn every_request_answered(missing: u64) -> Check {
     )
 }
 
+/// No buyer told of more units than the per-user limit allows.
 fn per_user_limit_held(users_over_limit: u64, limit: u32) -> Check {
     check(
         "per-user limit held",
@@ -149,6 +154,8 @@ fn per_user_limit_held(users_over_limit: u64, limit: u32) -> Check {
     )
 }
 
+/// Every unit a buyer was told of is in the sale's `sold` (the reverse
+/// need not hold: a 504 may have sold, and other clients may buy too).
 fn successes_counted(unrecorded: u64, sold_delta: u64, units: u64, unconfirmed: u64) -> Check {
     check(
         "successes counted by the sale",
@@ -160,6 +167,7 @@ fn successes_counted(unrecorded: u64, sold_delta: u64, units: u64, unconfirmed: 
     )
 }
 
+/// `sold + remaining == stock`: the sale's own view adds up.
 fn books_balance(after: &SaleView) -> Check {
     check(
         "sale's books balance",
@@ -214,6 +222,9 @@ fn told_not_in_feed<'a>(feed: &FeedTally, told: &'a HashMap<String, Order>) -> V
     missing
 }
 
+/// The feed against the stock, the sale's `sold`, the per-user limit and
+/// what buyers were told. The feed is the record of orders an operator
+/// would ship from, so it must agree with the counters exactly.
 fn feed_checks(f: &FeedAudit, stock: u64, sold: u64, told: u64) -> Vec<Check> {
     if let Some(e) = &f.error {
         return vec![check("order feed readable", false, e.clone())];
