@@ -1,43 +1,58 @@
-//! The in-memory request queue of the embedded mode: one bounded lock-free
-//! MPMC ring per sale, and a notifier that wakes an idle consumer.
+//! The in-memory request queue of the embedded mode: one bounded FIFO per
+//! sale, a list of the sales that have entries, and a notifier that wakes
+//! an idle consumer.
 //!
-//! Entries leave the ring when a consumer takes them, so acknowledging is a
-//! no-op here: in one process a consumer cannot die and leave entries behind
-//! without the whole gateway going with it.
+//! A sale's FIFO allocates as it fills (and gives memory back once
+//! drained), so a large capacity costs nothing until requests arrive. The
+//! consumers are served from the list of sales with entries, in turn: a
+//! call costs the entries it takes and the sales it visits, never a walk
+//! over every open sale, so thousands of idle sales cost nothing.
+//!
+//! Entries leave the queue when a consumer takes them, so acknowledging is
+//! a no-op here: in one process a consumer cannot die and leave entries
+//! behind without the whole gateway going with it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
 
 use crate::{Delivery, QueueError, RequestQueue, Ticket, MAX_WAIT};
 
+/// A drained FIFO keeps at most this much room for the next spike; more is
+/// given back.
+const KEEP_ALLOCATED: usize = 1024;
+
 /// The embedded-mode [`RequestQueue`].
 #[derive(Default)]
 pub struct MemoryQueue {
-    sales: RwLock<Sales>,
-    /// Where the next `next_batch` starts its round over the sales.
-    cursor: AtomicUsize,
-    ready: Notify,
-}
-
-#[derive(Default)]
-struct Sales {
-    open: HashMap<String, Arc<SaleQueue>>,
-    /// Open and closed-but-not-yet-drained queues, in the order served.
-    rotation: Vec<Arc<SaleQueue>>,
+    /// Every sale's queue: open ones, and closed ones until drained. One
+    /// queue per sale, whatever its capacity changes and reopenings, so
+    /// its entries come out in the order they went in.
+    sales: RwLock<HashMap<String, Arc<SaleQueue>>>,
+    /// The sales that have entries, in the order they are served. Lock
+    /// order: a sale's state before this list.
+    ready: Mutex<VecDeque<Arc<SaleQueue>>>,
+    notify: Notify,
 }
 
 struct SaleQueue {
     sale_id: String,
-    ring: ArrayQueue<Ticket>,
-    closed: AtomicBool,
+    state: Mutex<SaleState>,
     enqueued: metrics::Counter,
     depth: metrics::Gauge,
+}
+
+struct SaleState {
+    entries: VecDeque<Ticket>,
+    capacity: usize,
+    /// Closed to new entries; forgotten once drained.
+    closed: bool,
+    /// In the ready list (set exactly while it is, or while a consumer
+    /// that took it from the list is serving it).
+    ready: bool,
 }
 
 impl SaleQueue {
@@ -45,8 +60,12 @@ impl SaleQueue {
         let sale = sale_id.to_string();
         SaleQueue {
             sale_id: sale.clone(),
-            ring: ArrayQueue::new(capacity.max(1) as usize),
-            closed: AtomicBool::new(false),
+            state: Mutex::new(SaleState {
+                entries: VecDeque::new(),
+                capacity: capacity.max(1) as usize,
+                closed: false,
+                ready: false,
+            }),
             enqueued: metrics::counter!("seckill_queue_enqueued_total", "sale" => sale.clone()),
             depth: metrics::gauge!("seckill_queue_depth", "sale" => sale),
         }
@@ -58,15 +77,22 @@ impl MemoryQueue {
         Self::default()
     }
 
+    /// Takes up to `max` entries from the sales with entries, in turn: each
+    /// sale visited gives what it has (up to what is still wanted), then
+    /// goes to the back of the list if it has more.
     fn take(&self, max: usize) -> Vec<Delivery> {
-        let sales = self.sales.read().unwrap();
-        let n = sales.rotation.len();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::new();
-        for i in 0..n {
-            let q = &sales.rotation[(start + i) % n];
+        let mut drained_closed = Vec::new();
+        // Each sale at most once per call, however the list changes meanwhile.
+        let mut turns = self.ready.lock().unwrap().len();
+        while out.len() < max && turns > 0 {
+            turns -= 1;
+            let Some(q) = self.ready.lock().unwrap().pop_front() else {
+                break;
+            };
+            let mut st = q.state.lock().unwrap();
             while out.len() < max {
-                match q.ring.pop() {
+                match st.entries.pop_front() {
                     Some(ticket) => out.push(Delivery {
                         ticket,
                         entry_id: String::new(),
@@ -75,19 +101,51 @@ impl MemoryQueue {
                     None => break,
                 }
             }
-            q.depth.set(q.ring.len() as f64);
-            if out.len() >= max {
-                break;
+            q.depth.set(st.entries.len() as f64);
+            if st.entries.is_empty() {
+                st.ready = false;
+                if st.entries.capacity() > KEEP_ALLOCATED {
+                    st.entries.shrink_to(KEEP_ALLOCATED);
+                }
+                if st.closed {
+                    drained_closed.push(q.clone());
+                }
+            } else {
+                self.ready.lock().unwrap().push_back(q.clone());
             }
+        }
+        for q in drained_closed {
+            self.forget_if_drained(&q);
         }
         out
     }
 
-    fn drop_drained(&self) {
+    /// Drops a closed queue that has no entries left, unless it was
+    /// reopened meanwhile.
+    fn forget_if_drained(&self, q: &Arc<SaleQueue>) {
         let mut sales = self.sales.write().unwrap();
-        sales
-            .rotation
-            .retain(|q| !(q.closed.load(Ordering::Acquire) && q.ring.is_empty()));
+        let Some(current) = sales.get(&q.sale_id) else {
+            return;
+        };
+        if !Arc::ptr_eq(current, q) {
+            return;
+        }
+        let st = q.state.lock().unwrap();
+        if st.closed && st.entries.is_empty() {
+            drop(st);
+            sales.remove(&q.sale_id);
+        }
+    }
+
+    /// Room the FIFO of a sale holds allocated now (tests).
+    #[cfg(test)]
+    fn allocated(&self, sale_id: &str) -> usize {
+        self.sales.read().unwrap()[sale_id]
+            .state
+            .lock()
+            .unwrap()
+            .entries
+            .capacity()
     }
 }
 
@@ -95,24 +153,31 @@ impl MemoryQueue {
 impl RequestQueue for MemoryQueue {
     async fn open(&self, sale_id: &str, capacity: u32) -> Result<(), QueueError> {
         let mut sales = self.sales.write().unwrap();
-        if let Some(q) = sales.open.get(sale_id) {
-            if q.ring.capacity() == capacity.max(1) as usize {
-                return Ok(());
-            }
-            // A new capacity: the old ring stays in rotation, closed, until
-            // its entries are consumed.
-            q.closed.store(true, Ordering::Release);
+        if let Some(q) = sales.get(sale_id) {
+            // The same FIFO with a new bound: what is queued keeps its
+            // place, and a bound below the backlog only refuses new entries
+            // until the backlog is below it.
+            let mut st = q.state.lock().unwrap();
+            st.capacity = capacity.max(1) as usize;
+            st.closed = false;
+            return Ok(());
         }
-        let q = Arc::new(SaleQueue::new(sale_id, capacity));
-        sales.open.insert(sale_id.to_string(), q.clone());
-        sales.rotation.push(q);
+        sales.insert(
+            sale_id.to_string(),
+            Arc::new(SaleQueue::new(sale_id, capacity)),
+        );
         Ok(())
     }
 
     async fn close(&self, sale_id: &str) -> Result<(), QueueError> {
         let mut sales = self.sales.write().unwrap();
-        if let Some(q) = sales.open.remove(sale_id) {
-            q.closed.store(true, Ordering::Release);
+        if let Some(q) = sales.get(sale_id) {
+            let mut st = q.state.lock().unwrap();
+            st.closed = true;
+            if st.entries.is_empty() {
+                drop(st);
+                sales.remove(sale_id);
+            }
         }
         Ok(())
     }
@@ -122,18 +187,28 @@ impl RequestQueue for MemoryQueue {
             .sales
             .read()
             .unwrap()
-            .open
             .get(&ticket.purchase.sale_id)
             .cloned();
         let Some(q) = q else {
             return Err(QueueError::UnknownSale(ticket.purchase.sale_id));
         };
-        if q.ring.push(ticket).is_err() {
-            return Err(QueueError::Full(q.sale_id.clone()));
+        {
+            let mut st = q.state.lock().unwrap();
+            if st.closed {
+                return Err(QueueError::UnknownSale(ticket.purchase.sale_id));
+            }
+            if st.entries.len() >= st.capacity {
+                return Err(QueueError::Full(q.sale_id.clone()));
+            }
+            st.entries.push_back(ticket);
+            q.depth.set(st.entries.len() as f64);
+            if !st.ready {
+                st.ready = true;
+                self.ready.lock().unwrap().push_back(q.clone());
+            }
         }
         q.enqueued.increment(1);
-        q.depth.set(q.ring.len() as f64);
-        self.ready.notify_one();
+        self.notify.notify_one();
         Ok(())
     }
 
@@ -143,18 +218,17 @@ impl RequestQueue for MemoryQueue {
         loop {
             // Register interest before looking, so an enqueue between the
             // look and the wait is not missed.
-            let ready = self.ready.notified();
+            let ready = self.notify.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             let batch = self.take(max);
             if !batch.is_empty() {
                 if batch.len() == max {
                     // More may be waiting: pass the wake-up on.
-                    self.ready.notify_one();
+                    self.notify.notify_one();
                 }
                 return Ok(batch);
             }
-            self.drop_drained();
             if tokio::time::timeout_at(deadline, ready).await.is_err() {
                 return Ok(Vec::new());
             }
@@ -170,13 +244,8 @@ impl RequestQueue for MemoryQueue {
     }
 
     async fn depth(&self, sale_id: &str) -> Result<u64, QueueError> {
-        let sales = self.sales.read().unwrap();
-        Ok(sales
-            .rotation
-            .iter()
-            .filter(|q| q.sale_id == sale_id)
-            .map(|q| q.ring.len() as u64)
-            .sum())
+        let q = self.sales.read().unwrap().get(sale_id).cloned();
+        Ok(q.map_or(0, |q| q.state.lock().unwrap().entries.len() as u64))
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -392,7 +461,8 @@ mod tests {
 
         // Drained, it leaves the rotation; reopening starts a fresh queue.
         assert!(q.next_batch(10, Duration::ZERO).await.unwrap().is_empty());
-        assert!(q.sales.read().unwrap().rotation.is_empty());
+        assert!(q.sales.read().unwrap().is_empty());
+        assert!(q.ready.lock().unwrap().is_empty());
         q.open("s", 10).await.unwrap();
         q.enqueue(ticket("s", "d")).await.unwrap();
         assert_eq!(users(&q.next_batch(10, WAIT).await.unwrap()), ["d"]);
@@ -416,5 +486,98 @@ mod tests {
         let mut got = users(&got);
         got.sort();
         assert_eq!(got, ["a", "b", "c", "d"], "none lost to the change");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_capacity_keeps_first_in_first_out() {
+        let q = MemoryQueue::new();
+        assert!(q.next_batch(10, Duration::ZERO).await.unwrap().is_empty());
+        q.open("s", 2).await.unwrap();
+        q.enqueue(ticket("s", "a")).await.unwrap();
+        q.enqueue(ticket("s", "b")).await.unwrap();
+        q.open("s", 4).await.unwrap();
+        q.enqueue(ticket("s", "c")).await.unwrap();
+        let got = q.next_batch(10, WAIT).await.unwrap();
+        assert_eq!(users(&got), ["a", "b", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_capacity_bounds_the_backlog_and_keeps_one_turn() {
+        let q = MemoryQueue::new();
+        q.open("s", 3).await.unwrap();
+        q.open("t", 10).await.unwrap();
+        for u in ["a", "b", "c"] {
+            q.enqueue(ticket("s", u)).await.unwrap();
+        }
+        // A smaller bound than the backlog keeps the backlog and refuses
+        // new entries: the bound is the new capacity, not old + new.
+        q.open("s", 2).await.unwrap();
+        assert!(matches!(
+            q.enqueue(ticket("s", "d")).await,
+            Err(QueueError::Full(_))
+        ));
+        q.enqueue(ticket("t", "x")).await.unwrap();
+        // One turn per sale and round: s, then t, then s again.
+        assert_eq!(users(&q.next_batch(1, WAIT).await.unwrap()), ["a"]);
+        assert_eq!(users(&q.next_batch(1, WAIT).await.unwrap()), ["x"]);
+        assert_eq!(users(&q.next_batch(1, WAIT).await.unwrap()), ["b"]);
+        q.enqueue(ticket("s", "d")).await.unwrap();
+        assert_eq!(q.depth("s").await.unwrap(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reopened_before_drained_keeps_first_in_first_out() {
+        let q = MemoryQueue::new();
+        q.open("s", 10).await.unwrap();
+        q.enqueue(ticket("s", "a")).await.unwrap();
+        q.close("s").await.unwrap();
+        q.open("s", 10).await.unwrap();
+        q.enqueue(ticket("s", "b")).await.unwrap();
+        assert_eq!(users(&q.next_batch(10, WAIT).await.unwrap()), ["a", "b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capacity_is_allocated_as_the_queue_fills() {
+        // The largest capacity the admin API accepts, a hundred times: none
+        // of it is allocated before entries arrive.
+        let q = MemoryQueue::new();
+        for i in 0..100 {
+            q.open(&format!("s{i}"), 10_000_000).await.unwrap();
+        }
+        for i in 0..100 {
+            assert_eq!(q.allocated(&format!("s{i}")), 0);
+        }
+        for i in 0..10 {
+            q.enqueue(ticket("s0", &format!("u{i}"))).await.unwrap();
+        }
+        let room = q.allocated("s0");
+        assert!((10..=KEEP_ALLOCATED).contains(&room), "{room}");
+
+        // A spike's room is given back once drained.
+        q.open("big", 10_000_000).await.unwrap();
+        for i in 0..10_000 {
+            q.enqueue(ticket("big", &format!("u{i}"))).await.unwrap();
+        }
+        while !q.next_batch(1000, Duration::ZERO).await.unwrap().is_empty() {}
+        assert!(
+            q.allocated("big") <= KEEP_ALLOCATED,
+            "{}",
+            q.allocated("big")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn taking_visits_only_sales_with_entries() {
+        // Many idle sales and one busy one: each call visits the busy sale
+        // alone, so its cost does not grow with the idle ones.
+        let q = MemoryQueue::new();
+        for i in 0..20_000 {
+            q.open(&format!("idle{i}"), 10).await.unwrap();
+        }
+        q.open("busy", 10).await.unwrap();
+        q.enqueue(ticket("busy", "a")).await.unwrap();
+        assert_eq!(q.ready.lock().unwrap().len(), 1, "only the busy sale");
+        assert_eq!(users(&q.next_batch(10, WAIT).await.unwrap()), ["a"]);
+        assert!(q.ready.lock().unwrap().is_empty());
     }
 }
