@@ -45,6 +45,19 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
             put(&shared, id, req).await
         }
         (&Method::DELETE, ["admin", "v1", "sales", id]) => delete(&shared, id).await,
+        (&Method::PATCH, ["admin", "v1", "sales", id]) => {
+            let id = id.to_string();
+            patch(&shared, id, req).await
+        }
+        (&Method::POST, ["admin", "v1", "sales", id, action @ ("pause" | "resume" | "end")]) => {
+            let change = match *action {
+                "pause" => Change::Pause,
+                "resume" => Change::Resume,
+                _ => Change::End,
+            };
+            let id = id.to_string();
+            change_sale(&shared, &id, change).await
+        }
         (_, ["admin", "v1", "sales" | "orders", ..]) | (_, ["metrics" | "healthz" | "readyz"]) => {
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -92,6 +105,22 @@ struct SaleBody {
     queue_capacity: Option<u32>,
 }
 
+/// The answer for a store error of an admin change.
+fn inventory_error(e: InventoryError) -> HttpResponse {
+    match e {
+        InventoryError::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", "no such sale"),
+        InventoryError::Removed(_) => error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the sale id belongs to a removed sale whose orders are kept; choose another id",
+        ),
+        InventoryError::HasSales(_) | InventoryError::Conflict(_) => {
+            error(StatusCode::CONFLICT, "conflict", &e.to_string())
+        }
+        InventoryError::Unavailable(_) => unavailable(),
+    }
+}
+
 fn bad(message: &str) -> HttpResponse {
     error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
@@ -129,6 +158,7 @@ fn spec_of(sale_id: String, body: SaleBody) -> Result<SaleSpec, String> {
             body.queue_capacity,
             DEFAULT_QUEUE_CAPACITY,
         )?,
+        paused: false,
     };
     if spec.stock > u64::from(u32::MAX) {
         return Err("stock must be at most 4294967295".into());
@@ -165,10 +195,10 @@ async fn put(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpRe
             return error(
                 StatusCode::CONFLICT,
                 "conflict",
-                "the sale has sold units already and cannot be replaced",
+                "the sale has sold units already and cannot be replaced; PATCH changes it",
             )
         }
-        Err(InventoryError::Unavailable(_)) => return unavailable(),
+        Err(e) => return inventory_error(e),
     };
     tracing::info!(sale = %sale_id, created = code == StatusCode::CREATED, "sale put");
     match shared.stores.inventory.sale(&sale_id).await {
@@ -334,5 +364,135 @@ mod tests {
         ] {
             assert!(orders_query(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+/// Deserializes a present field as `Some`, so `Option<Option<T>>` tells an
+/// absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// The body of `PATCH /admin/v1/sales/{id}`: each field present is changed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    stock: Option<u64>,
+    per_user_limit: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    ends_at: Option<Option<String>>,
+    token_rate: Option<u32>,
+    token_capacity: Option<u32>,
+}
+
+/// Applies a patch to a sale's definition; the error is the message for the 400.
+fn patched(mut spec: SaleSpec, body: PatchBody) -> Result<SaleSpec, String> {
+    let setting = |name: &str, v: u32| match v {
+        n @ 1..=MAX_SETTING => Ok(n),
+        _ => Err(format!("{name} must be 1..={MAX_SETTING}")),
+    };
+    if let Some(stock) = body.stock {
+        if stock > u64::from(u32::MAX) {
+            return Err("stock must be at most 4294967295".into());
+        }
+        spec.stock = stock;
+    }
+    if let Some(n) = body.per_user_limit {
+        spec.per_user_limit = setting("per_user_limit", n)?;
+    }
+    if let Some(n) = body.token_rate {
+        spec.token_rate = setting("token_rate", n)?;
+    }
+    if let Some(n) = body.token_capacity {
+        spec.token_capacity = setting("token_capacity", n)?;
+    }
+    if let Some(ends_at) = body.ends_at {
+        spec.ends_at_ms = match ends_at {
+            None => None,
+            Some(s) => Some(parse_rfc3339(&s).ok_or("ends_at must be an RFC 3339 time or null")?),
+        };
+    }
+    if let (Some(s), Some(e)) = (spec.starts_at_ms, spec.ends_at_ms) {
+        if e <= s {
+            return Err("ends_at must be after starts_at".into());
+        }
+    }
+    Ok(spec)
+}
+
+/// `PATCH /admin/v1/sales/{id}`: changes a live sale atomically.
+async fn patch(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpResponse {
+    if !valid_id(&sale_id) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such sale");
+    }
+    let body = match read_body(req, shared.config.body_read_timeout).await {
+        Ok(b) => b,
+        Err((_, resp)) => return resp,
+    };
+    let body: PatchBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad(&format!("invalid change: {e}")),
+    };
+    let current = match shared.stores.inventory.sale(&sale_id).await {
+        Ok(Some(s)) => s.spec,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such sale"),
+        Err(_) => return unavailable(),
+    };
+    match patched(current, body) {
+        Ok(spec) => update(shared, spec, "sale changed").await,
+        Err(message) => bad(&message),
+    }
+}
+
+/// The operator's controls of a live sale.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Pause,
+    Resume,
+    End,
+}
+
+/// `POST /admin/v1/sales/{id}/pause`, `/resume`, `/end`.
+async fn change_sale(shared: &Shared, sale_id: &str, change: Change) -> HttpResponse {
+    if !valid_id(sale_id) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such sale");
+    }
+    let mut spec = match shared.stores.inventory.sale(sale_id).await {
+        Ok(Some(s)) => s.spec,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such sale"),
+        Err(_) => return unavailable(),
+    };
+    match change {
+        Change::Pause => spec.paused = true,
+        Change::Resume => spec.paused = false,
+        Change::End => {
+            let now = seckill_inventory::now_ms();
+            // An end already past stays; otherwise the sale ends now (a
+            // start still ahead moves to now, so the window stays valid).
+            if spec.ends_at_ms.is_none_or(|e| e > now) {
+                spec.ends_at_ms = Some(now);
+                spec.starts_at_ms = spec.starts_at_ms.map(|s| s.min(now.saturating_sub(1)));
+            }
+        }
+    }
+    update(shared, spec, "sale control").await
+}
+
+/// Stores a changed definition and answers with the sale.
+async fn update(shared: &Shared, spec: SaleSpec, what: &str) -> HttpResponse {
+    let sale_id = spec.sale_id.clone();
+    match crate::update_sale(shared, spec).await {
+        Ok(status) => {
+            tracing::info!(sale = %sale_id, paused = status.spec.paused, "{what}");
+            json(
+                StatusCode::OK,
+                serde_json::to_vec(&SaleView::new(&status, true)).expect("views serialize"),
+            )
+        }
+        Err(e) => inventory_error(e),
     }
 }

@@ -19,6 +19,7 @@ pub enum Status {
     NotFound,
     NotStarted,
     Ended,
+    Paused,
     SoldOut,
     TooLarge,
     RateLimited,
@@ -27,7 +28,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 13] = [
+    pub const ALL: [Status; 14] = [
         Status::Success,
         Status::Pending,
         Status::BadRequest,
@@ -36,6 +37,7 @@ impl Status {
         Status::NotFound,
         Status::NotStarted,
         Status::Ended,
+        Status::Paused,
         Status::SoldOut,
         Status::TooLarge,
         Status::RateLimited,
@@ -53,6 +55,7 @@ impl Status {
             Status::NotFound => "not_found",
             Status::NotStarted => "not_started",
             Status::Ended => "ended",
+            Status::Paused => "paused",
             Status::SoldOut => "sold_out",
             Status::TooLarge => "too_large",
             Status::RateLimited => "rate_limited",
@@ -68,7 +71,7 @@ impl Status {
             Status::BadRequest => StatusCode::BAD_REQUEST,
             Status::LimitExceeded | Status::Rejected => StatusCode::FORBIDDEN,
             Status::NotFound => StatusCode::NOT_FOUND,
-            Status::NotStarted | Status::Ended => StatusCode::CONFLICT,
+            Status::NotStarted | Status::Ended | Status::Paused => StatusCode::CONFLICT,
             Status::SoldOut => StatusCode::GONE,
             Status::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Status::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -99,6 +102,7 @@ impl Status {
             Status::NotFound => "no such sale",
             Status::NotStarted => "the sale has not started",
             Status::Ended => "the sale has ended",
+            Status::Paused => "the sale is paused; try again later",
             Status::SoldOut => "sold out",
             Status::TooLarge => "request body over 4 KiB",
             Status::RateLimited => "too many requests; try again later",

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use seckill_inventory::{InventoryError, Put, SaleEvent, SaleSpec};
+use seckill_inventory::{InventoryError, Put, SaleEvent, SaleSpec, SaleStatus};
 use seckill_ops::http::{serve as serve_http, ServerLimits};
 use seckill_service::{Callback, GrpcCallback, Service, ServiceConfig};
 use seckill_stores::Stores;
@@ -192,6 +192,16 @@ pub(crate) async fn put_sale(shared: &Shared, spec: SaleSpec) -> Result<Put, Inv
     let put = shared.stores.inventory.put_sale(spec.clone()).await?;
     sync_one(shared, &spec.sale_id).await?;
     Ok(put)
+}
+
+/// Changes a live sale in the inventory and installs the change locally.
+pub(crate) async fn update_sale(
+    shared: &Shared,
+    spec: SaleSpec,
+) -> Result<SaleStatus, InventoryError> {
+    let status = shared.stores.inventory.update_sale(spec).await?;
+    sync_one(shared, &status.spec.sale_id).await?;
+    Ok(status)
 }
 
 /// Refreshes one sale from the inventory (installing, replacing or removing it).

@@ -248,6 +248,9 @@ fn check_sale(
         Some(_) => return Err(refuse(Status::Ended)),
         None => {}
     }
+    if sale.spec.paused {
+        return Err(refuse(Status::Paused));
+    }
     if sale.sold_out() {
         return Err(refuse(Status::SoldOut));
     }

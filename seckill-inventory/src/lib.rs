@@ -19,6 +19,30 @@ pub use ids::{now_ms, unique_id};
 pub use memory::MemoryInventory;
 pub use model::*;
 
+/// Checks a new definition of a sale against what it sold: `Conflict` when
+/// the stock would fall below the units sold or the per-user limit below
+/// the most a buyer holds. Every implementation applies it in its atomic
+/// update step.
+pub fn check_update(
+    spec: &SaleSpec,
+    sold: u64,
+    most_held: Option<u32>,
+) -> Result<(), InventoryError> {
+    if spec.stock < sold {
+        return Err(InventoryError::Conflict(format!(
+            "stock {} is below the {sold} units sold",
+            spec.stock
+        )));
+    }
+    if let Some(held) = most_held.filter(|&h| h > spec.per_user_limit) {
+        return Err(InventoryError::Conflict(format!(
+            "per_user_limit {} is below the {held} units a buyer holds",
+            spec.per_user_limit
+        )));
+    }
+    Ok(())
+}
+
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
@@ -28,6 +52,17 @@ pub enum InventoryError {
     /// The sale has sold units already and cannot be replaced.
     #[error("sale {0} has sales already")]
     HasSales(String),
+    /// No such sale.
+    #[error("no sale {0}")]
+    NotFound(String),
+    /// The id belongs to a removed sale whose orders are kept: creating it
+    /// again would sell its units twice.
+    #[error("sale {0} was removed and its orders are kept")]
+    Removed(String),
+    /// A change that would break what was sold: stock below the units
+    /// sold, or a per-user limit below what a buyer holds.
+    #[error("{0}")]
+    Conflict(String),
     /// The store cannot be reached; callers fail closed.
     #[error("inventory store unavailable: {0}")]
     Unavailable(String),
@@ -39,7 +74,16 @@ pub trait Inventory: Send + Sync + 'static {
     /// Creates a sale, or replaces one that has sold nothing yet.
     async fn put_sale(&self, spec: SaleSpec) -> Result<Put, InventoryError>;
 
-    /// Ends and removes a sale. Returns false if it did not exist.
+    /// Changes a live sale's definition in one atomic step: refused with
+    /// [`InventoryError::Conflict`] when `spec.stock` is below the units
+    /// sold or `spec.per_user_limit` below what a buyer already holds, and
+    /// [`InventoryError::NotFound`] for an unknown or removed sale.
+    async fn update_sale(&self, spec: SaleSpec) -> Result<SaleStatus, InventoryError>;
+
+    /// Ends and removes a sale from the catalog. Its orders and results
+    /// stay (readable, and in the order feed); a sale that sold anything
+    /// keeps its id, so it can never be created and sold again. Returns
+    /// false if it did not exist.
     async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError>;
 
     /// One sale with its sold count.

@@ -45,6 +45,18 @@ struct Book {
     sold: u64,
     held: HashMap<String, u32>,
     orders: Vec<OrderEvent>,
+    /// Removed from the catalog after it sold: kept for its orders, and so
+    /// that its id is never sold again.
+    removed: bool,
+}
+
+impl Book {
+    fn status(&self) -> SaleStatus {
+        SaleStatus {
+            spec: self.spec.clone(),
+            sold: self.sold,
+        }
+    }
 }
 
 impl Default for MemoryInventory {
@@ -115,6 +127,9 @@ impl MemoryInventory {
         let mut book = book.lock().unwrap();
         if let Some(outcome) = self.stored_outcome(&p.request_id) {
             return duplicate(outcome);
+        }
+        if book.removed {
+            return self.finish(p, rejected("sale_removed"));
         }
         if let Some(key) = &p.idempotency_key {
             let k = (p.sale_id.clone(), p.user_id.clone(), key.clone());
@@ -215,6 +230,9 @@ impl Inventory for MemoryInventory {
             match sales.get(&id) {
                 Some(book) => {
                     let mut book = book.lock().unwrap();
+                    if book.removed {
+                        return Err(InventoryError::Removed(id));
+                    }
                     if book.sold > 0 {
                         return Err(InventoryError::HasSales(id));
                     }
@@ -227,6 +245,7 @@ impl Inventory for MemoryInventory {
                         sold: 0,
                         held: HashMap::new(),
                         orders: Vec::new(),
+                        removed: false,
                     };
                     sales.insert(id.clone(), Arc::new(Mutex::new(book)));
                     Put::Created
@@ -237,8 +256,44 @@ impl Inventory for MemoryInventory {
         Ok(put)
     }
 
+    async fn update_sale(&self, spec: SaleSpec) -> Result<SaleStatus, InventoryError> {
+        let id = spec.sale_id.clone();
+        let book = self
+            .book(&id)
+            .ok_or_else(|| InventoryError::NotFound(id.clone()))?;
+        let status = {
+            let mut book = book.lock().unwrap();
+            if book.removed {
+                return Err(InventoryError::NotFound(id));
+            }
+            check_update(&spec, book.sold, book.held.values().copied().max())?;
+            book.spec = spec;
+            book.status()
+        };
+        let _ = self.inner.events.send(SaleEvent::Changed(id));
+        Ok(status)
+    }
+
     async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError> {
-        let removed = self.inner.sales.write().unwrap().remove(sale_id).is_some();
+        let removed = {
+            let mut sales = self.inner.sales.write().unwrap();
+            match sales.get(sale_id).cloned() {
+                None => false,
+                Some(book) => {
+                    let mut b = book.lock().unwrap();
+                    if b.removed {
+                        false
+                    } else if b.sold == 0 {
+                        drop(b);
+                        sales.remove(sale_id);
+                        true
+                    } else {
+                        b.removed = true;
+                        true
+                    }
+                }
+            }
+        };
         if removed {
             let _ = self
                 .inner
@@ -249,12 +304,9 @@ impl Inventory for MemoryInventory {
     }
 
     async fn sale(&self, sale_id: &str) -> Result<Option<SaleStatus>, InventoryError> {
-        Ok(self.book(sale_id).map(|b| {
+        Ok(self.book(sale_id).and_then(|b| {
             let b = b.lock().unwrap();
-            SaleStatus {
-                spec: b.spec.clone(),
-                sold: b.sold,
-            }
+            (!b.removed).then(|| b.status())
         }))
     }
 
@@ -262,12 +314,9 @@ impl Inventory for MemoryInventory {
         let books: Vec<_> = self.inner.sales.read().unwrap().values().cloned().collect();
         let mut all: Vec<SaleStatus> = books
             .iter()
-            .map(|b| {
+            .filter_map(|b| {
                 let b = b.lock().unwrap();
-                SaleStatus {
-                    spec: b.spec.clone(),
-                    sold: b.sold,
-                }
+                (!b.removed).then(|| b.status())
             })
             .collect();
         all.sort_by(|a, b| a.spec.sale_id.cmp(&b.spec.sale_id));

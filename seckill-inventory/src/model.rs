@@ -30,6 +30,10 @@ pub struct SaleSpec {
     pub token_capacity: u32,
     /// Capacity of the request queue.
     pub queue_capacity: u32,
+    /// Paused by an operator: purchases are refused at once (`409
+    /// paused`); what was queued before is still decided.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl SaleSpec {
@@ -44,6 +48,7 @@ impl SaleSpec {
             token_rate: DEFAULT_TOKEN_RATE,
             token_capacity: DEFAULT_TOKEN_CAPACITY,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            paused: false,
         }
     }
 }
@@ -69,6 +74,7 @@ pub struct SaleStatus {
 pub enum SaleState {
     Upcoming,
     Active,
+    Paused,
     SoldOut,
     Ended,
 }
@@ -79,6 +85,7 @@ impl SaleState {
         match self {
             SaleState::Upcoming => "upcoming",
             SaleState::Active => "active",
+            SaleState::Paused => "paused",
             SaleState::SoldOut => "sold_out",
             SaleState::Ended => "ended",
         }
@@ -91,13 +98,15 @@ impl SaleStatus {
         self.spec.stock.saturating_sub(self.sold)
     }
 
-    /// The sale's state at `now_ms`.
+    /// The sale's state at `now_ms`: an ended sale is ended, paused or not.
     pub fn state(&self, now_ms: u64) -> SaleState {
-        window_state(&self.spec, now_ms).unwrap_or(if self.remaining() == 0 {
-            SaleState::SoldOut
-        } else {
-            SaleState::Active
-        })
+        match window_state(&self.spec, now_ms) {
+            Some(SaleState::Ended) => SaleState::Ended,
+            _ if self.spec.paused => SaleState::Paused,
+            Some(state) => state,
+            None if self.remaining() == 0 => SaleState::SoldOut,
+            None => SaleState::Active,
+        }
     }
 }
 
@@ -291,6 +300,10 @@ mod tests {
         s.spec.ends_at_ms = Some(200);
         assert_eq!(s.state(99), SaleState::Upcoming);
         assert_eq!(s.state(200), SaleState::Ended);
+        s.spec.paused = true;
+        assert_eq!(s.state(99), SaleState::Paused);
+        assert_eq!(s.state(150), SaleState::Paused);
+        assert_eq!(s.state(200), SaleState::Ended, "ended wins over paused");
     }
 
     #[test]

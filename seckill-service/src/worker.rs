@@ -277,8 +277,19 @@ mod tests {
         async fn put_sale(&self, spec: SaleSpec) -> Result<Put, InventoryError> {
             self.inventory.put_sale(spec).await
         }
+        async fn update_sale(&self, spec: SaleSpec) -> Result<SaleStatus, InventoryError> {
+            self.inventory.update_sale(spec).await
+        }
         async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError> {
             self.inventory.remove_sale(sale_id).await
+        }
+        async fn request_of_key(
+            &self,
+            sale_id: &str,
+            user_id: &str,
+            key: &str,
+        ) -> Result<Option<String>, InventoryError> {
+            self.inventory.request_of_key(sale_id, user_id, key).await
         }
         async fn sale(&self, sale_id: &str) -> Result<Option<SaleStatus>, InventoryError> {
             self.inventory.sale(sale_id).await

@@ -15,8 +15,8 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script, Value};
 use seckill_inventory::{
-    sale_of_request, unique_id, Admission, Decision, Inventory, InventoryError, OrderEvent,
-    Outcome, Purchase, Put, RequestRecord, SaleEvent, SaleSpec, SaleStatus,
+    check_update, sale_of_request, unique_id, Admission, Decision, Inventory, InventoryError,
+    OrderEvent, Outcome, Purchase, Put, RequestRecord, SaleEvent, SaleSpec, SaleStatus,
 };
 use tokio::sync::broadcast;
 
@@ -29,6 +29,8 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("set
 static PUT_SALE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("put_sale.lua")));
 static REMOVE_SALE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("remove_sale.lua")));
+static UPDATE_SALE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("update_sale.lua")));
 
 /// Orders read per `XRANGE` page.
 const ORDER_PAGE: usize = 1000;
@@ -151,6 +153,9 @@ fn status_of(fields: HashMap<String, String>) -> Result<Option<SaleStatus>, Inve
     let Some(spec) = fields.get("spec") else {
         return Ok(None);
     };
+    if fields.get("removed").is_some_and(|r| r == "1") {
+        return Ok(None);
+    }
     let spec: SaleSpec = serde_json::from_str(spec).map_err(|_| corrupt("sale spec"))?;
     let sold = fields.get("sold").and_then(|s| s.parse().ok()).unwrap_or(0);
     Ok(Some(SaleStatus { spec, sold }))
@@ -184,6 +189,7 @@ impl Inventory for RedisInventory {
         let put = match put {
             1 => Put::Created,
             0 => Put::Replaced,
+            -2 => return Err(InventoryError::Removed(id)),
             _ => return Err(InventoryError::HasSales(id)),
         };
         // The catalog set lives in another slot: a separate command, after
@@ -197,6 +203,59 @@ impl Inventory for RedisInventory {
         Ok(put)
     }
 
+    async fn update_sale(&self, spec: SaleSpec) -> Result<SaleStatus, InventoryError> {
+        let id = spec.sale_id.clone();
+        let json = serde_json::to_string(&spec).map_err(|_| corrupt("spec"))?;
+        // The spec as read, for the compare and set; another change in
+        // between makes the caller's read stale, so it reads again.
+        for _ in 0..8 {
+            let read: Option<String> = self
+                .conn()
+                .hget(keys::sale(&id), "spec")
+                .await
+                .map_err(unavailable)?;
+            let Some(read) = read else {
+                return Err(InventoryError::NotFound(id));
+            };
+            let reply: Vec<i64> = UPDATE_SALE
+                .key(keys::sale(&id))
+                .arg(read)
+                .arg(&json)
+                .arg(spec.stock)
+                .arg(spec.per_user_limit)
+                .arg(opt_ms(spec.starts_at_ms))
+                .arg(opt_ms(spec.ends_at_ms))
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let sold = reply.get(1).copied().unwrap_or(0).max(0) as u64;
+            match reply.first().copied() {
+                Some(1) => {
+                    self.shared.publish(format!("changed:{id}")).await;
+                    return Ok(SaleStatus { spec, sold });
+                }
+                Some(0) => continue,
+                Some(-1) => return Err(InventoryError::NotFound(id)),
+                // The script refused what check_update refuses; it names why.
+                Some(-2) => {
+                    return Err(check_update(&spec, sold, None)
+                        .err()
+                        .unwrap_or_else(|| corrupt("update_sale stock")))
+                }
+                Some(-3) => {
+                    let held = u32::try_from(sold).unwrap_or(u32::MAX);
+                    return Err(check_update(&spec, 0, Some(held))
+                        .err()
+                        .unwrap_or_else(|| corrupt("update_sale limit")));
+                }
+                _ => return Err(corrupt("update_sale reply")),
+            }
+        }
+        Err(InventoryError::Unavailable(
+            "the sale kept changing; try again".into(),
+        ))
+    }
+
     async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError> {
         let listed: i64 = self
             .conn()
@@ -206,7 +265,6 @@ impl Inventory for RedisInventory {
         let existed: i64 = REMOVE_SALE
             .key(keys::sale(sale_id))
             .key(keys::users(sale_id))
-            .key(keys::orders(sale_id))
             .key(keys::tokens(sale_id))
             .invoke_async(&mut self.conn())
             .await

@@ -14,15 +14,18 @@ local retention = ARGV[1]
 local sale = ARGV[2]
 local n = tonumber(ARGV[4])
 
-local exists = redis.call('EXISTS', KEYS[1]) == 1
-local stock, sold, limit, starts, ends
+local f = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'per_user_limit', 'starts_at_ms',
+  'ends_at_ms', 'max_held', 'removed')
+-- A removed sale keeps its hash (for its orders and its id) but sells nothing.
+local exists = f[1] ~= false and f[7] ~= '1'
+local stock, sold, limit, starts, ends, max_held
 if exists then
-  local f = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'per_user_limit', 'starts_at_ms', 'ends_at_ms')
   stock = tonumber(f[1])
   sold = tonumber(f[2]) or 0
   limit = tonumber(f[3])
   starts = tonumber(f[4])
   ends = tonumber(f[5])
+  max_held = tonumber(f[6]) or 0
 end
 
 local out = {}
@@ -71,7 +74,12 @@ for i = 1, n do
         status = 'sold_out'
       else
         sold = redis.call('HINCRBY', KEYS[1], 'sold', qty)
-        redis.call('HINCRBY', KEYS[2], user, qty)
+        local now_held = redis.call('HINCRBY', KEYS[2], user, qty)
+        -- The most any buyer holds: a per-user limit is never lowered below it.
+        if now_held > max_held then
+          max_held = now_held
+          redis.call('HSET', KEYS[1], 'max_held', max_held)
+        end
         redis.call('XADD', KEYS[3], '*', 'order_id', oid, 'request_id', rid,
           'user_id', user, 'quantity', qty, 'at_ms', now)
         status, detail = 'success', oid

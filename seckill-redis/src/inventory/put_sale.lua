@@ -1,9 +1,13 @@
 -- Creates a sale, or replaces one that has sold nothing.
 -- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] order stream.
 -- ARGV: spec JSON, stock, per-user limit, starts_at_ms, ends_at_ms ("" = unset).
--- Returns 1 created, 0 replaced, -1 has sales already.
+-- Returns 1 created, 0 replaced, -1 has sales already, -2 removed with its
+-- orders kept (the id can never sell again).
 local created = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'removed') == '1' then
+    return -2
+  end
   if (tonumber(redis.call('HGET', KEYS[1], 'sold')) or 0) > 0 then
     return -1
   end

@@ -15,6 +15,8 @@ crate::each_backend!(
     deadlines_windows_and_settle,
     catalog_and_events,
     concurrent_purchases_never_oversell,
+    live_changes_keep_what_was_sold,
+    removal_keeps_orders_and_the_id,
 );
 
 /// Waits for `want` among the events (other tests' events are skipped).
@@ -315,4 +317,122 @@ async fn concurrent_purchases_never_oversell(env: Env) {
         *per_user.entry(o.user_id.clone()).or_insert(0u32) += o.quantity;
     }
     assert!(per_user.values().all(|&n| n <= 2), "per-user limit held");
+}
+
+async fn live_changes_keep_what_was_sold(env: Env) {
+    let inv = &env.inventory;
+    let sale = sale_id("live");
+    inv.put_sale(spec(&sale, 5, 3)).await.unwrap();
+    let mut events = inv.events();
+    let got = inv
+        .purchase(&[purchase(&sale, "u1", 2), purchase(&sale, "u2", 1)])
+        .await
+        .unwrap();
+    assert!(got
+        .iter()
+        .all(|d| matches!(d.outcome, Outcome::Success { .. })));
+
+    // Stock up, rate down, paused: one step, the sold count kept.
+    let mut changed = spec(&sale, 10, 3);
+    changed.token_rate = 10;
+    changed.paused = true;
+    let status = inv.update_sale(changed.clone()).await.unwrap();
+    assert_eq!((status.spec.clone(), status.sold), (changed.clone(), 3));
+    expect_event(&mut events, SaleEvent::Changed(sale.clone())).await;
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().spec, changed);
+
+    // Never below what was sold, nor below what a buyer holds.
+    let below_sold = inv.update_sale(spec(&sale, 2, 3)).await;
+    assert!(
+        matches!(below_sold, Err(InventoryError::Conflict(_))),
+        "{below_sold:?}"
+    );
+    let below_held = inv.update_sale(spec(&sale, 10, 1)).await;
+    assert!(
+        matches!(below_held, Err(InventoryError::Conflict(_))),
+        "{below_held:?}"
+    );
+    assert_eq!(
+        inv.sale(&sale).await.unwrap().unwrap().spec,
+        changed,
+        "refused: unchanged"
+    );
+    // Exactly at the limits is fine.
+    inv.update_sale(spec(&sale, 3, 2)).await.unwrap();
+    let status = inv.sale(&sale).await.unwrap().unwrap();
+    assert_eq!(
+        (status.spec.stock, status.spec.per_user_limit, status.sold),
+        (3, 2, 3)
+    );
+    let more = inv.purchase(&[purchase(&sale, "u3", 1)]).await.unwrap();
+    assert_eq!(more[0].outcome, Outcome::SoldOut, "the new stock holds");
+
+    let unknown = inv.update_sale(spec(&sale_id("nope"), 1, 1)).await;
+    assert!(
+        matches!(unknown, Err(InventoryError::NotFound(_))),
+        "{unknown:?}"
+    );
+}
+
+async fn removal_keeps_orders_and_the_id(env: Env) {
+    let inv = &env.inventory;
+    let sale = sale_id("gone");
+    inv.put_sale(spec(&sale, 5, 1)).await.unwrap();
+    let sold = inv
+        .purchase(&[purchase(&sale, "u1", 1), purchase(&sale, "u2", 1)])
+        .await
+        .unwrap();
+    let first = match &sold[0].outcome {
+        Outcome::Success { order_id } => order_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(inv.remove_sale(&sale).await.unwrap());
+    assert_eq!(
+        inv.sale(&sale).await.unwrap(),
+        None,
+        "gone from the catalog"
+    );
+    assert!(inv
+        .sales()
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.spec.sale_id != sale));
+    assert!(!inv.remove_sale(&sale).await.unwrap(), "removed once");
+
+    // Its orders stay, and its id never sells again.
+    let orders = inv.orders(&sale).await.unwrap();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders[0].order_id, first);
+    let again = inv.put_sale(spec(&sale, 5, 1)).await;
+    assert!(
+        matches!(again, Err(InventoryError::Removed(_))),
+        "{again:?}"
+    );
+    let late = inv.purchase(&[purchase(&sale, "u1", 1)]).await.unwrap();
+    assert_eq!(
+        late[0].outcome,
+        Outcome::Rejected {
+            reason: "sale_removed".into()
+        }
+    );
+    assert_eq!(
+        inv.orders(&sale).await.unwrap().len(),
+        2,
+        "nothing more sold"
+    );
+    let changed = inv.update_sale(spec(&sale, 9, 1)).await;
+    assert!(
+        matches!(changed, Err(InventoryError::NotFound(_))),
+        "{changed:?}"
+    );
+
+    // A sale that sold nothing leaves no trace: its id can be used again.
+    let unsold = sale_id("unsold");
+    inv.put_sale(spec(&unsold, 5, 1)).await.unwrap();
+    assert!(inv.remove_sale(&unsold).await.unwrap());
+    assert_eq!(
+        inv.put_sale(spec(&unsold, 5, 1)).await.unwrap(),
+        Put::Created
+    );
 }
