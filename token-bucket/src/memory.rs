@@ -1,21 +1,24 @@
-//! The in-memory token bucket: an atomic token count plus a generator task.
+//! The in-memory token bucket: an atomic token count, refilled from the
+//! clock whenever it is looked at.
 //!
 //! Tokens are interchangeable, so the fixed-capacity token queue is kept as
 //! its length alone: "push a token unless full" and "pop a token unless
 //! empty" are single compare-and-swap operations on that length, which is
 //! what a bounded MPMC queue of unit values reduces to.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+//!
+//! The generator is not a task: what it would have pushed since start
+//! (`rate × elapsed`, exact in integers) is pushed, capped at the capacity,
+//! just before each look. With no take in between, a run of capped pushes
+//! leaves the same tokens and the same issued and discarded counts as one
+//! capped push of their sum, so this is the ticking generator without its
+//! ticks: an idle sale costs no wake-ups, however many sales there are.
 
 use async_trait::async_trait;
-use tokio::time::{Instant, MissedTickBehavior};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::time::Instant;
 
 use crate::{BucketConfig, BucketError, BucketFactory, BucketMetrics, TokenBucket};
-
-/// How often the generator wakes up; each tick adds what is due since start.
-pub const TICK: Duration = Duration::from_millis(10);
 
 /// The embedded-mode [`TokenBucket`].
 pub struct MemoryBucket {
@@ -26,30 +29,33 @@ struct Shared {
     tokens: AtomicU64,
     capacity: u64,
     rate: u64,
+    start: Instant,
+    /// Tokens generated (pushed or discarded) since start.
+    generated: AtomicU64,
     issued: AtomicU64,
     discarded: AtomicU64,
     metrics: BucketMetrics,
 }
 
 impl MemoryBucket {
-    /// A bucket that starts empty and fills at `config.rate_per_sec`. Must
-    /// be called within a Tokio runtime; the generator stops when the bucket
-    /// is dropped.
+    /// A bucket that starts empty and fills at `config.rate_per_sec`.
     pub fn start(sale_id: &str, config: BucketConfig) -> Self {
         let shared = Arc::new(Shared {
             tokens: AtomicU64::new(0),
             capacity: u64::from(config.capacity),
             rate: u64::from(config.rate_per_sec),
+            start: Instant::now(),
+            generated: AtomicU64::new(0),
             issued: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
             metrics: BucketMetrics::new(sale_id),
         });
-        tokio::spawn(generate(Arc::downgrade(&shared)));
         MemoryBucket { shared }
     }
 
     /// Takes one token if there is one (the synchronous core of `try_take`).
     pub fn take(&self) -> bool {
+        self.shared.refill();
         let taken = self
             .shared
             .tokens
@@ -58,21 +64,46 @@ impl MemoryBucket {
         if taken {
             self.shared.metrics.taken.increment(1);
         }
+        self.shared.show_available();
         taken
     }
 
     /// Tokens issued into the queue since start (discarded ones excluded).
     pub fn issued(&self) -> u64 {
+        self.shared.refill();
         self.shared.issued.load(Ordering::Relaxed)
     }
 
     /// Tokens discarded because the queue was full.
     pub fn discarded(&self) -> u64 {
+        self.shared.refill();
         self.shared.discarded.load(Ordering::Relaxed)
     }
 }
 
 impl Shared {
+    /// Pushes the tokens that fell due since the last refill. The caller
+    /// that advances `generated` pushes them, so each is pushed once.
+    fn refill(&self) {
+        let elapsed = self.start.elapsed().as_nanos();
+        let due = (u128::from(self.rate) * elapsed / 1_000_000_000) as u64;
+        let mut seen = self.generated.load(Ordering::Acquire);
+        while due > seen {
+            match self.generated.compare_exchange_weak(
+                seen,
+                due,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.push(due - seen);
+                    return;
+                }
+                Err(now) => seen = now,
+            }
+        }
+    }
+
     /// Pushes up to `n` tokens, discarding what does not fit.
     fn push(&self, n: u64) {
         let mut fitted = 0;
@@ -87,30 +118,11 @@ impl Shared {
         self.metrics.issued.increment(fitted);
         self.metrics.discarded.increment(n - fitted);
     }
-}
 
-/// Adds, at every tick, the tokens due since start: `rate × elapsed`,
-/// computed exactly in integers so the long-run rate never drifts.
-async fn generate(shared: Weak<Shared>) {
-    let start = Instant::now();
-    let mut generated: u64 = 0;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let elapsed = start.elapsed().as_nanos();
-        let due = (u128::from(shared.rate) * elapsed / 1_000_000_000) as u64;
-        if due > generated {
-            shared.push(due - generated);
-            generated = due;
-        }
-        shared
-            .metrics
+    fn show_available(&self) {
+        self.metrics
             .available
-            .set(shared.tokens.load(Ordering::Relaxed) as f64);
+            .set(self.tokens.load(Ordering::Relaxed) as f64);
     }
 }
 
@@ -121,6 +133,8 @@ impl TokenBucket for MemoryBucket {
     }
 
     fn available(&self) -> u64 {
+        self.shared.refill();
+        self.shared.show_available();
         self.shared.tokens.load(Ordering::Relaxed)
     }
 }
@@ -137,7 +151,13 @@ impl BucketFactory for MemoryBuckets {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// The generator's old tick: tokens now go out as soon as they are due,
+    /// never later than this.
+    const TICK: Duration = Duration::from_millis(10);
 
     fn config(rate: u32, capacity: u32) -> BucketConfig {
         BucketConfig {
@@ -215,5 +235,24 @@ mod tests {
         drop(b);
         run_for(Duration::from_millis(50)).await;
         assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn a_bucket_runs_no_task() {
+        // No runtime here: a bucket that spawned a generator would panic.
+        // Idle sales therefore cost no wake-ups, however many there are.
+        let buckets: Vec<MemoryBucket> = (0..10_000)
+            .map(|i| MemoryBucket::start(&format!("s{i}"), config(1000, 10)))
+            .collect();
+        assert!(buckets.iter().all(|b| b.available() <= 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_untouched_bucket_is_full_at_its_first_look() {
+        let b = MemoryBucket::start("t", config(100, 50));
+        run_for(Duration::from_secs(3)).await;
+        assert_eq!(b.available(), 50);
+        assert_eq!(b.issued(), 50);
+        assert_eq!(b.discarded(), 250);
     }
 }
