@@ -10,7 +10,7 @@ use seckill_inventory::{
     parse_rfc3339, rfc3339, valid_id, InventoryError, Put, SaleSpec, DEFAULT_PER_USER_LIMIT,
     DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY, DEFAULT_TOKEN_RATE,
 };
-use seckill_ops::http::{healthz, json, metrics_response, readyz, HttpResponse};
+use seckill_ops::http::{healthz, json, readyz, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::error;
@@ -25,7 +25,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let mut resp = match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["metrics"]) => metrics_response(),
+        (&Method::GET, ["metrics"]) => crate::metrics::response(shared.clone()).await,
         (&Method::GET, ["healthz"]) => healthz(),
         (&Method::GET, ["readyz"]) => readyz(shared.stores.ready().await),
         (_, ["admin", ..]) if !authorized(&shared, &req) => {

@@ -2,10 +2,12 @@
 //! checked against without any I/O (existence, window, sold-out flag), and
 //! each sale's token bucket.
 //!
-//! It follows the inventory: the sale events as they come, and a full
-//! resynchronisation every second that also covers missed events.
+//! It follows the inventory: the sale events as they come, and a periodic
+//! resynchronisation that covers missed events. It holds at most
+//! `max_sales` sales (`--max-sales`), so what a gateway keeps and does per
+//! sale is bounded.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -17,6 +19,10 @@ pub struct SaleEntry {
     pub spec: SaleSpec,
     pub bucket: Arc<dyn TokenBucket>,
     sold_out: AtomicBool,
+    /// Remaining stock as last read from the inventory, published as
+    /// `seckill_stock_remaining` when it changes.
+    remaining: AtomicU64,
+    stock_gauge: metrics::Gauge,
 }
 
 impl SaleEntry {
@@ -26,32 +32,68 @@ impl SaleEntry {
 
     pub fn mark_sold_out(&self) {
         self.sold_out.store(true, Ordering::Relaxed);
+        self.set_remaining(0);
+    }
+
+    /// Records the remaining stock; the gauge moves only on a change.
+    fn set_remaining(&self, remaining: u64) {
+        if self.remaining.swap(remaining, Ordering::Relaxed) != remaining {
+            self.stock_gauge.set(remaining as f64);
+        }
     }
 }
 
 /// The local sales, by id.
-#[derive(Default)]
 pub struct Catalog {
     sales: DashMap<String, Arc<SaleEntry>>,
+    max_sales: usize,
+    /// Held while a sale is created through this gateway, so that
+    /// concurrent creations cannot overshoot `max_sales` together.
+    pub creating: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
+    /// An empty catalog that holds at most `max_sales` sales.
+    pub fn new(max_sales: usize) -> Self {
+        Catalog {
+            sales: DashMap::new(),
+            max_sales,
+            creating: tokio::sync::Mutex::new(()),
+        }
+    }
+
     pub fn get(&self, sale_id: &str) -> Option<Arc<SaleEntry>> {
         self.sales.get(sale_id).map(|e| e.clone())
     }
 
+    /// Whether `sale_id` is here already or there is room for it.
+    pub fn has_room_for(&self, sale_id: &str) -> bool {
+        self.sales.contains_key(sale_id) || self.sales.len() < self.max_sales
+    }
+
+    /// Most sales this catalog holds.
+    pub fn max_sales(&self) -> usize {
+        self.max_sales
+    }
+
     /// Brings one sale up to date. A changed definition gets a fresh entry
-    /// (and bucket); an unchanged one only has its sold-out flag updated.
-    /// Returns true when the entry was created or replaced.
+    /// (and bucket); an unchanged one only has its sold-out flag and stock
+    /// updated. A new sale beyond `max_sales` is not installed. Returns
+    /// true when the entry was created or replaced.
     pub fn upsert(&self, status: &SaleStatus, buckets: &dyn BucketFactory) -> bool {
-        let sold_out = status.remaining() == 0;
+        let remaining = status.remaining();
+        let sold_out = remaining == 0;
         if let Some(e) = self.sales.get(&status.spec.sale_id) {
             if e.spec == status.spec {
                 if sold_out {
                     e.mark_sold_out();
+                } else {
+                    e.set_remaining(remaining);
                 }
                 return false;
             }
+        } else if self.sales.len() >= self.max_sales {
+            return false;
         }
         let spec = status.spec.clone();
         let bucket = buckets.bucket(
@@ -61,10 +103,15 @@ impl Catalog {
                 capacity: spec.token_capacity,
             },
         );
+        let stock_gauge =
+            metrics::gauge!("seckill_stock_remaining", "sale" => spec.sale_id.clone());
+        stock_gauge.set(remaining as f64);
         let entry = SaleEntry {
             spec,
             bucket,
             sold_out: AtomicBool::new(sold_out),
+            remaining: AtomicU64::new(remaining),
+            stock_gauge,
         };
         self.sales
             .insert(status.spec.sale_id.clone(), Arc::new(entry));
@@ -75,8 +122,23 @@ impl Catalog {
         self.sales.remove(sale_id).is_some()
     }
 
+    /// Whether `sale_id` is a local sale.
+    pub fn contains(&self, sale_id: &str) -> bool {
+        self.sales.contains_key(sale_id)
+    }
+
+    /// Number of local sales.
+    pub fn len(&self) -> usize {
+        self.sales.len()
+    }
+
     /// Ids of the local sales.
     pub fn ids(&self) -> Vec<String> {
         self.sales.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// The local sales.
+    pub fn entries(&self) -> Vec<Arc<SaleEntry>> {
+        self.sales.iter().map(|e| e.value().clone()).collect()
     }
 }

@@ -84,6 +84,15 @@ pub struct Args {
     /// How long shutdown waits for waiting requests to be answered.
     #[arg(long, env = "SECKILL_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+    /// Live sales this gateway serves at most; creating one more is refused
+    /// (409) until one is removed (at least 1).
+    #[arg(
+        long,
+        env = "SECKILL_MAX_SALES",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_sales: u32,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "SECKILL_LOG", default_value = "info")]
     pub log: String,
@@ -106,6 +115,8 @@ pub struct GatewayConfig {
     pub user_burst: u32,
     pub shutdown_grace: Duration,
     pub demo_sale: Option<SaleSpec>,
+    /// Live sales this gateway serves at most.
+    pub max_sales: usize,
 }
 
 impl GatewayConfig {
@@ -125,6 +136,7 @@ impl GatewayConfig {
             user_burst: 5,
             shutdown_grace: Duration::from_secs(10),
             demo_sale: None,
+            max_sales: 10_000,
         }
     }
 }
@@ -167,6 +179,7 @@ impl Args {
         config.user_burst = self.user_burst;
         config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
         config.demo_sale = demo_sale;
+        config.max_sales = self.max_sales as usize;
         Ok(config)
     }
 
@@ -211,12 +224,14 @@ mod tests {
         assert_eq!(c.advertise_grpc, "127.0.0.1:50051");
         assert_eq!(c.request_timeout, Duration::from_millis(2000));
         assert_eq!(c.admin_token.len(), 32);
+        assert_eq!(c.max_sales, 10_000);
     }
 
     #[test]
     fn bad_values_are_refused() {
         assert!(Args::try_parse_from(["gateway", "--request-timeout-ms", "0"]).is_err());
         assert!(Args::try_parse_from(["gateway", "--max-waiters", "0"]).is_err());
+        assert!(Args::try_parse_from(["gateway", "--max-sales", "0"]).is_err());
         assert!(parse(&["--demo-sale", "x"]).gateway_config().is_err());
         assert!(parse(&["--demo-sale", "a/b:1"]).gateway_config().is_err());
         assert!(parse(&["--admin-token", "short"]).gateway_config().is_err());

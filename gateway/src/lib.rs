@@ -24,6 +24,7 @@ mod metrics;
 mod public;
 mod waiters;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +93,7 @@ impl Gateway {
             waiters: Waiters::new(config.max_waiters),
             limiter: EdgeLimiter::new(config.user_rate_per_sec, config.user_burst),
             metrics,
-            catalog: Catalog::default(),
+            catalog: Catalog::new(config.max_sales),
             draining: AtomicBool::new(false),
             config,
             stores,
@@ -189,6 +190,15 @@ impl Gateway {
 
 /// Creates or replaces a sale in the inventory and installs it locally.
 pub(crate) async fn put_sale(shared: &Shared, spec: SaleSpec) -> Result<Put, InventoryError> {
+    // A new sale takes room under --max-sales: checked and taken in one
+    // step, so concurrent creations cannot overshoot together.
+    let _creating = shared.catalog.creating.lock().await;
+    if !shared.catalog.has_room_for(&spec.sale_id) {
+        return Err(InventoryError::Conflict(format!(
+            "this gateway serves at most {} live sales (--max-sales); remove one first",
+            shared.catalog.max_sales()
+        )));
+    }
     let put = shared.stores.inventory.put_sale(spec.clone()).await?;
     sync_one(shared, &spec.sale_id).await?;
     Ok(put)
@@ -217,23 +227,32 @@ async fn sync_one(shared: &Shared, sale_id: &str) -> Result<(), InventoryError> 
     Ok(())
 }
 
-/// Brings the whole catalog in line with the inventory and refreshes the
-/// per-sale gauges.
+/// Brings the whole catalog in line with the inventory: one listing, and
+/// per sale only what changed (a new or changed definition, the stock
+/// gauge when the stock moved). Queue depths need nothing here: the queues
+/// publish their own.
 async fn sync_all(shared: &Shared) -> Result<(), InventoryError> {
     let sales = shared.stores.inventory.sales().await?;
+    let mut refused = 0usize;
     for status in &sales {
+        if !shared.catalog.has_room_for(&status.spec.sale_id) {
+            refused += 1;
+            continue;
+        }
         if shared.catalog.upsert(status, &*shared.stores.buckets) {
             open_queue(shared, &status.spec).await;
         }
-        let sale = status.spec.sale_id.clone();
-        ::metrics::gauge!("seckill_stock_remaining", "sale" => sale.clone())
-            .set(status.remaining() as f64);
-        if let Ok(depth) = shared.stores.queue.depth(&sale).await {
-            ::metrics::gauge!("seckill_queue_depth", "sale" => sale).set(depth as f64);
-        }
     }
+    if refused > 0 {
+        tracing::warn!(
+            refused,
+            max_sales = shared.catalog.max_sales(),
+            "more live sales than --max-sales; those beyond it are not served here"
+        );
+    }
+    let live: HashSet<&str> = sales.iter().map(|s| s.spec.sale_id.as_str()).collect();
     for id in shared.catalog.ids() {
-        if !sales.iter().any(|s| s.spec.sale_id == id) {
+        if !live.contains(id.as_str()) {
             remove_local(shared, &id).await;
         }
     }
@@ -253,16 +272,32 @@ async fn open_queue(shared: &Shared, spec: &SaleSpec) {
 
 async fn remove_local(shared: &Shared, sale_id: &str) {
     if shared.catalog.remove(sale_id) {
+        // Its series leave /metrics with it (see metrics.rs).
         let _ = shared.stores.queue.close(sale_id).await;
-        ::metrics::gauge!("seckill_stock_remaining", "sale" => sale_id.to_string()).set(0.0);
     }
 }
 
-/// Follows the inventory's sale events, and resynchronises every second.
+/// Sales the periodic resynchronisation reads from the store per second,
+/// on average: a catalog of up to this many resyncs every second, a larger
+/// one proportionally less often, so the store sees a bounded load however
+/// many sales there are. Changes arrive as events in the meantime.
+const RESYNC_SALES_PER_SEC: usize = 1000;
+
+/// Time until the next full resynchronisation of a catalog of `sales`.
+fn resync_period(sales: usize) -> Duration {
+    Duration::from_secs(1).max(Duration::from_millis(
+        (sales as u64).saturating_mul(1000) / RESYNC_SALES_PER_SEC as u64,
+    ))
+}
+
+/// Follows the inventory's sale events (each handled alone), sweeps the
+/// edge limiter every second, and resynchronises the whole catalog at the
+/// pace of [`resync_period`] to cover missed events.
 async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut events = shared.stores.inventory.events();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_resync = tokio::time::Instant::now() + resync_period(shared.catalog.len());
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return,
@@ -271,7 +306,14 @@ async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 // runtime's threads, so no connection waits behind it.
                 let s = shared.clone();
                 let _ = tokio::task::spawn_blocking(move || s.limiter.sweep()).await;
-                sync_all(&shared).await
+                if tokio::time::Instant::now() >= next_resync {
+                    let result = sync_all(&shared).await;
+                    next_resync =
+                        tokio::time::Instant::now() + resync_period(shared.catalog.len());
+                    result
+                } else {
+                    Ok(())
+                }
             }
             ev = events.recv() => match ev {
                 Ok(SaleEvent::SoldOut(id)) => {
