@@ -4,10 +4,24 @@
 //! reconnect by themselves. Every command is bounded by a response timeout,
 //! so a dead or unreachable Redis turns into an error within that time,
 //! never into a hang.
+//!
+//! A stalled Redis (alive, accepting, answering nothing) would still cost
+//! every caller the whole timeout, and under load thousands of callers
+//! wait at once. So the connection carries a circuit breaker: a command
+//! that timed out opens it, and then the commands still waiting fail at
+//! once (replies come in order, so none sent after the one that timed out
+//! can have been answered), and for a short while every new command fails
+//! at once; then one command goes through as a probe (all others still
+//! fail at once while it is in flight), and its answer closes the breaker,
+//! its timeout opens it again. Only timeouts open it: a refused connection
+//! fails fast by itself, and a server's error reply is an answer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -25,6 +39,7 @@ pub struct Conn {
     timeout: Duration,
     /// Requests sent (a pipeline counts once): round trips, for measuring.
     round_trips: Arc<AtomicU64>,
+    breaker: Arc<Breaker>,
 }
 
 #[derive(Clone)]
@@ -35,10 +50,13 @@ enum Inner {
 
 impl Conn {
     /// Connects to `urls[0]` (single) or to the cluster seeded by `urls`.
+    /// Every command is bounded by `timeout`; after one timed out, commands
+    /// fail at once for `fail_fast` (see the module's documentation).
     pub async fn connect(
         urls: &[String],
         cluster: bool,
         timeout: Duration,
+        fail_fast: Duration,
     ) -> Result<Conn, RedisError> {
         let Some(first) = urls.first() else {
             return Err(invalid("no Redis URL given"));
@@ -67,7 +85,15 @@ impl Conn {
             inner,
             timeout,
             round_trips: Arc::default(),
+            breaker: Arc::new(Breaker::new(fail_fast)),
         })
+    }
+
+    /// Whether commands fail fast now: one timed out recently, and no
+    /// command has been answered since. Callers about to wait for another
+    /// caller's command can refuse at once instead.
+    pub fn is_failing_fast(&self) -> bool {
+        self.breaker.is_open()
     }
 
     /// Round trips made through this connection and its clones.
@@ -155,14 +181,128 @@ fn invalid(what: &'static str) -> RedisError {
     RedisError::from((redis::ErrorKind::InvalidClientConfig, what))
 }
 
+// === impl Breaker ===
+
+/// The circuit breaker of one connection and its clones.
+///
+/// Written by hand: the whole state is two atomics, and a breaker crate
+/// would bring its own timer and error types for what is one comparison
+/// per command.
+struct Breaker {
+    /// How long commands fail at once after a timeout.
+    fail_fast: Duration,
+    /// Reference point of `open_until_ms`.
+    epoch: Instant,
+    /// Milliseconds since `epoch` until which commands fail at once, plus
+    /// one; 0 = closed. Past that time the breaker is half-open.
+    open_until_ms: AtomicU64,
+    /// A half-open breaker's one probe is in flight.
+    probing: AtomicBool,
+    /// Wakes the commands in flight when the breaker opens.
+    opened: Notify,
+}
+
+/// Held by a half-open breaker's one probe. Frees the probe slot when the probe is dropped unanswered (its caller
+/// gave up), so the next command probes instead.
+struct ProbeGuard(Arc<Breaker>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+    }
+}
+
+impl Breaker {
+    fn new(fail_fast: Duration) -> Self {
+        Breaker {
+            fail_fast,
+            epoch: Instant::now(),
+            open_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            opened: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn is_open(&self) -> bool {
+        self.open_until_ms.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether a command may go now (as the probe, when it holds the
+    /// guard); `Err` is the fail-fast error.
+    fn pass(self: &Arc<Self>) -> Result<Option<ProbeGuard>, RedisError> {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return Ok(None);
+        }
+        if self.now_ms() >= until
+            && self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Ok(Some(ProbeGuard(self.clone())));
+        }
+        Err(failing_fast())
+    }
+
+    /// Records a command's result: a timeout opens the breaker, anything
+    /// else proves the server answers and closes it.
+    fn record<T>(&self, result: &Result<T, RedisError>) {
+        match result {
+            Err(e) if e.is_timeout() => {
+                let until = self.now_ms() + self.fail_fast.as_millis() as u64;
+                self.open_until_ms.store(until, Ordering::Release);
+                self.opened.notify_waiters();
+            }
+            _ => {
+                if self.is_open() {
+                    self.open_until_ms.store(0, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one command through the breaker and the timeout.
+async fn guarded<T>(
+    breaker: &Arc<Breaker>,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    let _probe = breaker.pass()?;
+    let opened = breaker.opened.notified();
+    tokio::pin!(opened);
+    opened.as_mut().enable();
+    tokio::select! {
+        result = bounded(timeout, fut) => {
+            breaker.record(&result);
+            result
+        }
+        () = opened => Err(failing_fast()),
+    }
+}
+
+/// The error of a command refused, or given up, by an open breaker.
+fn failing_fast() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "redis unreachable: a command timed out just before",
+    ))
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let timeout = self.timeout;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
+            let breaker = &self.breaker;
             match &mut self.inner {
-                Inner::Single(c) => bounded(timeout, c.req_packed_command(cmd)).await,
-                Inner::Cluster(c) => bounded(timeout, c.req_packed_command(cmd)).await,
+                Inner::Single(c) => guarded(breaker, timeout, c.req_packed_command(cmd)).await,
+                Inner::Cluster(c) => guarded(breaker, timeout, c.req_packed_command(cmd)).await,
             }
         })
     }
@@ -176,12 +316,15 @@ impl ConnectionLike for Conn {
         let timeout = self.timeout;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
+            let breaker = &self.breaker;
             match &mut self.inner {
                 Inner::Single(c) => {
-                    bounded(timeout, c.req_packed_commands(pipeline, offset, count)).await
+                    let fut = c.req_packed_commands(pipeline, offset, count);
+                    guarded(breaker, timeout, fut).await
                 }
                 Inner::Cluster(c) => {
-                    bounded(timeout, c.req_packed_commands(pipeline, offset, count)).await
+                    let fut = c.req_packed_commands(pipeline, offset, count);
+                    guarded(breaker, timeout, fut).await
                 }
             }
         })

@@ -20,7 +20,8 @@
 //! Every key of a sale carries the hash tag `{sale:ID}` (see [`keys`]), so a
 //! sale's multi-key scripts run on one shard. Every command is bounded by
 //! [`StoreConfig::command_timeout`]: with Redis gone, callers get an
-//! `Unavailable` error quickly and fail closed.
+//! `Unavailable` error quickly and fail closed; with Redis stalled, after
+//! one timeout they get it at once for [`StoreConfig::fail_fast_for`].
 
 #![forbid(unsafe_code)]
 
@@ -55,6 +56,10 @@ pub enum StoreError {
 pub struct StoreConfig {
     /// Upper bound of every command (and of connecting).
     pub command_timeout: Duration,
+    /// After a command timed out, how long every command fails at once
+    /// before one goes through as a probe: a stalled Redis costs the
+    /// callers under load one timeout, not one each.
+    pub fail_fast_for: Duration,
     /// How long request results and idempotency keys are kept.
     pub retention: Duration,
     /// A pending queue entry idle this long is reclaimed by another consumer.
@@ -85,6 +90,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             command_timeout: Duration::from_secs(1),
+            // Short against a sale's seconds: a stall that has passed costs
+            // at most this much more refusal.
+            fail_fast_for: Duration::from_millis(200),
             // As the memory inventory: ten minutes (docs/API.md).
             retention: Duration::from_secs(600),
             reclaim_idle: Duration::from_secs(5),
@@ -147,7 +155,8 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let urls: Vec<String> = urls.iter().map(|u| normalize(u)).collect();
         let urls = &urls[..];
-        let conn = Conn::connect(urls, cluster, config.command_timeout).await?;
+        let conn =
+            Conn::connect(urls, cluster, config.command_timeout, config.fail_fast_for).await?;
         let (events, _) = broadcast::channel(1024);
         let subscriber = events::Subscriber::start(
             urls.to_vec(),

@@ -15,7 +15,11 @@
 //!   lease runs out are dropped (counted as discarded), so no gateway hoards
 //!   what another could use. The batch size adapts: it doubles while leases
 //!   are used up and halves when tokens are left over. Refills are
-//!   single-flight: concurrent callers wait for the one `LPOP` in flight.
+//!   single-flight: concurrent callers wait for the one `LPOP` in flight,
+//!   and share its failure: behind a stalled Redis, a queue of callers
+//!   each taking its turn at a timed-out `LPOP` would wait one timeout per
+//!   caller ahead of it. While the connection fails fast (see
+//!   [`Conn`](crate::Conn)) they do not wait at all.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -75,6 +79,9 @@ struct Inner {
     lease: Mutex<Lease>,
     /// Single-flight guard of the refill.
     refill: tokio::sync::Mutex<()>,
+    /// Refills that failed: a caller that waited for another's refill
+    /// sees from it whether that one failed.
+    refill_failures: AtomicU64,
     /// Length of the token list when last seen.
     seen: AtomicU64,
     generating: AtomicBool,
@@ -130,6 +137,7 @@ impl RedisBucket {
                 empty_until: Instant::now(),
             }),
             refill: tokio::sync::Mutex::new(()),
+            refill_failures: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             generating: AtomicBool::new(false),
             issued: AtomicU64::new(0),
@@ -239,6 +247,11 @@ impl Inner {
     }
 }
 
+/// The error of a caller that did not send a refill of its own.
+fn unreachable() -> BucketError {
+    BucketError::Unavailable("token store unreachable: the last refill failed".into())
+}
+
 /// The generator task of one handle: ticks while holding the lease, tries
 /// to take it over at a slower pace otherwise.
 async fn generate(inner: Arc<Inner>) {
@@ -306,16 +319,31 @@ impl TokenBucket for RedisBucket {
         if self.inner.known_empty() {
             return Ok(false);
         }
-        let _flight = self.inner.refill.lock().await;
+        let failures = self.inner.refill_failures.load(Ordering::Acquire);
+        let _flight = match self.inner.refill.try_lock() {
+            Ok(flight) => flight,
+            // Another caller's refill is in flight. Behind a store that
+            // fails fast it ends in an error: refuse now instead.
+            Err(_) if self.inner.shared.conn.is_failing_fast() => return Err(unreachable()),
+            Err(_) => self.inner.refill.lock().await,
+        };
         // The refill another caller just made may have left tokens, or
-        // found none.
+        // found none, or failed: then its error is this caller's too, and
+        // trying again would wait as long again.
         if self.inner.take_local() {
             return Ok(true);
         }
         if self.inner.known_empty() {
             return Ok(false);
         }
-        self.inner.refill().await
+        if self.inner.refill_failures.load(Ordering::Acquire) != failures {
+            return Err(unreachable());
+        }
+        let refilled = self.inner.refill().await;
+        if refilled.is_err() {
+            self.inner.refill_failures.fetch_add(1, Ordering::AcqRel);
+        }
+        refilled
     }
 
     fn available(&self) -> u64 {
