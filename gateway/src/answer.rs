@@ -166,6 +166,12 @@ impl<'a> Answer<'a> {
         self
     }
 
+    /// Which of a status's causes it was (`docs/API.md` names them).
+    pub fn reason(mut self, reason: &'a str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
     /// The HTTP response: JSON body, and `Retry-After` where the client
     /// should come back.
     pub fn into_response(self, status: Status) -> HttpResponse {

@@ -5,6 +5,7 @@
 // that must cost least.
 #![allow(clippy::result_large_err)]
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +29,12 @@ use crate::Shared;
 
 /// Largest request body accepted.
 pub(crate) const MAX_BODY: usize = 4096;
+
+/// The most the store calls of one purchase take together, from its
+/// arrival (and never past its deadline). Past it the store counts as
+/// unreachable and the buyer gets `503 store_unreachable`: a stalled Redis
+/// is answered within this, however many requests queue behind it.
+const STORE_BUDGET: Duration = Duration::from_secs(1);
 
 const X_REQUEST_ID: &str = "x-request-id";
 
@@ -104,10 +111,47 @@ fn bad_request(message: &str) -> (Status, HttpResponse) {
     (s, Answer::of(s).error(message).into_response(s))
 }
 
-/// Fails closed when a store cannot be reached.
+/// Refuses for want of room: the queue or the waiter table is full, or the
+/// gateway is going away.
 fn overloaded(request_id: &str) -> (Status, HttpResponse) {
     let s = Status::Overloaded;
     (s, Answer::of(s).request_id(request_id).into_response(s))
+}
+
+/// Fails closed when a store cannot be reached within the budget.
+fn store_unreachable(request_id: &str) -> (Status, HttpResponse) {
+    let s = Status::Overloaded;
+    let answer = Answer::of(s)
+        .request_id(request_id)
+        .reason("store_unreachable");
+    (s, answer.into_response(s))
+}
+
+/// The time limits of one purchase, counted from its arrival.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    /// Every store call of the request path ends by then, together.
+    store: tokio::time::Instant,
+    /// The wait for the result ends by then: the request's deadline plus
+    /// the grace for a result decided just in time.
+    answer: tokio::time::Instant,
+}
+
+impl Deadlines {
+    fn from_arrival(shared: &Shared) -> Self {
+        let arrived = tokio::time::Instant::now();
+        let cfg = &shared.config;
+        Deadlines {
+            store: arrived + STORE_BUDGET.min(cfg.request_timeout),
+            answer: arrived + cfg.request_timeout + cfg.reply_grace,
+        }
+    }
+}
+
+/// Runs one store call within the request's store budget; `None` when the
+/// budget ran out first.
+async fn within<T>(by: tokio::time::Instant, call: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout_at(by, call).await.ok()
 }
 
 /// An answer with its status (for the metrics): the purchase path's early
@@ -134,13 +178,14 @@ async fn purchase_steps(
     request_id: &str,
     req: Request<Incoming>,
 ) -> Result<Answered, Answered> {
+    let by = Deadlines::from_arrival(shared);
     let input = read_input(shared, req).await?;
     if let Some(key) = &input.idempotency_key {
         // A repeat of a key is how a buyer whose connection broke recovers
         // its result, so it is answered before the sale's state refuses:
         // sold out, ended or removed, the first request's result stands.
         check_edge_limit(shared, sale_id, &input.user_id)?;
-        answer_repeat(shared, sale_id, &input.user_id, key, request_id).await?;
+        answer_repeat(shared, by, sale_id, &input.user_id, key, request_id).await?;
     }
     let now = now_ms();
     let sale = check_sale(shared, sale_id, &input, request_id, now)?;
@@ -148,10 +193,10 @@ async fn purchase_steps(
         check_edge_limit(shared, sale_id, &input.user_id)?;
     }
     let purchase = input.into_purchase(shared, sale_id, request_id, now);
-    take_token(&sale, request_id).await?;
-    admit(shared, &purchase).await?;
-    let (waiter, ticket) = park_and_enqueue(shared, purchase, now).await?;
-    Ok(wait_for_result(shared, &sale, waiter, &ticket.purchase).await)
+    take_token(&sale, by, request_id).await?;
+    admit(shared, by, &purchase).await?;
+    let (waiter, ticket) = park_and_enqueue(shared, by, purchase, now).await?;
+    Ok(wait_for_result(&sale, by, waiter, &ticket.purchase).await)
 }
 
 /// A purchase request's validated input.
@@ -212,6 +257,7 @@ async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, An
 /// that cannot say fails closed.
 async fn answer_repeat(
     shared: &Shared,
+    by: Deadlines,
     sale_id: &str,
     user_id: &str,
     key: &str,
@@ -220,15 +266,11 @@ async fn answer_repeat(
     if !valid_id(sale_id) {
         return Ok(()); // no such sale; step 2 answers 404
     }
-    match shared
-        .stores
-        .inventory
-        .request_of_key(sale_id, user_id, key)
-        .await
-    {
-        Ok(None) => Ok(()),
-        Ok(Some(first)) => Err(repeat_of(shared, &first).await),
-        Err(_) => Err(overloaded(request_id)),
+    let inventory = &shared.stores.inventory;
+    match within(by.store, inventory.request_of_key(sale_id, user_id, key)).await {
+        Some(Ok(None)) => Ok(()),
+        Some(Ok(Some(first))) => Err(repeat_of(shared, by, &first).await),
+        Some(Err(_)) | None => Err(store_unreachable(request_id)),
     }
 }
 
@@ -274,25 +316,34 @@ fn check_edge_limit(shared: &Shared, sale_id: &str, user_id: &str) -> Result<(),
 
 /// Step 4: a token, or an immediate refusal: nothing before it touches the
 /// store, so a crowd without tokens never reaches the backend.
-async fn take_token(sale: &SaleEntry, request_id: &str) -> Result<(), Answered> {
-    match sale.bucket.try_take().await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(refuse(Status::RateLimited)),
-        Err(_) => Err(overloaded(request_id)),
+async fn take_token(sale: &SaleEntry, by: Deadlines, request_id: &str) -> Result<(), Answered> {
+    match within(by.store, sale.bucket.try_take()).await {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) => Err(refuse(Status::RateLimited)),
+        Some(Err(_)) | None => Err(store_unreachable(request_id)),
     }
 }
 
 /// Step 5: records the request and claims its idempotency key. A repeat of a
 /// key gets the first request's result (the token it took is spent: a
 /// repeat without one is refused like any other request, and retries).
-async fn admit(shared: &Shared, purchase: &Purchase) -> Result<(), Answered> {
-    match shared.stores.inventory.admit(purchase).await {
-        Ok(Admission::Admitted) => Ok(()),
-        Ok(Admission::Duplicate { request_id: first }) if purchase.idempotency_key.is_some() => {
-            Err(repeat_of(shared, &first).await)
+async fn admit(shared: &Shared, by: Deadlines, purchase: &Purchase) -> Result<(), Answered> {
+    match within(by.store, shared.stores.inventory.admit(purchase)).await {
+        Some(Ok(Admission::Admitted)) => Ok(()),
+        Some(Ok(Admission::Duplicate { request_id: first }))
+            if purchase.idempotency_key.is_some() =>
+        {
+            Err(repeat_of(shared, by, &first).await)
         }
         // Unkeyed requests cannot collide; treat it as a store fault.
-        Ok(Admission::Duplicate { .. }) | Err(_) => Err(overloaded(&purchase.request_id)),
+        Some(Ok(Admission::Duplicate { .. })) => Err(overloaded(&purchase.request_id)),
+        // The script may still run when a stalled store comes back, and
+        // then hold the key of a request nobody enqueues: undo it, sent
+        // behind it on the same connection.
+        Some(Err(_)) | None => {
+            withdraw(shared, by, purchase).await;
+            Err(store_unreachable(&purchase.request_id))
+        }
     }
 }
 
@@ -300,11 +351,12 @@ async fn admit(shared: &Shared, purchase: &Purchase) -> Result<(), Answered> {
 /// before its waiter. A request that cannot be queued is withdrawn.
 async fn park_and_enqueue(
     shared: &Shared,
+    by: Deadlines,
     purchase: Purchase,
     now: u64,
 ) -> Result<(Waiter<'_>, Ticket), Answered> {
     let Some(waiter) = shared.waiters.park(&purchase.request_id) else {
-        withdraw(shared, &purchase).await;
+        withdraw(shared, by, &purchase).await;
         return Err(overloaded(&purchase.request_id));
     };
     let ticket = Ticket {
@@ -312,17 +364,17 @@ async fn park_and_enqueue(
         reply_to: shared.config.advertise_grpc.clone(),
         enqueued_at_ms: now,
     };
-    if let Err(e) = shared.stores.queue.enqueue(ticket.clone()).await {
-        drop(waiter);
-        withdraw(shared, &ticket.purchase).await;
-        return Err(match e {
-            QueueError::UnknownSale(_) => refuse(Status::NotFound),
-            QueueError::Full(_) | QueueError::Unavailable(_) => {
-                overloaded(&ticket.purchase.request_id)
-            }
-        });
-    }
-    Ok((waiter, ticket))
+    let refused = match within(by.store, shared.stores.queue.enqueue(ticket.clone())).await {
+        Some(Ok(())) => return Ok((waiter, ticket)),
+        Some(Err(QueueError::UnknownSale(_))) => refuse(Status::NotFound),
+        Some(Err(QueueError::Full(_))) => overloaded(&ticket.purchase.request_id),
+        Some(Err(QueueError::Unavailable(_))) | None => {
+            store_unreachable(&ticket.purchase.request_id)
+        }
+    };
+    drop(waiter);
+    withdraw(shared, by, &ticket.purchase).await;
+    Err(refused)
 }
 
 /// Step 7: waits for the result until the deadline, plus a grace for a result
@@ -330,14 +382,12 @@ async fn park_and_enqueue(
 /// away) the answer is 504, and the outcome is final only via
 /// `GET /api/v1/requests/{id}`.
 async fn wait_for_result(
-    shared: &Shared,
     sale: &SaleEntry,
+    by: Deadlines,
     waiter: Waiter<'_>,
     p: &Purchase,
 ) -> Answered {
-    let until =
-        tokio::time::Instant::now() + shared.config.request_timeout + shared.config.reply_grace;
-    match waiter.wait_until(until).await.map(|c| c.outcome) {
+    match waiter.wait_until(by.answer).await.map(|c| c.outcome) {
         Some(outcome) => {
             if outcome == Outcome::SoldOut && p.quantity == 1 {
                 // Not even one unit left: later buyers get 410 locally.
@@ -370,29 +420,36 @@ fn answer_outcome(
     (status, answer.into_response(status))
 }
 
-/// Undoes the admission of a request that will not be queued.
-async fn withdraw(shared: &Shared, purchase: &Purchase) {
-    if let Err(e) = shared.stores.inventory.withdraw(purchase).await {
-        tracing::warn!(error = %e, "cannot withdraw an admission");
-    }
+/// Undoes the admission of a request that will not be queued. The answer
+/// waits for it while the store budget lasts; past that it finishes on its
+/// own, bounded by the store's own command timeout (and such undos are as
+/// few as the requests that took a token).
+async fn withdraw(shared: &Shared, by: Deadlines, purchase: &Purchase) {
+    let (inventory, purchase) = (shared.stores.inventory.clone(), purchase.clone());
+    let undo = tokio::spawn(async move {
+        if let Err(e) = inventory.withdraw(&purchase).await {
+            tracing::warn!(error = %e, "cannot withdraw an admission");
+        }
+    });
+    let _ = within(by.store, undo).await;
 }
 
 /// The answer to a repeat of an idempotency key: the first request's
 /// result, or 202 while it is in flight.
-async fn repeat_of(shared: &Shared, first: &str) -> Answered {
-    match shared.stores.inventory.request(first).await {
-        Ok(Some(RequestRecord {
+async fn repeat_of(shared: &Shared, by: Deadlines, first: &str) -> Answered {
+    match within(by.store, shared.stores.inventory.request(first)).await {
+        Some(Ok(Some(RequestRecord {
             outcome: Some(outcome),
             sale_id,
             user_id,
             quantity,
             ..
-        })) => answer_outcome(&outcome, first, &sale_id, &user_id, quantity),
-        Ok(_) => {
+        }))) => answer_outcome(&outcome, first, &sale_id, &user_id, quantity),
+        Some(Ok(_)) => {
             let s = Status::Pending;
             (s, Answer::of(s).request_id(first).into_response(s))
         }
-        Err(_) => overloaded(first),
+        Some(Err(_)) | None => store_unreachable(first),
     }
 }
 
