@@ -337,3 +337,69 @@ impl ConnectionLike for Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timed_out() -> Result<(), RedisError> {
+        Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "redis command timed out",
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_fails_fast_then_lets_one_probe_through() {
+        let b = Arc::new(Breaker::new(Duration::from_millis(200)));
+        assert!(matches!(b.pass(), Ok(None)), "closed: every command goes");
+        b.record(&timed_out());
+        assert!(b.is_open());
+        assert!(b.pass().is_err(), "open: fails at once");
+        tokio::time::advance(Duration::from_millis(201)).await;
+        let probe = b.pass().expect("half-open: one probe");
+        assert!(probe.is_some());
+        assert!(b.pass().is_err(), "the others fail while it is in flight");
+        // The probe's caller gave up: the next command probes instead.
+        drop(probe);
+        let probe = b.pass().expect("a new probe");
+        assert!(probe.is_some());
+        b.record(&timed_out());
+        drop(probe);
+        assert!(b.pass().is_err(), "a timed-out probe opens it again");
+        tokio::time::advance(Duration::from_millis(201)).await;
+        let probe = b.pass().expect("a probe");
+        b.record(&Ok::<(), RedisError>(()));
+        drop(probe);
+        assert!(!b.is_open());
+        assert!(matches!(b.pass(), Ok(None)), "an answer closes it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_fails_the_commands_waiting_behind_it() {
+        let b = Arc::new(Breaker::new(Duration::from_millis(200)));
+        let stalled = std::future::pending::<Result<(), RedisError>>();
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { guarded(&b, Duration::from_secs(1), stalled).await }
+        });
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // Another command, sent earlier, times out now.
+        b.record(&timed_out());
+        let started = Instant::now();
+        let result = waiting.await.unwrap();
+        assert!(result.is_err());
+        assert!(started.elapsed() < Duration::from_millis(10));
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_an_answer() {
+        let b = Arc::new(Breaker::new(Duration::from_millis(200)));
+        b.record(&timed_out());
+        b.record(&Err::<(), _>(RedisError::from((
+            ErrorKind::Extension,
+            "ERR from a script",
+        ))));
+        assert!(!b.is_open());
+    }
+}
