@@ -86,6 +86,11 @@ pub trait Inventory: Send + Sync + 'static {
     /// false if it did not exist.
     async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError>;
 
+    /// Whether an operator removed the sale (its removal is recorded),
+    /// as opposed to a sale the store never had, or lost: a gateway that
+    /// knew a sale the store no longer has tells the two apart with it.
+    async fn removed(&self, sale_id: &str) -> Result<bool, InventoryError>;
+
     /// One sale with its sold count.
     async fn sale(&self, sale_id: &str) -> Result<Option<SaleStatus>, InventoryError>;
 

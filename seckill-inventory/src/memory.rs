@@ -230,14 +230,20 @@ impl Inventory for MemoryInventory {
             match sales.get(&id) {
                 Some(book) => {
                     let mut book = book.lock().unwrap();
-                    if book.removed {
+                    if book.removed && book.sold > 0 {
                         return Err(InventoryError::Removed(id));
                     }
                     if book.sold > 0 {
                         return Err(InventoryError::HasSales(id));
                     }
+                    let put = if book.removed {
+                        Put::Created
+                    } else {
+                        Put::Replaced
+                    };
                     book.spec = spec;
-                    Put::Replaced
+                    book.removed = false;
+                    put
                 }
                 None => {
                     let book = Book {
@@ -275,25 +281,12 @@ impl Inventory for MemoryInventory {
     }
 
     async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError> {
-        let removed = {
-            let mut sales = self.inner.sales.write().unwrap();
-            match sales.get(sale_id).cloned() {
-                None => false,
-                Some(book) => {
-                    let mut b = book.lock().unwrap();
-                    if b.removed {
-                        false
-                    } else if b.sold == 0 {
-                        drop(b);
-                        sales.remove(sale_id);
-                        true
-                    } else {
-                        b.removed = true;
-                        true
-                    }
-                }
-            }
-        };
+        // The book stays as a removal record, even unsold: a gateway that
+        // missed the event learns the sale was removed, not lost.
+        let removed = self.book(sale_id).is_some_and(|book| {
+            let mut b = book.lock().unwrap();
+            !std::mem::replace(&mut b.removed, true)
+        });
         if removed {
             let _ = self
                 .inner
@@ -301,6 +294,12 @@ impl Inventory for MemoryInventory {
                 .send(SaleEvent::Removed(sale_id.to_string()));
         }
         Ok(removed)
+    }
+
+    async fn removed(&self, sale_id: &str) -> Result<bool, InventoryError> {
+        Ok(self
+            .book(sale_id)
+            .is_some_and(|b| b.lock().unwrap().removed))
     }
 
     async fn sale(&self, sale_id: &str) -> Result<Option<SaleStatus>, InventoryError> {

@@ -283,6 +283,9 @@ mod tests {
         async fn remove_sale(&self, sale_id: &str) -> Result<bool, InventoryError> {
             self.inventory.remove_sale(sale_id).await
         }
+        async fn removed(&self, sale_id: &str) -> Result<bool, InventoryError> {
+            self.inventory.removed(sale_id).await
+        }
         async fn request_of_key(
             &self,
             sale_id: &str,

@@ -29,6 +29,9 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("set
 static PUT_SALE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("put_sale.lua")));
 static REMOVE_SALE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("remove_sale.lua")));
+/// How long the removal of a sale that sold nothing is remembered.
+const UNSOLD_REMOVAL_RECORD: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 static UPDATE_SALE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("update_sale.lua")));
 
@@ -266,6 +269,7 @@ impl Inventory for RedisInventory {
             .key(keys::sale(sale_id))
             .key(keys::users(sale_id))
             .key(keys::tokens(sale_id))
+            .arg(UNSOLD_REMOVAL_RECORD.as_millis() as u64)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -274,6 +278,15 @@ impl Inventory for RedisInventory {
             self.shared.publish(format!("removed:{sale_id}")).await;
         }
         Ok(removed)
+    }
+
+    async fn removed(&self, sale_id: &str) -> Result<bool, InventoryError> {
+        let removed: Option<String> = self
+            .conn()
+            .hget(keys::sale(sale_id), "removed")
+            .await
+            .map_err(unavailable)?;
+        Ok(removed.is_some_and(|r| r == "1"))
     }
 
     async fn sale(&self, sale_id: &str) -> Result<Option<SaleStatus>, InventoryError> {

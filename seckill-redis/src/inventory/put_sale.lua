@@ -5,13 +5,20 @@
 -- orders kept (the id can never sell again).
 local created = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HGET', KEYS[1], 'removed') == '1' then
+  local removed = redis.call('HGET', KEYS[1], 'removed') == '1'
+  local sold = tonumber(redis.call('HGET', KEYS[1], 'sold')) or 0
+  if removed and sold > 0 then
     return -2
   end
-  if (tonumber(redis.call('HGET', KEYS[1], 'sold')) or 0) > 0 then
+  if sold > 0 then
     return -1
   end
-  created = 0
+  if removed then
+    -- An unsold sale's removal record: the id is free again.
+    redis.call('DEL', KEYS[1])
+  else
+    created = 0
+  end
 end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'stock', ARGV[2], 'sold', 0,

@@ -386,7 +386,9 @@ async fn removal_keeps_orders_and_the_id(env: Env) {
         Outcome::Success { order_id } => order_id.clone(),
         other => panic!("{other:?}"),
     };
+    assert!(!inv.removed(&sale).await.unwrap());
     assert!(inv.remove_sale(&sale).await.unwrap());
+    assert!(inv.removed(&sale).await.unwrap(), "its removal is recorded");
     assert_eq!(
         inv.sale(&sale).await.unwrap(),
         None,
@@ -427,12 +429,22 @@ async fn removal_keeps_orders_and_the_id(env: Env) {
         "{changed:?}"
     );
 
-    // A sale that sold nothing leaves no trace: its id can be used again.
+    // A sale that sold nothing: its removal is recorded, and its id can be
+    // used again.
     let unsold = sale_id("unsold");
     inv.put_sale(spec(&unsold, 5, 1)).await.unwrap();
     assert!(inv.remove_sale(&unsold).await.unwrap());
+    assert!(inv.removed(&unsold).await.unwrap(), "recorded, unsold too");
+    assert_eq!(inv.sale(&unsold).await.unwrap(), None);
     assert_eq!(
         inv.put_sale(spec(&unsold, 5, 1)).await.unwrap(),
         Put::Created
     );
+    assert!(!inv.removed(&unsold).await.unwrap());
+    assert_eq!(
+        inv.sale(&unsold).await.unwrap().unwrap().spec,
+        spec(&unsold, 5, 1)
+    );
+    // A sale the store never had is neither live nor removed.
+    assert!(!inv.removed(&sale_id("never")).await.unwrap());
 }
