@@ -48,8 +48,9 @@ pub trait TokenBucket: Send + Sync + 'static {
 
 /// Makes the bucket of each sale; a gateway holds one factory.
 pub trait BucketFactory: Send + Sync + 'static {
-    /// The bucket of `sale_id`, with its generator running. Dropping the
-    /// last handle stops the generator of a memory bucket.
+    /// The bucket of `sale_id`, generating at its rate: a memory bucket
+    /// adds the tokens due since it was last looked at (no task per sale);
+    /// a Redis bucket takes part in the shared generator lease.
     fn bucket(&self, sale_id: &str, config: BucketConfig) -> Arc<dyn TokenBucket>;
 }
 
