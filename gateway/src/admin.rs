@@ -227,6 +227,14 @@ async fn delete(shared: &Shared, sale_id: &str) -> HttpResponse {
             r.headers_mut().remove(hyper::header::CONTENT_TYPE);
             r
         }
+        // A sale the store lost: the operator acknowledges the loss, and
+        // the id may be created again.
+        Ok(false) if shared.catalog.forget_lost(sale_id) => {
+            tracing::warn!(sale = %sale_id, "loss of the sale acknowledged");
+            let mut r = json(StatusCode::NO_CONTENT, bytes::Bytes::new());
+            r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+            r
+        }
         Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no such sale"),
         Err(_) => unavailable(),
     }

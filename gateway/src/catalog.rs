@@ -46,6 +46,12 @@ impl SaleEntry {
 /// The local sales, by id.
 pub struct Catalog {
     sales: DashMap<String, Arc<SaleEntry>>,
+    /// Sales this gateway served that the store no longer has, though no
+    /// operator removed them: the store lost its data. They are refused
+    /// (`503 store_lost`) and cannot be created again until the store is
+    /// restored or an operator acknowledges the loss.
+    lost: DashMap<String, ()>,
+    lost_gauge: metrics::Gauge,
     max_sales: usize,
     /// Held while a sale is created through this gateway, so that
     /// concurrent creations cannot overshoot `max_sales` together.
@@ -57,6 +63,8 @@ impl Catalog {
     pub fn new(max_sales: usize) -> Self {
         Catalog {
             sales: DashMap::new(),
+            lost: DashMap::new(),
+            lost_gauge: metrics::gauge!("seckill_store_lost_sales"),
             max_sales,
             creating: tokio::sync::Mutex::new(()),
         }
@@ -95,6 +103,8 @@ impl Catalog {
         } else if self.sales.len() >= self.max_sales {
             return false;
         }
+        // Back in the store (restored from its backup): served again.
+        self.forget_lost(&status.spec.sale_id);
         let spec = status.spec.clone();
         let bucket = buckets.bucket(
             &spec.sale_id,
@@ -120,6 +130,33 @@ impl Catalog {
 
     pub fn remove(&self, sale_id: &str) -> bool {
         self.sales.remove(sale_id).is_some()
+    }
+
+    /// Takes a local sale out of service as lost from the store (its
+    /// bucket goes with it, so no tokens are generated for it). False when
+    /// it was not a local sale.
+    pub fn mark_lost(&self, sale_id: &str) -> bool {
+        if self.sales.remove(sale_id).is_none() {
+            return false;
+        }
+        self.lost.insert(sale_id.to_string(), ());
+        self.lost_gauge.set(self.lost.len() as f64);
+        true
+    }
+
+    /// Whether `sale_id` was lost from the store.
+    pub fn is_lost(&self, sale_id: &str) -> bool {
+        self.lost.contains_key(sale_id)
+    }
+
+    /// Forgets a lost sale: the store has it again, or an operator
+    /// acknowledged the loss. False when it was not lost.
+    pub fn forget_lost(&self, sale_id: &str) -> bool {
+        let forgot = self.lost.remove(sale_id).is_some();
+        if forgot {
+            self.lost_gauge.set(self.lost.len() as f64);
+        }
+        forgot
     }
 
     /// Whether `sale_id` is a local sale.

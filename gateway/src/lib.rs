@@ -193,6 +193,13 @@ pub(crate) async fn put_sale(shared: &Shared, spec: SaleSpec) -> Result<Put, Inv
     // A new sale takes room under --max-sales: checked and taken in one
     // step, so concurrent creations cannot overshoot together.
     let _creating = shared.catalog.creating.lock().await;
+    if shared.catalog.is_lost(&spec.sale_id) {
+        return Err(InventoryError::Conflict(format!(
+            "the store lost sale {}: restore the store from its backup, or acknowledge the loss \
+             with DELETE /admin/v1/sales/{} before creating it again",
+            spec.sale_id, spec.sale_id
+        )));
+    }
     if !shared.catalog.has_room_for(&spec.sale_id) {
         return Err(InventoryError::Conflict(format!(
             "this gateway serves at most {} live sales (--max-sales); remove one first",
@@ -222,9 +229,34 @@ async fn sync_one(shared: &Shared, sale_id: &str) -> Result<(), InventoryError> 
                 open_queue(shared, &status.spec).await;
             }
         }
-        None => remove_local(shared, sale_id).await,
+        None => gone_from_store(shared, sale_id).await,
     }
     Ok(())
+}
+
+/// A local sale the store no longer lists: removed by an operator (its
+/// removal is recorded), or lost with the store's data (Redis came back
+/// empty, keys evicted). A lost sale is refused, never created anew by
+/// accident: its units may have been sold already.
+async fn gone_from_store(shared: &Shared, sale_id: &str) {
+    if !shared.catalog.contains(sale_id) {
+        return;
+    }
+    match shared.stores.inventory.removed(sale_id).await {
+        Ok(true) => remove_local(shared, sale_id).await,
+        Ok(false) => {
+            if shared.catalog.mark_lost(sale_id) {
+                tracing::error!(
+                    sale = %sale_id,
+                    "the store lost this sale's data; refusing it until the store is restored \
+                     or the loss acknowledged"
+                );
+                let _ = shared.stores.queue.close(sale_id).await;
+            }
+        }
+        // The store cannot say now: the next resynchronisation asks again.
+        Err(e) => tracing::debug!(sale = %sale_id, error = %e, "cannot tell a removal from a loss"),
+    }
 }
 
 /// Brings the whole catalog in line with the inventory: one listing, and
@@ -253,7 +285,7 @@ async fn sync_all(shared: &Shared) -> Result<(), InventoryError> {
     let live: HashSet<&str> = sales.iter().map(|s| s.spec.sale_id.as_str()).collect();
     for id in shared.catalog.ids() {
         if !live.contains(id.as_str()) {
-            remove_local(shared, &id).await;
+            gone_from_store(shared, &id).await;
         }
     }
     Ok(())

@@ -46,6 +46,10 @@ pub fn describe() {
         "Time to answer a purchase request, by outcome."
     );
     describe_gauge!(
+        "seckill_store_lost_sales",
+        "Sales this gateway served that the store lost (no removal recorded); refused with 503 store_lost."
+    );
+    describe_gauge!(
         "seckill_gateway_waiting_requests",
         "Admitted requests waiting for their result."
     );

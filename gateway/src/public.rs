@@ -119,6 +119,16 @@ fn overloaded(request_id: &str) -> (Status, HttpResponse) {
 }
 
 /// Fails closed when a store cannot be reached within the budget.
+/// A sale the store lost its data for: refused, never sold again by accident.
+fn store_lost(request_id: Option<&str>) -> (Status, HttpResponse) {
+    let s = Status::Overloaded;
+    let mut answer = Answer::of(s)
+        .error("the store lost this sale's data; an operator is restoring it")
+        .reason("store_lost");
+    answer.request_id = request_id;
+    (s, answer.into_response(s))
+}
+
 fn store_unreachable(request_id: &str) -> (Status, HttpResponse) {
     let s = Status::Overloaded;
     let answer = Answer::of(s)
@@ -283,6 +293,9 @@ fn check_sale(
     now: u64,
 ) -> Result<Arc<SaleEntry>, Answered> {
     let Some(sale) = shared.catalog.get(sale_id) else {
+        if shared.catalog.is_lost(sale_id) {
+            return Err(store_lost(Some(request_id)));
+        }
         return Err(refuse(Status::NotFound));
     };
     match seckill_inventory::window_state(&sale.spec, now) {
@@ -524,6 +537,7 @@ async fn get_sale(shared: &Shared, sale_id: &str) -> HttpResponse {
             StatusCode::OK,
             serde_json::to_vec(&SaleView::new(&s, false)).expect("views serialize"),
         ),
+        Ok(None) if shared.catalog.is_lost(sale_id) => store_lost(None).1,
         Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such sale"),
         Err(_) => unavailable(),
     }

@@ -678,3 +678,48 @@ fn the_load_harness_audits_a_distributed_sale_through_the_order_feed() {
     assert!(out.contains("order feed: 300 orders, 300 units"), "{out}");
     assert_eq!(gw.sold("audited"), (300, 0));
 }
+
+#[test]
+fn a_sale_lost_from_redis_is_refused_and_never_sold_again_by_accident() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let gw = Gw::start("gateway", &store, &[]);
+    let _svc = Svc::start("service", &store, &[]);
+    assert_eq!(gw.put_sale("lost", &sale_body(20, 2000, 100)), 201);
+    wait_sale(&[&gw], "lost");
+    for u in 0..5 {
+        assert_eq!(gw.buy("lost", &format!("u{u}")).0, 200);
+    }
+
+    // Redis comes back without its data.
+    assert!(matches!(redis.command(&["FLUSHALL"]), Ok(_)));
+    let refused = wait_until(Duration::from_secs(10), || {
+        let (s, v) = gw.buy("lost", "after-the-loss");
+        s == 503 && v["reason"] == "store_lost"
+    });
+    assert!(
+        refused,
+        "purchases of a lost sale are not refused: {:?}",
+        gw.buy("lost", "x")
+    );
+    assert_eq!(gw.metric("seckill_store_lost_sales"), Some(1.0));
+    let (s, v) = gw.get("/api/v1/sales/lost");
+    assert_eq!((s, v["reason"].as_str()), (503, Some("store_lost")), "{v}");
+    // Creating it again would sell its 5 sold units a second time.
+    assert_eq!(gw.put_sale("lost", &sale_body(20, 2000, 100)), 409);
+    assert_eq!(int(redis.command(&["EXISTS", &keys::sale("lost")])), 0);
+
+    // The operator acknowledges the loss; then the id may be used again.
+    let auth = format!("Bearer {}", procs::TOKEN);
+    let (s, body) = http(
+        gw.admin,
+        "DELETE",
+        "/admin/v1/sales/lost",
+        &[("authorization", &auth)],
+        "",
+    )
+    .unwrap();
+    assert_eq!(s, 204, "{body}");
+    assert_eq!(gw.metric("seckill_store_lost_sales"), Some(0.0));
+    assert_eq!(gw.put_sale("lost", &sale_body(20, 2000, 100)), 201);
+}

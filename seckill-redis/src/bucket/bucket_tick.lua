@@ -57,4 +57,9 @@ while left > 0 do
   redis.call('RPUSH', KEYS[1], unpack(args))
   left = left - k
 end
+-- Tokens nobody generates for any more (a removed or lost sale) go away
+-- with the clock instead of staying forever.
+if len + fit > 0 then
+  redis.call('PEXPIRE', KEYS[1], 60000)
+end
 return {fit, due - fit, len + fit}
