@@ -437,15 +437,29 @@ fn redis_gone_fails_fast_and_service_resumes_by_itself() {
     );
     assert_eq!(gw.sold("r"), (2, 98));
 
-    // Back empty: the sale is gone everywhere; created again, it sells.
+    // Back empty: the sale and its two sold units are lost. The gateway
+    // refuses it rather than sell them again, until an operator
+    // acknowledges the loss; created again then, it sells.
     redis.stop();
     let _ = std::fs::remove_dir_all(redis.dir().join("appendonlydir"));
     redis.restart();
     assert!(
-        wait_until(Duration::from_secs(15), || gw.get("/api/v1/sales/r").0
-            == 404),
-        "a sale Redis no longer has is still served"
+        wait_until(Duration::from_secs(15), || gw.get("/api/v1/sales/r").1
+            ["reason"]
+            == "store_lost"),
+        "a sale Redis lost is not refused: {:?}",
+        gw.get("/api/v1/sales/r")
     );
+    assert_eq!(gw.put_sale("r", &sale_body(5, 1000, 100)), 409);
+    let auth = format!("Bearer {}", procs::TOKEN);
+    let acknowledged = http(
+        gw.admin,
+        "DELETE",
+        "/admin/v1/sales/r",
+        &[("authorization", &auth)],
+        "",
+    );
+    assert_eq!(acknowledged.map(|r| r.0), Ok(204));
     assert_eq!(gw.put_sale("r", &sale_body(5, 1000, 100)), 201);
     assert!(
         wait_until(Duration::from_secs(15), || gw.buy("r", "fresh").0 == 200),
