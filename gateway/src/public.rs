@@ -148,6 +148,12 @@ struct Deadlines {
 }
 
 impl Deadlines {
+    /// The store deadline on the wall clock, for the store to check itself.
+    fn store_by_ms(&self) -> u64 {
+        let left = self.store.saturating_duration_since(tokio::time::Instant::now());
+        now_ms() + left.as_millis() as u64
+    }
+
     fn from_arrival(shared: &Shared) -> Self {
         let arrived = tokio::time::Instant::now();
         let cfg = &shared.config;
@@ -202,7 +208,7 @@ async fn purchase_steps(
     if input.idempotency_key.is_none() {
         check_edge_limit(shared, sale_id, &input.user_id)?;
     }
-    let purchase = input.into_purchase(shared, sale_id, request_id, now);
+    let purchase = input.into_purchase(shared, sale_id, request_id, now, by.store_by_ms());
     take_token(&sale, by, request_id).await?;
     admit(shared, by, &purchase).await?;
     let (waiter, ticket) = park_and_enqueue(shared, by, purchase, now).await?;
@@ -217,8 +223,16 @@ struct Input {
 }
 
 impl Input {
-    fn into_purchase(self, shared: &Shared, sale_id: &str, request_id: &str, now: u64) -> Purchase {
+    fn into_purchase(
+        self,
+        shared: &Shared,
+        sale_id: &str,
+        request_id: &str,
+        now: u64,
+        store_by_ms: u64,
+    ) -> Purchase {
         Purchase {
+            store_by_ms,
             request_id: request_id.to_string(),
             sale_id: sale_id.to_string(),
             user_id: self.user_id,

@@ -324,6 +324,11 @@ impl Inventory for MemoryInventory {
 
     async fn admit(&self, p: &Purchase) -> Result<Admission, InventoryError> {
         let now = now_ms();
+        if p.store_by_ms > 0 && now > p.store_by_ms {
+            return Err(InventoryError::Unavailable(
+                "admission ran after the gateway gave up on it".into(),
+            ));
+        }
         if let Some(key) = &p.idempotency_key {
             let k = (p.sale_id.clone(), p.user_id.clone(), key.clone());
             match self.inner.keys.entry(k) {
@@ -447,6 +452,7 @@ mod tests {
             quantity,
             idempotency_key: None,
             deadline_ms: now_ms() + MINUTE_MS,
+            store_by_ms: 0,
         }
     }
 

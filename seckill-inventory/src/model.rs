@@ -140,6 +140,12 @@ pub struct Purchase {
     pub idempotency_key: Option<String>,
     /// Unix ms after which the purchase must not be committed.
     pub deadline_ms: u64,
+    /// Unix ms after which the store must not admit or queue the request
+    /// any more: by then the gateway has given up on the store and answered
+    /// (503), so a command that runs late (a stalled Redis resuming) must
+    /// not make an order nobody was told of. 0 = no such limit.
+    #[serde(default)]
+    pub store_by_ms: u64,
 }
 
 /// Builds a request id for `sale_id`: `<sale_id>.<unique>`.

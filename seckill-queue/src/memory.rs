@@ -183,6 +183,12 @@ impl RequestQueue for MemoryQueue {
     }
 
     async fn enqueue(&self, ticket: Ticket) -> Result<(), QueueError> {
+        let by = ticket.purchase.store_by_ms;
+        if by > 0 && seckill_inventory::now_ms() > by {
+            return Err(QueueError::Unavailable(
+                "enqueue ran after the gateway gave up on it".into(),
+            ));
+        }
         let q = self
             .sales
             .read()
@@ -269,6 +275,7 @@ mod tests {
                 quantity: 1,
                 idempotency_key: None,
                 deadline_ms: now_ms() + 60_000,
+                store_by_ms: 0,
             },
             reply_to: "127.0.0.1:50051".to_string(),
             enqueued_at_ms: now_ms(),

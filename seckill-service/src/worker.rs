@@ -377,6 +377,7 @@ mod tests {
                 quantity: 1,
                 idempotency_key: None,
                 deadline_ms: now_ms() + 60_000,
+                store_by_ms: 0,
             },
             reply_to: reply_to.to_string(),
             enqueued_at_ms: now_ms(),

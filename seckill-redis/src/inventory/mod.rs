@@ -326,9 +326,15 @@ impl Inventory for RedisInventory {
             .arg(self.retention_ms())
             .arg(&p.user_id)
             .arg(p.quantity)
+            .arg(p.store_by_ms)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        if holder == "!late" {
+            return Err(InventoryError::Unavailable(
+                "admission ran after the gateway gave up on it".into(),
+            ));
+        }
         Ok(if holder.is_empty() {
             Admission::Admitted
         } else {

@@ -448,6 +448,7 @@ impl RequestQueue for RedisQueue {
             .key(keys::queue_config(&sale))
             .key(keys::queue(&sale))
             .arg(json)
+            .arg(ticket.purchase.store_by_ms)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -457,6 +458,9 @@ impl RequestQueue for RedisQueue {
                 Ok(())
             }
             0 => Err(QueueError::Full(sale)),
+            -2 => Err(QueueError::Unavailable(
+                "enqueue ran after the gateway gave up on it".into(),
+            )),
             _ => Err(QueueError::UnknownSale(sale)),
         }
     }

@@ -156,6 +156,7 @@ pub fn purchase(sale: &str, user: &str, qty: u32) -> Purchase {
         quantity: qty,
         idempotency_key: None,
         deadline_ms: seckill_inventory::now_ms() + 10_000,
+        store_by_ms: 0,
     }
 }
 

@@ -17,6 +17,7 @@ crate::each_backend!(
     concurrent_purchases_never_oversell,
     live_changes_keep_what_was_sold,
     removal_keeps_orders_and_the_id,
+    a_late_admission_records_nothing,
 );
 
 /// Waits for `want` among the events (other tests' events are skipped).
@@ -447,4 +448,26 @@ async fn removal_keeps_orders_and_the_id(env: Env) {
     );
     // A sale the store never had is neither live nor removed.
     assert!(!inv.removed(&sale_id("never")).await.unwrap());
+}
+
+/// An admission that runs after the gateway gave up on it records nothing
+/// and claims no key, so the buyer's repeat is a fresh attempt.
+async fn a_late_admission_records_nothing(env: Env) {
+    let inv = &env.inventory;
+    let sale = sale_id("late");
+    inv.put_sale(spec(&sale, 5, 1)).await.unwrap();
+    let mut late = purchase(&sale, "u1", 1);
+    late.idempotency_key = Some("k".into());
+    late.store_by_ms = seckill_inventory::now_ms() - 1;
+    let refused = inv.admit(&late).await;
+    assert!(
+        matches!(refused, Err(InventoryError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(inv.request(&late.request_id).await.unwrap(), None);
+    assert_eq!(inv.request_of_key(&sale, "u1", "k").await.unwrap(), None);
+    let mut again = purchase(&sale, "u1", 1);
+    again.idempotency_key = Some("k".into());
+    again.store_by_ms = seckill_inventory::now_ms() + 60_000;
+    assert_eq!(inv.admit(&again).await.unwrap(), Admission::Admitted);
 }

@@ -18,6 +18,7 @@ crate::each_backend!(
     recovers_a_lost_group,
     a_new_queue_is_read_at_once,
     idle_queues_are_read_sparingly,
+    a_late_enqueue_queues_nothing,
 );
 
 fn ticket(sale: &str, user: &str) -> Ticket {
@@ -280,5 +281,28 @@ async fn idle_queues_are_read_sparingly(env: Env) {
     q.enqueue(ticket(&sales[3], "late")).await.unwrap();
     let got = take(&*q, 1).await;
     assert_eq!(got.len(), 1, "an entry in an idle queue was not delivered");
+    q.ack(&got).await.unwrap();
+}
+
+/// An enqueue that runs after the gateway gave up on it (a stalled store
+/// resuming) queues nothing: its buyer was answered already.
+async fn a_late_enqueue_queues_nothing(env: Env) {
+    let q = &env.queue;
+    let sale = sale_id("late");
+    q.open(&sale, 10).await.unwrap();
+    let mut late = ticket(&sale, "late");
+    late.purchase.store_by_ms = seckill_inventory::now_ms() - 1;
+    let refused = q.enqueue(late).await;
+    assert!(
+        matches!(refused, Err(QueueError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let mut in_time = ticket(&sale, "in-time");
+    in_time.purchase.store_by_ms = seckill_inventory::now_ms() + 60_000;
+    q.enqueue(in_time).await.unwrap();
+    assert_eq!(q.depth(&sale).await.unwrap(), 1, "only the one in time");
+    let got = take(&**q, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].ticket.purchase.user_id, "in-time");
     q.ack(&got).await.unwrap();
 }
