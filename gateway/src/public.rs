@@ -150,7 +150,9 @@ struct Deadlines {
 impl Deadlines {
     /// The store deadline on the wall clock, for the store to check itself.
     fn store_by_ms(&self) -> u64 {
-        let left = self.store.saturating_duration_since(tokio::time::Instant::now());
+        let left = self
+            .store
+            .saturating_duration_since(tokio::time::Instant::now());
         now_ms() + left.as_millis() as u64
     }
 
