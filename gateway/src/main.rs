@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use gateway::config::{Args, Mode};
 use gateway::{run_distributed, run_embedded, EmbeddedOptions, Listeners};
-use seckill_ops::process::{self, init_logging, parse_args, shutdown_signal};
+use seckill_ops::process::{
+    self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
+};
 use seckill_stores::Stores;
 use tokio_util::sync::CancellationToken;
 
@@ -42,40 +44,42 @@ fn main() -> ExitCode {
         let stores = match Stores::open(&args.store).await {
             Ok(stores) => stores,
             Err(e) => {
-                eprintln!("gateway: cannot connect to Redis: {e}");
+                eprint_line(format_args!("gateway: cannot connect to Redis: {e}"));
                 return ExitCode::FAILURE;
             }
         };
         let mode = args.mode();
-        match &mode {
-            Mode::Embedded => println!("seckill gateway (embedded mode)"),
-            Mode::Redis(url) => println!("seckill gateway (distributed mode, Redis {url})"),
-            Mode::RedisCluster(seeds) => println!(
+        let mut banner = match &mode {
+            Mode::Embedded => "seckill gateway (embedded mode)".to_string(),
+            Mode::Redis(url) => format!("seckill gateway (distributed mode, Redis {url})"),
+            Mode::RedisCluster(seeds) => format!(
                 "seckill gateway (distributed mode, Redis Cluster {})",
                 seeds.join(",")
             ),
-        }
-        println!("  public API  http://{}", args.listen);
-        println!(
-            "  admin API   http://{}  (/metrics, /healthz, /readyz)",
+        };
+        banner += &format!("\n  public API  http://{}", args.listen);
+        banner += &format!(
+            "\n  admin API   http://{}  (/metrics, /healthz, /readyz)",
             args.admin_listen
         );
-        println!(
-            "  gRPC        {} (advertised as {})",
+        banner += &format!(
+            "\n  gRPC        {} (advertised as {})",
             args.grpc_listen, config.advertise_grpc
         );
         if args.admin_token.is_none() {
-            println!("  admin token {}", config.admin_token);
+            banner += &format!("\n  admin token {}", config.admin_token);
         }
         if let Some(sale) = &config.demo_sale {
-            println!("  demo sale   {} (stock {})", sale.sale_id, sale.stock);
+            banner += &format!("\n  demo sale   {} (stock {})", sale.sale_id, sale.stock);
         }
+        print_line(banner);
         let shutdown = CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
+                // Cancels when dropped: also when something on the way panics.
+                let _cancel = shutdown.drop_guard();
                 shutdown_signal().await;
-                shutdown.cancel();
             }
         });
         let result = match mode {
@@ -91,7 +95,7 @@ fn main() -> ExitCode {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("gateway: {e}");
+                eprint_line(format_args!("gateway: {e}"));
                 ExitCode::FAILURE
             }
         }

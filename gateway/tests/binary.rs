@@ -1,9 +1,13 @@
 //! The `gateway` binary as an operator runs it: option checking, the
-//! embedded quick start, the waiting-requests gauge, and the drain on
-//! SIGTERM that answers a waiting buyer before the process exits.
+//! embedded quick start, the waiting-requests gauge, the drain on SIGTERM
+//! that answers a waiting buyer before the process exits (also with its
+//! output on a pipe nobody reads any more).
 
 mod procs;
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use procs::Gw;
@@ -149,4 +153,78 @@ fn sigterm_answers_the_waiting_buyer_then_exits() {
     assert_eq!(code, Some(0), "{}", gw.p.log());
     // And the public port no longer takes buyers.
     assert!(http(public, "GET", "/api/v1/sales/demo", &[], "").is_err());
+}
+
+/// A child whose stdout and stderr are pipes the test closes once the
+/// first line has arrived, as in `gateway 2>&1 | head -1`: every later
+/// write of the child fails with EPIPE. Killed when dropped.
+struct Headless(Child);
+
+impl Headless {
+    fn spawn(program: &str, args: &[String]) -> Headless {
+        let mut child = Command::new(program)
+            .args(args)
+            // Info level, so the shutdown itself logs.
+            .env("SECKILL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {program}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut first = String::new();
+        let read = BufReader::new(stdout).read_line(&mut first);
+        assert!(
+            read.is_ok_and(|n| n > 0),
+            "{program} printed nothing before it stopped"
+        );
+        // The reader goes away; so do both read ends.
+        drop(stderr);
+        Headless(child)
+    }
+
+    /// SIGTERM, through kill(1): this crate does not link a signal API.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for Headless {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn healthy(admin: SocketAddr) -> bool {
+    http(admin, "GET", "/healthz", &[], "").is_ok_and(|r| r.0 == 200)
+}
+
+#[test]
+fn sigterm_drains_even_when_nobody_reads_the_output() {
+    let args = ports();
+    let admin: SocketAddr = args[3].parse().unwrap();
+    let mut gw = Headless::spawn(env!("CARGO_BIN_EXE_gateway"), &args);
+    assert!(wait_until(Duration::from_secs(20), || healthy(admin)));
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(5));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "SIGTERM did not stop the gateway: {status:?}"
+    );
 }

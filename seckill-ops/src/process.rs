@@ -1,6 +1,15 @@
 //! The life of a binary's process: its options (a bad one is one line on
-//! stderr and exit status 64), its logging, and the signal that ends it.
+//! stderr and exit status 64), what it prints and logs, and the signal that
+//! ends it.
+//!
+//! Output never stops a process. Rust ignores SIGPIPE, so a write to a
+//! closed pipe (`gateway 2>&1 | head -1`) fails with EPIPE, and `println!`,
+//! `eprintln!` and tracing's own error report panic on that failure: a
+//! panic in the task that waits for SIGTERM would leave a process that only
+//! SIGKILL stops. Everything here writes and drops the error instead.
 
+use std::fmt::Display;
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 /// Exit status for bad configuration (`EX_USAGE`).
@@ -31,16 +40,67 @@ pub fn parse_args<T: clap::Parser>(program: &str) -> Result<T, ExitCode> {
 /// returns the status for it ([`EXIT_CONFIG`]).
 pub fn config_error(program: &str, message: &str) -> ExitCode {
     let message = message.strip_prefix("error: ").unwrap_or(message);
-    eprintln!("{program}: {message}");
+    eprint_line(format_args!("{program}: {message}"));
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// Sets up logging with a tracing `EnvFilter` expression.
+/// `println!` that cannot panic: one line on stdout, a failed write (a
+/// closed pipe) ignored.
+pub fn print_line(line: impl Display) {
+    write_line(io::stdout().lock(), line);
+}
+
+/// `eprintln!` that cannot panic: one line on stderr, a failed write
+/// ignored.
+pub fn eprint_line(line: impl Display) {
+    write_line(io::stderr().lock(), line);
+}
+
+fn write_line(mut out: impl Write, line: impl Display) {
+    // Nobody is left to tell about a failed write.
+    let _ = writeln!(out, "{line}");
+}
+
+/// Sets up logging with a tracing `EnvFilter` expression. Log lines go to
+/// stdout; one that cannot be written is dropped.
 pub fn init_logging(filter: &str) -> Result<(), ConfigError> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| ConfigError(format!("--log: {e}")))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(LossyStdout)
+        // Its report of a failed write is an `eprintln!`.
+        .log_internal_errors(false)
+        .init();
     Ok(())
+}
+
+/// The log writer: stdout, with write errors swallowed.
+#[derive(Clone, Copy, Debug)]
+struct LossyStdout;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LossyStdout {
+    type Writer = Lossy<io::StdoutLock<'a>>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Lossy(io::stdout().lock())
+    }
+}
+
+/// A writer that reports every write as done, written or not.
+#[derive(Debug)]
+struct Lossy<W>(W);
+
+impl<W: Write> Write for Lossy<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -52,4 +112,38 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer whose reader has gone, like a closed pipe.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn a_closed_output_is_no_error() {
+        write_line(Closed, "banner");
+        let mut log = Lossy(Closed);
+        assert_eq!(log.write(b"line\n").unwrap(), 5);
+        log.write_all(b"line\n").unwrap();
+        log.flush().unwrap();
+    }
+
+    #[test]
+    fn lines_are_written_whole() {
+        let mut out = Vec::new();
+        write_line(&mut out, format_args!("a {}", 1));
+        assert_eq!(out, b"a 1\n");
+    }
 }

@@ -7,7 +7,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use seckill_ops::process::{self, init_logging, parse_args, shutdown_signal};
+use seckill_ops::process::{
+    self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
+};
 use seckill_service::{Args, GrpcCallback};
 use seckill_stores::{Mode, Stores};
 use tokio::net::TcpListener;
@@ -49,26 +51,26 @@ async fn run(args: Args) -> ExitCode {
     let stores = match Stores::open(&args.store).await {
         Ok(stores) => stores,
         Err(e) => {
-            eprintln!("seckill-service: cannot connect to Redis: {e}");
+            eprint_line(format_args!(
+                "seckill-service: cannot connect to Redis: {e}"
+            ));
             return ExitCode::FAILURE;
         }
     };
     let config = args.service.service_config();
-    println!("seckill service");
-    println!(
-        "  admin API   http://{}  (/metrics, /healthz, /readyz)",
-        args.admin_listen
-    );
-    println!(
-        "  workers     {} x batch {}",
-        config.workers, config.batch_size
-    );
+    print_line(format_args!(
+        "seckill service\n\
+         \x20 admin API   http://{}  (/metrics, /healthz, /readyz)\n\
+         \x20 workers     {} x batch {}",
+        args.admin_listen, config.workers, config.batch_size
+    ));
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
+            // Cancels when dropped: also when something on the way panics.
+            let _cancel = shutdown.drop_guard();
             shutdown_signal().await;
-            shutdown.cancel();
         }
     });
     let callback = Arc::new(GrpcCallback::new(args.callback_timeout()));
@@ -84,7 +86,7 @@ async fn run(args: Args) -> ExitCode {
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("seckill-service: {e}");
+            eprint_line(format_args!("seckill-service: {e}"));
             ExitCode::FAILURE
         }
     }

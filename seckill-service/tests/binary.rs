@@ -1,8 +1,11 @@
 //! The `seckill-service` binary as operators run it: option checking, the
-//! admin endpoints against a real Redis, readiness following Redis, and the
-//! graceful stop on SIGTERM.
+//! admin endpoints against a real Redis, readiness following Redis, the
+//! graceful stop on SIGTERM (also with its output on a pipe nobody reads any
+//! more).
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use seckill_test_support::process::{http, sample, wait_until, Process};
@@ -157,4 +160,86 @@ fn admin_endpoints_readiness_and_graceful_stop() {
     let status = p.wait_exit(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", p.log());
     assert!(stopping.elapsed() < Duration::from_secs(5));
+}
+
+/// A child whose stdout and stderr are pipes the test closes once the
+/// first line has arrived, as in `seckill-service 2>&1 | head -1`: every
+/// later write of the child fails with EPIPE. Killed when dropped.
+struct Headless(Child);
+
+impl Headless {
+    fn spawn(program: &str, args: &[&str]) -> Headless {
+        let mut child = Command::new(program)
+            .args(args)
+            // Info level, so the shutdown itself logs.
+            .env("SECKILL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {program}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut first = String::new();
+        let read = BufReader::new(stdout).read_line(&mut first);
+        assert!(
+            read.is_ok_and(|n| n > 0),
+            "{program} printed nothing before it stopped"
+        );
+        // The reader goes away; so do both read ends.
+        drop(stderr);
+        Headless(child)
+    }
+
+    /// SIGTERM, through kill(1): this crate does not link a signal API.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for Headless {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn healthy(admin: SocketAddr) -> bool {
+    http(admin, "GET", "/healthz", &[], "").is_ok_and(|(s, _)| s == 200)
+}
+
+#[test]
+fn sigterm_stops_it_even_when_nobody_reads_the_output() {
+    let redis = RedisServer::start();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut p = Headless::spawn(
+        env!("CARGO_BIN_EXE_seckill-service"),
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--admin-listen",
+            &admin.to_string(),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(10), || healthy(admin)));
+    p.terminate();
+    let status = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "SIGTERM did not stop the service: {status:?}"
+    );
 }
