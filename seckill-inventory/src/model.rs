@@ -131,8 +131,9 @@ pub enum Put {
 /// One admitted purchase request, as queued and decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purchase {
-    /// `<sale_id>.<unique>`: the sale is recoverable from the id alone, so
-    /// a store can keep a request's record next to its sale.
+    /// `<sale_id>.<random>`: the sale is recoverable from the id alone, so
+    /// a store can keep a request's record next to its sale; the random
+    /// part (128 bits, see [`crate::unique_id`]) makes it unguessable.
     pub request_id: String,
     pub sale_id: String,
     pub user_id: String,
@@ -148,7 +149,8 @@ pub struct Purchase {
     pub store_by_ms: u64,
 }
 
-/// Builds a request id for `sale_id`: `<sale_id>.<unique>`.
+/// Builds a request id for `sale_id`: `<sale_id>.<random>`, 128 random bits
+/// after the sale so nobody can derive another buyer's id from their own.
 pub fn request_id(sale_id: &str) -> String {
     format!("{sale_id}.{}", crate::unique_id())
 }
