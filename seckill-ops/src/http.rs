@@ -7,9 +7,14 @@
 //! costing memory here. Every connection has a header read timeout and a
 //! bounded read buffer. On shutdown the loop stops accepting and lets each
 //! connection finish the requests it is serving.
+//!
+//! Each request carries its connection's [`PeerAddr`] and [`LocalAddr`] in
+//! its extensions, so a handler that limits by client address needs no
+//! other signature than `Fn(Request) -> Response`.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +31,16 @@ use tokio_util::sync::CancellationToken;
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
+
+/// The TCP peer of the connection a request came on (a proxy's address
+/// when there is one in front), in the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The local address of the connection a request came on: tells the
+/// listeners of one process apart (tests run several servers in one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LocalAddr(pub SocketAddr);
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -83,11 +98,16 @@ pub async fn serve<H, F>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                if let Some(local) = local {
+                    req.extensions_mut().insert(LocalAddr(local));
+                }
                 let f = handler(req);
                 async move { Ok::<_, Infallible>(f.await) }
             });
@@ -168,5 +188,41 @@ pub fn readyz(ready: Result<(), String>) -> HttpResponse {
             let body = serde_json::json!({"status": "unavailable", "error": reason});
             json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_and_local_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            |req: Request<Incoming>| async move {
+                let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+                let local = req.extensions().get::<LocalAddr>().map(|l| l.0);
+                text(StatusCode::OK, format!("{peer:?} {local:?}"))
+            },
+            ServerLimits::default(),
+            shutdown.clone(),
+        ));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let me = conn.local_addr().unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.ends_with(&format!("Some({me}) Some({addr})")),
+            "{answer}"
+        );
+        shutdown.cancel();
+        server.await.unwrap();
     }
 }
