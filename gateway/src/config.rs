@@ -3,11 +3,14 @@
 //! as one line and exit status 64.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use seckill_inventory::{valid_id, SaleSpec};
 pub use seckill_ops::process::{ConfigError, EXIT_CONFIG};
+use seckill_service::callback::read_secret_file;
+pub use seckill_service::callback::{CallbackToken, CallbackTokenArgs};
 pub use seckill_service::ServiceArgs;
 use seckill_service::ServiceConfig;
 pub use seckill_stores::{Mode, StoreArgs};
@@ -36,9 +39,19 @@ pub struct Args {
     pub store: StoreArgs,
     #[command(flatten)]
     pub service: ServiceArgs,
+    #[command(flatten)]
+    pub callback: CallbackTokenArgs,
     /// Bearer token for /admin/* [default: random, printed once at start].
-    #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SECKILL_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     pub admin_token: Option<String>,
+    /// File holding the bearer token for /admin/* (instead of --admin-token).
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Deadline stamped on each admitted request (1..=600000).
     #[arg(
         long,
@@ -102,6 +115,9 @@ pub struct Args {
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub admin_token: String,
+    /// The token a callback must carry; `None` refuses every callback over
+    /// gRPC (the embedded mode delivers in-process).
+    pub callback_token: Option<CallbackToken>,
     pub advertise_grpc: String,
     pub request_timeout: Duration,
     /// Extra wait past the deadline for a result decided just in time.
@@ -125,6 +141,7 @@ impl GatewayConfig {
     pub fn new(admin_token: impl Into<String>, advertise_grpc: impl Into<String>) -> Self {
         GatewayConfig {
             admin_token: admin_token.into(),
+            callback_token: None,
             advertise_grpc: advertise_grpc.into(),
             request_timeout: Duration::from_millis(2000),
             reply_grace: Duration::from_millis(250),
@@ -153,12 +170,22 @@ impl Args {
         if self.user_rate_per_sec > 0 && self.user_burst == 0 {
             return err("--user-burst must be at least 1 when --user-rate-per-sec is set".into());
         }
-        let admin_token = match &self.admin_token {
+        let admin_token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => Some(read_secret_file("--admin-token-file", path)?),
+            (None, None) => None,
+        };
+        let admin_token = match admin_token {
             Some(t) if t.len() < 8 || t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
                 return err("--admin-token must be at least 8 characters, without spaces".into())
             }
-            Some(t) => t.clone(),
+            Some(t) => t,
             None => random_token(),
+        };
+        // Embedded: results come in-process, so the gRPC listener takes none.
+        let callback_token = match self.mode() {
+            Mode::Embedded => None,
+            Mode::Redis(_) | Mode::RedisCluster(_) => Some(self.callback.required()?),
         };
         let demo_default = (self.mode() == Mode::Embedded).then_some("demo:100");
         let demo_sale = match self.demo_sale.as_deref().or(demo_default) {
@@ -171,6 +198,7 @@ impl Args {
             .unwrap_or_else(|| self.grpc_listen.to_string());
         let request_timeout = Duration::from_millis(self.request_timeout_ms);
         let mut config = GatewayConfig::new(admin_token, advertise_grpc);
+        config.callback_token = callback_token;
         config.request_timeout = request_timeout;
         config.max_connections = self.max_connections as usize;
         config.max_waiters = self.max_waiters as usize;
@@ -201,7 +229,7 @@ pub fn parse_demo_sale(s: &str) -> Result<SaleSpec, ConfigError> {
 }
 
 /// 32 hex digits from the OS's entropy source.
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("the OS provides entropy");
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -245,6 +273,57 @@ mod tests {
             "a:1"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn distributed_mode_needs_the_callback_token() {
+        let e = parse(&["--redis-url", "redis://x"])
+            .gateway_config()
+            .unwrap_err();
+        assert!(e.0.contains("--callback-token-file"), "{}", e.0);
+        assert!(e.0.contains("SECKILL_CALLBACK_TOKEN"), "{}", e.0);
+        let c = parse(&[
+            "--redis-url",
+            "redis://x",
+            "--callback-token",
+            "0123456789abcdef",
+        ])
+        .gateway_config()
+        .unwrap();
+        assert!(c.callback_token.is_some());
+        assert!(
+            parse(&["--redis-url", "redis://x", "--callback-token", "0123456789"])
+                .gateway_config()
+                .is_err()
+        );
+        // Embedded: delivered in-process, no token taken over gRPC.
+        assert_eq!(parse(&[]).gateway_config().unwrap().callback_token, None);
+    }
+
+    #[test]
+    fn the_admin_token_can_come_from_a_file() {
+        let scratch = seckill_test_support::scratch_dir();
+        let dir = scratch.path();
+        let file = dir.join("admin");
+        std::fs::write(&file, "admin-secret\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = parse(&["--admin-token-file", path])
+            .gateway_config()
+            .unwrap();
+        assert_eq!(c.admin_token, "admin-secret");
+        assert!(Args::try_parse_from([
+            "gateway",
+            "--admin-token-file",
+            path,
+            "--admin-token",
+            "x"
+        ])
+        .is_err());
+        let missing = dir.join("missing");
+        let e = parse(&["--admin-token-file", missing.to_str().unwrap()])
+            .gateway_config()
+            .unwrap_err();
+        assert!(e.0.contains(missing.to_str().unwrap()), "{}", e.0);
     }
 
     #[test]

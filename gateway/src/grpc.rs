@@ -1,6 +1,11 @@
 //! The gateway's side of the callback: the `seckill.v1.Callback` gRPC
 //! server, which decodes the wire results, and the same delivery
 //! in-process for the embedded service, which has nothing to decode.
+//!
+//! A result over gRPC is taken only with the shared callback token in its
+//! `authorization` metadata: anyone else who reaches the port could answer
+//! a waiting buyer with a forged order. The check runs before the message
+//! is decoded, and a refused call changes nothing.
 
 use std::sync::Arc;
 
@@ -8,9 +13,11 @@ use async_trait::async_trait;
 use seckill_inventory::{Completion, Outcome};
 use seckill_proto::pb;
 use seckill_proto::pb::callback_server::{Callback as CallbackRpc, CallbackServer};
+use seckill_service::callback::CallbackToken;
 use seckill_service::{Callback, CallbackError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
@@ -62,13 +69,42 @@ impl CallbackRpc for CallbackService {
     }
 }
 
+/// Lets through the calls that carry the callback token; refuses all when
+/// the gateway has none (embedded mode, where results come in-process).
+#[derive(Clone)]
+struct Authenticate {
+    token: Option<CallbackToken>,
+    /// `seckill_callback_total{result="unauthenticated"}`.
+    refused: metrics::Counter,
+}
+
+impl Interceptor for Authenticate {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let presented = request.metadata().get("authorization");
+        match (&self.token, presented) {
+            (Some(token), Some(value)) if token.accepts(value.as_bytes()) => Ok(request),
+            _ => {
+                self.refused.increment(1);
+                Err(Status::unauthenticated(
+                    "a valid callback token is required",
+                ))
+            }
+        }
+    }
+}
+
 /// Serves the callback on `listener` until `shutdown` fires.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let authenticate = Authenticate {
+        token: shared.config.callback_token.clone(),
+        // Resolved here, beside the only place that counts it.
+        refused: metrics::counter!("seckill_callback_total", "result" => "unauthenticated"),
+    };
     let result = tonic::transport::Server::builder()
         .timeout(std::time::Duration::from_secs(10))
         .serve_with_incoming_shutdown(
-            CallbackServer::new(CallbackService(shared)),
+            CallbackServer::with_interceptor(CallbackService(shared), authenticate),
             incoming,
             shutdown.cancelled_owned(),
         )

@@ -400,11 +400,18 @@ pub async fn run_embedded(
     options: EmbeddedOptions,
     shutdown: CancellationToken,
 ) -> Result<(), InventoryError> {
+    let mut config = config;
+    // Over gRPC the gateway calls back to itself: a token of its own, which
+    // nothing outside this process knows.
+    let grpc_token = options.callback_over_grpc.then(|| {
+        seckill_service::callback::CallbackToken::new(config::random_token())
+            .expect("a random token is a valid token")
+    });
+    config.callback_token = grpc_token.clone();
     let gateway = Gateway::new(config, stores.clone()).await?;
-    let callback: Arc<dyn Callback> = if options.callback_over_grpc {
-        Arc::new(GrpcCallback::new(Duration::from_secs(2)))
-    } else {
-        gateway.local_callback()
+    let callback: Arc<dyn Callback> = match &grpc_token {
+        Some(token) => Arc::new(GrpcCallback::new(Duration::from_secs(2), token)),
+        None => gateway.local_callback(),
     };
     let workers = CancellationToken::new();
     let service = Service::new(stores.queue, stores.inventory, callback, service);

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             "\n  gRPC        {} (advertised as {})",
             args.grpc_listen, config.advertise_grpc
         );
-        if args.admin_token.is_none() {
+        if args.admin_token.is_none() && args.admin_token_file.is_none() {
             banner += &format!("\n  admin token {}", config.admin_token);
         }
         if let Some(sale) = &config.demo_sale {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use seckill_stores::StoreArgs;
 
+use crate::callback::CallbackTokenArgs;
 use crate::{RiskConfig, ServiceConfig};
 
 /// Options of the `seckill-service` binary.
@@ -27,6 +28,8 @@ pub struct Args {
     pub store: StoreArgs,
     #[command(flatten)]
     pub service: ServiceArgs,
+    #[command(flatten)]
+    pub callback: CallbackTokenArgs,
     /// Deadline of each gRPC callback to a gateway, connecting included (1..=60000).
     #[arg(
         long,
@@ -136,5 +139,32 @@ mod tests {
         let c = a.service.service_config();
         assert_eq!(c.workers, 8);
         assert_eq!(c.risk.blacklist.len(), 2);
+    }
+
+    #[test]
+    fn the_callback_token_comes_from_one_source_and_is_checked() {
+        assert!(parse(&[]).unwrap().callback.required().is_err());
+        let t = parse(&["--callback-token", "0123456789abcdef"]).unwrap();
+        assert!(t.callback.required().is_ok());
+        assert!(parse(&["--callback-token", "short"])
+            .unwrap()
+            .callback
+            .required()
+            .is_err());
+        assert!(parse(&["--callback-token", "x", "--callback-token-file", "f"]).is_err());
+
+        let scratch = seckill_test_support::scratch_dir();
+        let dir = scratch.path();
+        let file = dir.join("token");
+        std::fs::write(&file, "0123456789abcdef\n").unwrap();
+        let a = parse(&["--callback-token-file", file.to_str().unwrap()]).unwrap();
+        let from_file = a.callback.required().unwrap();
+        assert_eq!(Some(from_file), t.callback.token().unwrap());
+        std::fs::write(&file, "0123456789 abcdef\n").unwrap();
+        assert!(a.callback.required().is_err());
+        let missing = dir.join("missing");
+        let a = parse(&["--callback-token-file", missing.to_str().unwrap()]).unwrap();
+        let e = a.callback.required().unwrap_err();
+        assert!(e.0.contains(missing.to_str().unwrap()), "{}", e.0);
     }
 }

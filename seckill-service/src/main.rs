@@ -10,6 +10,7 @@ use std::sync::Arc;
 use seckill_ops::process::{
     self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
 };
+use seckill_service::callback::CallbackToken;
 use seckill_service::{Args, GrpcCallback};
 use seckill_stores::{Mode, Stores};
 use tokio::net::TcpListener;
@@ -25,6 +26,10 @@ fn main() -> ExitCode {
             "--redis-url or --redis-cluster is required (the embedded mode runs inside the gateway)",
         );
     }
+    let token = match args.callback.required() {
+        Ok(t) => t,
+        Err(e) => return config_error(&e.0),
+    };
     if let Err(e) = init_logging(&args.log) {
         return config_error(&e.0);
     }
@@ -32,10 +37,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("the Tokio runtime starts");
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, token))
 }
 
-async fn run(args: Args) -> ExitCode {
+async fn run(args: Args, token: CallbackToken) -> ExitCode {
     // Before any metric handle is resolved, here or in the stores.
     seckill_ops::metrics::install();
     seckill_service::metrics::describe();
@@ -73,7 +78,7 @@ async fn run(args: Args) -> ExitCode {
             shutdown_signal().await;
         }
     });
-    let callback = Arc::new(GrpcCallback::new(args.callback_timeout()));
+    let callback = Arc::new(GrpcCallback::new(args.callback_timeout(), &token));
     match seckill_service::run(
         admin,
         stores,

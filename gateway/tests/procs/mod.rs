@@ -18,6 +18,10 @@ use serde_json::Value;
 
 pub const TOKEN: &str = "test-admin-token";
 
+/// The callback token every gateway and service of a test shares, passed
+/// in the environment as a deployment does (never on the command line).
+pub const CALLBACK_TOKEN: &str = "test-callback-token-0123456789";
+
 fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
@@ -57,7 +61,10 @@ impl Gw {
             name,
             env!("CARGO_BIN_EXE_gateway").as_ref(),
             &args,
-            &[("SECKILL_LOG", "warn")],
+            &[
+                ("SECKILL_LOG", "warn"),
+                ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
+            ],
         );
         let gw = Gw {
             p,
@@ -180,7 +187,10 @@ impl Svc {
             name,
             &binary("seckill-service"),
             &args,
-            &[("SECKILL_LOG", "warn")],
+            &[
+                ("SECKILL_LOG", "warn"),
+                ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
+            ],
         );
         let svc = Svc { p, admin };
         assert!(
