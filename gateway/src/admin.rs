@@ -1,19 +1,23 @@
-//! The admin API (`/admin/v1/sales`, bearer token) and the operational
-//! endpoints (`/metrics`, `/healthz`, `/readyz`) on the admin listener.
+//! The admin API (`/admin/v1/sales`, bearer token; failed authentications
+//! limited per client address) and the operational endpoints (`/metrics`,
+//! `/healthz`, `/readyz`) on the admin listener.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use seckill_inventory::{
     parse_rfc3339, rfc3339, valid_id, InventoryError, Put, SaleSpec, DEFAULT_PER_USER_LIMIT,
     DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY, DEFAULT_TOKEN_RATE,
 };
-use seckill_ops::http::{healthz, json, readyz, HttpResponse};
+use seckill_ops::http::{healthz, json, readyz, HttpResponse, LocalAddr, PeerAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::error;
+use crate::lockout;
 use crate::public::{read_body, set_request_id, unavailable, SaleView};
 use crate::Shared;
 
@@ -24,20 +28,16 @@ const MAX_SETTING: u32 = 10_000_000;
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Decided once per request: each refusal is one counted failure.
+    let refused = match segments.first() {
+        Some(&"admin") => refusal(&shared, &req),
+        _ => None,
+    };
     let mut resp = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["metrics"]) => crate::metrics::response(shared.clone()).await,
         (&Method::GET, ["healthz"]) => healthz(),
         (&Method::GET, ["readyz"]) => readyz(shared.stores.ready().await),
-        (_, ["admin", ..]) if !authorized(&shared, &req) => {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-            );
-            r.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
+        (_, ["admin", ..]) if refused.is_some() => refused.expect("a refusal"),
         (&Method::GET, ["admin", "v1", "sales"]) => list(&shared).await,
         (&Method::GET, ["admin", "v1", "orders"]) => orders(&shared, req.uri().query()).await,
         (&Method::PUT, ["admin", "v1", "sales", id]) => {
@@ -69,6 +69,61 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
     };
     set_request_id(&mut resp, seckill_inventory::unique_id());
     resp
+}
+
+/// Why an admin request is refused, or `None` to serve it: 429 while its
+/// client address has used up its failed authentications (see
+/// `lockout.rs`; the right token does not lift that), 401 for a missing or
+/// wrong token, which counts as one failure of the address.
+fn refusal(shared: &Shared, req: &Request<Incoming>) -> Option<HttpResponse> {
+    let local = req.extensions().get::<LocalAddr>().map(|l| l.0);
+    // Without a peer (no serve loop in front) all such requests share one
+    // count: refusing is safer than not counting.
+    let client = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+    let key = lockout::Key::new(local, client);
+    let lockout = lockout::admin();
+    let now = Instant::now();
+    let last = match lockout.attempt(key, now) {
+        Ok(last) => last,
+        Err(wait) => return Some(locked_out(wait)),
+    };
+    if authorized(shared, req) {
+        lockout.succeeded(key, now);
+        return None;
+    }
+    if last {
+        // Once per address and window, not per request.
+        tracing::warn!(
+            client = %key.client(),
+            failures = lockout::MAX_FAILURES,
+            "admin authentication failures reached the limit; refusing the address for the rest of the window"
+        );
+    }
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token",
+    );
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(r)
+}
+
+/// 429 for an address that failed too often; `Retry-After` is when its
+/// window closes, in whole seconds rounded up.
+fn locked_out(wait: Duration) -> HttpResponse {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many failed admin authentications from this address; retry later",
+    );
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
 }
 
 /// Compares the bearer token in constant time.

@@ -20,6 +20,7 @@ mod catalog;
 pub mod config;
 mod grpc;
 mod limiter;
+mod lockout;
 mod metrics;
 mod public;
 mod waiters;
