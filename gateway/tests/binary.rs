@@ -1,7 +1,8 @@
 //! The `gateway` binary as an operator runs it: option checking, the
 //! embedded quick start, the waiting-requests gauge, the drain on SIGTERM
 //! that answers a waiting buyer before the process exits (also with its
-//! output on a pipe nobody reads any more).
+//! output on a pipe nobody reads any more), and Redis passwords kept out of
+//! everything it prints.
 
 mod procs;
 
@@ -11,8 +12,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use procs::Gw;
-use seckill_test_support::free_port;
 use seckill_test_support::process::{http, wait_until, Process};
+use seckill_test_support::{free_port, RedisServer};
 
 fn spawn(args: &[&str]) -> Process {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -20,7 +21,10 @@ fn spawn(args: &[&str]) -> Process {
         "gateway",
         env!("CARGO_BIN_EXE_gateway").as_ref(),
         &args,
-        &[("SECKILL_LOG", "warn")],
+        &[
+            ("SECKILL_LOG", "warn"),
+            ("SECKILL_CALLBACK_TOKEN", procs::CALLBACK_TOKEN),
+        ],
     )
 }
 
@@ -166,6 +170,7 @@ impl Headless {
             .args(args)
             // Info level, so the shutdown itself logs.
             .env("SECKILL_LOG", "info")
+            .env("SECKILL_CALLBACK_TOKEN", procs::CALLBACK_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -227,4 +232,99 @@ fn sigterm_drains_even_when_nobody_reads_the_output() {
         Some(0),
         "SIGTERM did not stop the gateway: {status:?}"
     );
+}
+
+/// A password no line of output may contain.
+const PASSWORD: &str = "s3cretpw";
+
+/// Runs the gateway against `store` options until it has printed its
+/// banner and answers, or until it exits; its output.
+fn output_with(store: &[String], exits: bool) -> String {
+    let mut args = ports();
+    let admin: SocketAddr = args[3].parse().unwrap();
+    args.extend(store.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = spawn(&args);
+    if exits {
+        let code = p.wait_exit(Duration::from_secs(10)).and_then(|s| s.code());
+        assert_eq!(code, Some(1), "{}", p.log());
+        assert!(p.log().contains("cannot connect to Redis"), "{}", p.log());
+    } else {
+        assert!(
+            wait_until(Duration::from_secs(20), || healthy(admin)),
+            "{}",
+            p.log()
+        );
+        assert!(p.log().contains("distributed mode"), "{}", p.log());
+    }
+    p.log()
+}
+
+#[test]
+fn redis_passwords_are_never_printed() {
+    let redis = RedisServer::start();
+    let port = redis.port();
+    redis
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "seckill",
+            "on",
+            &format!(">{PASSWORD}"),
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .unwrap();
+    redis
+        .command(&["CONFIG", "SET", "requirepass", PASSWORD])
+        .unwrap();
+    let url = |userinfo: &str| format!("redis://{userinfo}@127.0.0.1:{port}/");
+    let flag = |flag: &str, value: String| vec![flag.to_string(), value];
+    let cases = [
+        // Connected: the banner names the Redis.
+        (flag("--redis-url", url(&format!(":{PASSWORD}"))), false),
+        (
+            flag("--redis-url", url(&format!("seckill:{PASSWORD}"))),
+            false,
+        ),
+        // Refused: the error line names it.
+        (flag("--redis-url", url(&format!(":{PASSWORD}x"))), true),
+        (
+            flag("--redis-url", url(&format!("seckill:{PASSWORD}x"))),
+            true,
+        ),
+        (
+            flag(
+                "--redis-url",
+                format!("rediss://:{PASSWORD}@127.0.0.1:{port}/"),
+            ),
+            true,
+        ),
+        (
+            flag(
+                "--redis-url",
+                format!("redis://:{PASSWORD}@127.0.0.1:{}/", free_port()),
+            ),
+            true,
+        ),
+        (
+            flag(
+                "--redis-cluster",
+                format!(
+                    "redis://:{PASSWORD}@127.0.0.1:{},redis://u:{PASSWORD}@127.0.0.1:{}",
+                    free_port(),
+                    free_port()
+                ),
+            ),
+            true,
+        ),
+    ];
+    for (store, exits) in cases {
+        let log = output_with(&store, exits);
+        assert!(
+            !log.contains(PASSWORD),
+            "{store:?} printed its password:\n{log}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The `seckill-service` binary as operators run it: option checking, the
 //! admin endpoints against a real Redis, readiness following Redis, the
 //! graceful stop on SIGTERM (also with its output on a pipe nobody reads any
-//! more).
+//! more), and Redis passwords kept out of everything it prints.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -11,13 +11,19 @@ use std::time::{Duration, Instant};
 use seckill_test_support::process::{http, sample, wait_until, Process};
 use seckill_test_support::{free_port, RedisServer};
 
+/// What the distributed mode requires of every gateway and service.
+const CALLBACK_TOKEN: &str = "test-callback-token-0123456789";
+
 fn spawn(args: &[&str]) -> Process {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     Process::spawn(
         "seckill-service",
         env!("CARGO_BIN_EXE_seckill-service").as_ref(),
         &args,
-        &[("SECKILL_LOG", "warn")],
+        &[
+            ("SECKILL_LOG", "warn"),
+            ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
+        ],
     )
 }
 
@@ -173,6 +179,7 @@ impl Headless {
             .args(args)
             // Info level, so the shutdown itself logs.
             .env("SECKILL_LOG", "info")
+            .env("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -242,4 +249,76 @@ fn sigterm_stops_it_even_when_nobody_reads_the_output() {
         Some(0),
         "SIGTERM did not stop the service: {status:?}"
     );
+}
+
+/// A password no line of output may contain.
+const PASSWORD: &str = "s3cretpw";
+
+#[test]
+fn redis_passwords_are_never_printed() {
+    let redis = RedisServer::start();
+    let port = redis.port();
+    redis
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "seckill",
+            "on",
+            &format!(">{PASSWORD}"),
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .unwrap();
+    redis
+        .command(&["CONFIG", "SET", "requirepass", PASSWORD])
+        .unwrap();
+    let url = |userinfo: &str| format!("redis://{userinfo}@127.0.0.1:{port}/");
+    let cases = [
+        // Connected: the banner names the Redis.
+        ("--redis-url", url(&format!(":{PASSWORD}")), false),
+        ("--redis-url", url(&format!("seckill:{PASSWORD}")), false),
+        // Refused: the error line names it.
+        ("--redis-url", url(&format!(":{PASSWORD}x")), true),
+        ("--redis-url", url(&format!("seckill:{PASSWORD}x")), true),
+        (
+            "--redis-url",
+            format!("rediss://:{PASSWORD}@127.0.0.1:{port}/"),
+            true,
+        ),
+        (
+            "--redis-url",
+            format!("redis://:{PASSWORD}@127.0.0.1:{}/", free_port()),
+            true,
+        ),
+        (
+            "--redis-cluster",
+            format!(
+                "redis://:{PASSWORD}@127.0.0.1:{},redis://u:{PASSWORD}@127.0.0.1:{}",
+                free_port(),
+                free_port()
+            ),
+            true,
+        ),
+    ];
+    for (flag, value, exits) in cases {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut p = spawn(&[flag, &value, "--admin-listen", &admin.to_string()]);
+        if exits {
+            assert_eq!(exit_code(&mut p), Some(1), "{}", p.log());
+            assert!(p.log().contains("cannot connect to Redis"), "{}", p.log());
+        } else {
+            assert!(
+                wait_until(Duration::from_secs(10), || healthy(admin)),
+                "{}",
+                p.log()
+            );
+            assert!(p.log().contains("seckill service"), "{}", p.log());
+        }
+        let log = p.log();
+        assert!(
+            !log.contains(PASSWORD),
+            "{flag} {value} printed its password:\n{log}"
+        );
+    }
 }

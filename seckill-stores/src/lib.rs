@@ -161,3 +161,92 @@ mod tests {
         assert!(Stores::memory(Duration::from_secs(1)).is_embedded());
     }
 }
+
+/// A Redis URL (or a cluster seed, `host:port` with or without a scheme)
+/// as it may be shown in a banner or a log line: a password in it, in the
+/// user part (`redis://user:pw@host`, `rediss://:pw@host`) or in a
+/// `pass=`/`password=` query parameter (`redis+unix:///sock?pass=pw`),
+/// becomes `***`; the user name stays, to tell accounts apart.
+///
+/// The user part ends at the last `@`, so a password with an unescaped
+/// `@`, `/` or `?` in it is hidden whole; a stray `@` later in the URL
+/// hides more than needed, never less.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let mut shown = scheme.to_string();
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            let user_info = &rest[..at];
+            match user_info.split_once(':') {
+                Some((user, _password)) => shown.push_str(&format!("{user}:***@")),
+                None => shown.push_str(&rest[..=at]),
+            }
+            &rest[at + 1..]
+        }
+        None => rest,
+    };
+    let Some((address, query)) = rest.split_once('?') else {
+        shown.push_str(rest);
+        return shown;
+    };
+    shown.push_str(address);
+    shown.push('?');
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _))
+                if key.eq_ignore_ascii_case("pass") || key.eq_ignore_ascii_case("password") =>
+            {
+                format!("{key}=***")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    shown.push_str(&pairs.join("&"));
+    shown
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_hidden_and_users_kept() {
+        for (url, shown) in [
+            (
+                "redis://:s3cret@127.0.0.1:6379",
+                "redis://:***@127.0.0.1:6379",
+            ),
+            ("redis://app:s3cret@h:1/0", "redis://app:***@h:1/0"),
+            ("rediss://app:s3cret@h:6380/", "rediss://app:***@h:6380/"),
+            ("app:s3cret@10.0.0.1:7000", "app:***@10.0.0.1:7000"),
+            ("redis://:p@ss/w?rd@h:1/", "redis://:***@h:1/"),
+            (
+                "redis+unix:///tmp/r.sock?db=1&pass=s3cret",
+                "redis+unix:///tmp/r.sock?db=1&pass=***",
+            ),
+            (
+                "unix:///tmp/r.sock?PASSWORD=s3cret",
+                "unix:///tmp/r.sock?PASSWORD=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn urls_without_a_password_are_shown_as_given() {
+        for url in [
+            "redis://127.0.0.1:6379/",
+            "redis://app@h:1",
+            "10.0.0.1:7000",
+            "redis://h:1/?protocol=resp3",
+            "",
+        ] {
+            assert_eq!(redact_url(url), url);
+        }
+    }
+}
