@@ -179,6 +179,9 @@ fn run(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String)
     (code, p.log())
 }
 
+/// Extra arguments, extra environment, and what the error line must say.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn distributed_processes_need_a_valid_token() {
     let scratch = scratch_dir();
@@ -189,7 +192,7 @@ fn distributed_processes_need_a_valid_token() {
     let spaced = spaced.to_str().unwrap();
     let store = ["--redis-url", "redis://127.0.0.1:1"];
     for bin in ["gateway", "seckill-service"] {
-        let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+        let cases: [Case; 4] = [
             (&[], &[], "--callback-token-file"),
             (&[], &[("SECKILL_CALLBACK_TOKEN", "too-short")], "16"),
             (&["--callback-token-file", missing], &[], missing),

@@ -67,6 +67,9 @@ fn up(admin: SocketAddr, p: &mut Process) {
 
 /// A gateway and a service on a private Redis, after one sale and a few
 /// purchases (so every per-sale series exists).
+/// The callback token the gateway and the service share.
+const CALLBACK_TOKEN: &str = "live-metrics-callback-token";
+
 fn live() -> Live {
     let redis = RedisServer::start();
     let a = addrs(4);
@@ -85,7 +88,11 @@ fn live() -> Live {
             "--grpc-listen".into(),
             grpc.to_string(),
         ]),
-        &[("SECKILL_ADMIN_TOKEN", TOKEN), ("SECKILL_LOG", "warn")],
+        &[
+            ("SECKILL_ADMIN_TOKEN", TOKEN),
+            ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
+            ("SECKILL_LOG", "warn"),
+        ],
     );
     let mut service = Process::spawn(
         "seckill-service",
@@ -96,7 +103,10 @@ fn live() -> Live {
             "--admin-listen".into(),
             service_admin.to_string(),
         ]),
-        &[("SECKILL_LOG", "warn")],
+        &[
+            ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
+            ("SECKILL_LOG", "warn"),
+        ],
     );
     up(admin, &mut gateway);
     up(service_admin, &mut service);
