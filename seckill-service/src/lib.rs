@@ -152,7 +152,15 @@ pub async fn run(
             }
             Ok(())
         }
-        _ = &mut workers => Err(RunError::WorkersStopped),
+        // Workers that stop because shutdown began (they can finish before
+        // this select sees the signal) stopped as asked.
+        _ = &mut workers => {
+            if shutdown.is_cancelled() {
+                Ok(())
+            } else {
+                Err(RunError::WorkersStopped)
+            }
+        }
     };
     admin_stop.cancel();
     let _ = admin.await;
