@@ -402,11 +402,13 @@ pub async fn run_embedded(
     shutdown: CancellationToken,
 ) -> Result<(), InventoryError> {
     let mut config = config;
-    // Over gRPC the gateway calls back to itself: a token of its own, which
-    // nothing outside this process knows.
+    // Over gRPC the gateway calls back to itself: with the configured
+    // token, or one of its own that nothing outside this process knows.
     let grpc_token = options.callback_over_grpc.then(|| {
-        seckill_service::callback::CallbackToken::new(config::random_token())
-            .expect("a random token is a valid token")
+        config.callback_token.clone().unwrap_or_else(|| {
+            seckill_service::callback::CallbackToken::new(config::random_token())
+                .expect("32 hex digits are a valid token")
+        })
     });
     config.callback_token = grpc_token.clone();
     let gateway = Gateway::new(config, stores.clone()).await?;

@@ -1210,12 +1210,15 @@ async fn graceful_shutdown_answers_a_waiting_request() {
 
 #[tokio::test]
 async fn results_travel_over_grpc_and_unknown_ones_are_counted() {
-    let setup = Setup {
+    const CALLBACK_TOKEN: &str = "test-callback-token-0123456789";
+    let mut setup = Setup {
         options: gateway::EmbeddedOptions {
             callback_over_grpc: true,
         },
         ..Setup::default()
     };
+    setup.config.callback_token =
+        Some(gateway::config::CallbackToken::new(CALLBACK_TOKEN).unwrap());
     let gw = TestGateway::with(setup).await;
     gw.open_sale("g", 2, 1).await;
     let (s, v) = gw.buy("g", "a").await;
@@ -1229,28 +1232,33 @@ async fn results_travel_over_grpc_and_unknown_ones_are_counted() {
     let m = gw.metrics().await;
     assert!(sample(&m, r#"seckill_callback_total{result="ok"}"#).unwrap() >= 2.0);
 
-    // A client of the gateway's gRPC server completing a request it never
-    // saw: a no-op, counted.
+    // A holder of the token completing a request the gateway never saw: a
+    // no-op, counted.
     let mut client =
         seckill_proto::pb::callback_client::CallbackClient::connect(format!("http://{}", gw.grpc))
             .await
             .unwrap();
-    let reply = client
-        .complete(seckill_proto::pb::CompleteRequest {
-            results: vec![seckill_proto::pb::RequestResult {
-                request_id: "g.never-issued".into(),
-                sale_id: "g".into(),
-                user_id: "x".into(),
-                outcome: seckill_proto::pb::Outcome::Success as i32,
-                order_id: "o-1".into(),
-                quantity: 1,
-                reason: String::new(),
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let forged = || seckill_proto::pb::CompleteRequest {
+        results: vec![seckill_proto::pb::RequestResult {
+            request_id: "g.never-issued".into(),
+            sale_id: "g".into(),
+            user_id: "x".into(),
+            outcome: seckill_proto::pb::Outcome::Success as i32,
+            order_id: "o-1".into(),
+            quantity: 1,
+            reason: String::new(),
+        }],
+    };
+    let mut call = tonic::Request::new(forged());
+    call.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {CALLBACK_TOKEN}").parse().unwrap(),
+    );
+    let reply = client.complete(call).await.unwrap().into_inner();
     assert_eq!((reply.delivered, reply.unknown), (0, 1));
+    // Without the token: refused before anything is read.
+    let refused = client.complete(forged()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let m = gw.metrics().await;
     assert!(sample(&m, r#"seckill_callback_total{result="unknown_request"}"#).unwrap() >= 1.0);
     // Nothing was sold by it.
