@@ -33,8 +33,25 @@ pub struct Args {
     #[arg(long, env = "SECKILL_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     pub grpc_listen: SocketAddr,
     /// Address seckill services call back on [default: the gRPC listen address].
+    /// With TLS its host must be named in the certificate (DNS or IP SAN).
     #[arg(long, env = "SECKILL_ADVERTISE_GRPC")]
     pub advertise_grpc: Option<String>,
+    /// PEM certificate chain of the gRPC listener: TLS on the callback
+    /// (with --grpc-tls-key; services then need --grpc-tls-ca).
+    #[arg(long, env = "SECKILL_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "SECKILL_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// Time a gRPC peer may stay silent before its connection is closed;
+    /// the listener pings live peers at a third of it (at least 1000).
+    #[arg(
+        long,
+        env = "SECKILL_GRPC_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(1000..)
+    )]
+    pub grpc_idle_timeout_ms: u64,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -119,6 +136,10 @@ pub struct GatewayConfig {
     /// gRPC (the embedded mode delivers in-process).
     pub callback_token: Option<CallbackToken>,
     pub advertise_grpc: String,
+    /// Certificate and key of the gRPC listener; `None` = plaintext.
+    pub grpc_tls: Option<GrpcTls>,
+    /// Time a gRPC peer may stay silent (see `--grpc-idle-timeout-ms`).
+    pub grpc_idle_timeout: Duration,
     pub request_timeout: Duration,
     /// Extra wait past the deadline for a result decided just in time.
     pub reply_grace: Duration,
@@ -143,6 +164,8 @@ impl GatewayConfig {
             admin_token: admin_token.into(),
             callback_token: None,
             advertise_grpc: advertise_grpc.into(),
+            grpc_tls: None,
+            grpc_idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_millis(2000),
             reply_grace: Duration::from_millis(250),
             max_connections: 10_000,
@@ -199,6 +222,8 @@ impl Args {
         let request_timeout = Duration::from_millis(self.request_timeout_ms);
         let mut config = GatewayConfig::new(admin_token, advertise_grpc);
         config.callback_token = callback_token;
+        config.grpc_tls = self.grpc_tls()?;
+        config.grpc_idle_timeout = Duration::from_millis(self.grpc_idle_timeout_ms);
         config.request_timeout = request_timeout;
         config.max_connections = self.max_connections as usize;
         config.max_waiters = self.max_waiters as usize;
@@ -211,9 +236,51 @@ impl Args {
         Ok(config)
     }
 
+    /// The gRPC listener's certificate and key, read and checked once here
+    /// so a bad file stops the start (exit 64), not the listener later.
+    fn grpc_tls(&self) -> Result<Option<GrpcTls>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.grpc_tls_cert, &self.grpc_tls_key) else {
+            return Ok(None);
+        };
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| ConfigError(format!("{flag}: cannot read {}: {e}", path.display())))
+        };
+        let tls = GrpcTls {
+            cert: read("--grpc-tls-cert", cert)?,
+            key: read("--grpc-tls-key", key)?,
+        };
+        tonic::transport::Server::builder()
+            .tls_config(tls.server_config())
+            .map_err(|e| ConfigError(format!("--grpc-tls-cert/--grpc-tls-key: {e}")))?;
+        Ok(Some(tls))
+    }
+
     /// The configuration of the embedded seckill service.
     pub fn service_config(&self) -> ServiceConfig {
         self.service.service_config()
+    }
+}
+
+/// The PEM certificate chain and private key of the gRPC listener. `Debug`
+/// hides the key.
+#[derive(Clone)]
+pub struct GrpcTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl GrpcTls {
+    /// The listener's TLS settings.
+    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        let identity = tonic::transport::Identity::from_pem(&self.cert, &self.key);
+        tonic::transport::ServerTlsConfig::new().identity(identity)
+    }
+}
+
+impl std::fmt::Debug for GrpcTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrpcTls(..)")
     }
 }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 use clap::Parser;
 use seckill_stores::StoreArgs;
 
-use crate::callback::CallbackTokenArgs;
+use crate::callback::{CallbackToken, CallbackTokenArgs, GrpcCallback};
 use crate::{RiskConfig, ServiceConfig};
+use seckill_ops::process::ConfigError;
 
 /// Options of the `seckill-service` binary.
 #[derive(Parser, Debug, Clone)]
@@ -38,6 +39,11 @@ pub struct Args {
         value_parser = clap::value_parser!(u64).range(1..=60_000)
     )]
     pub callback_timeout_ms: u64,
+    /// PEM CA certificate(s): call gateways over TLS (https) and trust only
+    /// these; a gateway's certificate must name the host of the address it
+    /// advertises. Unset = plaintext callbacks.
+    #[arg(long, env = "SECKILL_GRPC_TLS_CA")]
+    pub grpc_tls_ca: Option<std::path::PathBuf>,
     /// How long shutdown waits for the batches in hand; entries still
     /// unacknowledged after it are reclaimed by another instance.
     #[arg(long, env = "SECKILL_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
@@ -116,6 +122,24 @@ impl Args {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The callback client these options describe: its deadline, its token
+    /// and, with `--grpc-tls-ca`, TLS.
+    pub fn callback_client(&self, token: &CallbackToken) -> Result<GrpcCallback, ConfigError> {
+        let client = GrpcCallback::new(self.callback_timeout(), token);
+        let Some(path) = &self.grpc_tls_ca else {
+            return Ok(client);
+        };
+        let pem = std::fs::read(path).map_err(|e| {
+            ConfigError(format!(
+                "--grpc-tls-ca: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        client
+            .with_tls_ca(&pem)
+            .map_err(|e| ConfigError(format!("--grpc-tls-ca: {}", e.0)))
     }
 }
 

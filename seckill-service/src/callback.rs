@@ -5,6 +5,12 @@
 //! channel per gateway, with a deadline on every call, authenticated by the
 //! [`CallbackToken`] that gateways and services share. In the embedded mode
 //! the gateway may hand results over in-process through the same trait.
+//!
+//! With a CA ([`GrpcCallback::with_tls_ca`], `--grpc-tls-ca`) every call
+//! goes over TLS (`https://`) and the gateway's certificate must chain to
+//! that CA and name the host of the address the gateway advertises (a DNS
+//! name, or an IP address SAN for an address like `10.0.0.5:50051`);
+//! without one, calls go in plaintext, so a TLS gateway refuses them.
 
 use std::time::Duration;
 
@@ -15,7 +21,7 @@ use seckill_ops::process::ConfigError;
 use seckill_proto::pb;
 use seckill_proto::pb::callback_client::CallbackClient;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// The secret that gateways and seckill services share so a gateway takes
 /// results from services only: sent as `authorization: Bearer <token>` on
@@ -159,6 +165,8 @@ pub struct GrpcCallback {
     timeout: Duration,
     /// `authorization` of every call.
     bearer: AsciiMetadataValue,
+    /// The CA a gateway's certificate must chain to; `None` = plaintext.
+    tls_ca: Option<Certificate>,
 }
 
 impl GrpcCallback {
@@ -169,23 +177,43 @@ impl GrpcCallback {
             channels: DashMap::new(),
             timeout,
             bearer: token.bearer(),
+            tls_ca: None,
         }
+    }
+
+    /// Calls every gateway over TLS, trusting the CA certificates in
+    /// `ca_pem` (PEM) only; refuses a file without a certificate.
+    pub fn with_tls_ca(mut self, ca_pem: &[u8]) -> Result<Self, ConfigError> {
+        let ca = Certificate::from_pem(ca_pem);
+        // Builds a connector once, so a bad file fails the start.
+        Endpoint::from_static("https://localhost")
+            .tls_config(ClientTlsConfig::new().ca_certificate(ca.clone()))
+            .map_err(|e| ConfigError(format!("the callback CA cannot be used: {e}")))?;
+        self.tls_ca = Some(ca);
+        Ok(self)
     }
 
     fn client(&self, addr: &str) -> Result<CallbackClient<Channel>, CallbackError> {
         if let Some(c) = self.channels.get(addr) {
             return Ok(c.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
+        let bad = || CallbackError::Address(addr.to_string());
+        let uri = match (addr.split_once("://"), &self.tls_ca) {
+            (None, None) => format!("http://{addr}"),
+            (None, Some(_)) => format!("https://{addr}"),
+            (Some(("http", _)), None) | (Some(("https", _)), Some(_)) => addr.to_string(),
+            // With a CA, never send the token in plaintext.
+            (Some(_), _) => return Err(bad()),
         };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|_| CallbackError::Address(addr.to_string()))?
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(|_| bad())?
             .connect_timeout(self.timeout)
             .timeout(self.timeout)
             .tcp_nodelay(true);
+        if let Some(ca) = &self.tls_ca {
+            let tls = ClientTlsConfig::new().ca_certificate(ca.clone());
+            endpoint = endpoint.tls_config(tls).map_err(|_| bad())?;
+        }
         // Lazy: the channel connects on first use and reconnects by itself
         // after the gateway comes back.
         let client = CallbackClient::new(endpoint.connect_lazy());

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use seckill_ops::process::{
     self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
 };
-use seckill_service::callback::CallbackToken;
 use seckill_service::{Args, GrpcCallback};
 use seckill_stores::{redact_url, Mode, Stores};
 use tokio::net::TcpListener;
@@ -26,8 +25,12 @@ fn main() -> ExitCode {
             "--redis-url or --redis-cluster is required (the embedded mode runs inside the gateway)",
         );
     }
-    let token = match args.callback.required() {
-        Ok(t) => t,
+    let callback = match args
+        .callback
+        .required()
+        .and_then(|token| args.callback_client(&token))
+    {
+        Ok(c) => c,
         Err(e) => return config_error(&e.0),
     };
     if let Err(e) = init_logging(&args.log) {
@@ -37,10 +40,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("the Tokio runtime starts");
-    runtime.block_on(run(args, token))
+    runtime.block_on(run(args, callback))
 }
 
-async fn run(args: Args, token: CallbackToken) -> ExitCode {
+async fn run(args: Args, callback: GrpcCallback) -> ExitCode {
     // Before any metric handle is resolved, here or in the stores.
     seckill_ops::metrics::install();
     seckill_service::metrics::describe();
@@ -84,7 +87,7 @@ async fn run(args: Args, token: CallbackToken) -> ExitCode {
             shutdown_signal().await;
         }
     });
-    let callback = Arc::new(GrpcCallback::new(args.callback_timeout(), &token));
+    let callback = Arc::new(callback);
     match seckill_service::run(
         admin,
         stores,

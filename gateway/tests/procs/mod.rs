@@ -42,6 +42,11 @@ impl Gw {
     /// Starts `gateway` with the store options and `extra`, and waits until
     /// its admin port answers.
     pub fn start(name: &str, store: &[String], extra: &[&str]) -> Gw {
+        Gw::start_env(name, store, extra, &[])
+    }
+
+    /// [`Gw::start`] with extra environment (e.g. `SSL_CERT_FILE`).
+    pub fn start_env(name: &str, store: &[String], extra: &[&str], envs: &[(&str, &str)]) -> Gw {
         let (public, admin, grpc) = (addr(), addr(), addr());
         let mut args = store.to_vec();
         args.extend(owned(&[
@@ -57,15 +62,12 @@ impl Gw {
             "0",
         ]));
         args.extend(owned(extra));
-        let p = Process::spawn(
-            name,
-            env!("CARGO_BIN_EXE_gateway").as_ref(),
-            &args,
-            &[
-                ("SECKILL_LOG", "warn"),
-                ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
-            ],
-        );
+        let mut all = vec![
+            ("SECKILL_LOG", "warn"),
+            ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
+        ];
+        all.extend_from_slice(envs);
+        let p = Process::spawn(name, env!("CARGO_BIN_EXE_gateway").as_ref(), &args, &all);
         let gw = Gw {
             p,
             public,
@@ -179,19 +181,21 @@ pub struct Svc {
 
 impl Svc {
     pub fn start(name: &str, store: &[String], extra: &[&str]) -> Svc {
+        Svc::start_env(name, store, extra, &[])
+    }
+
+    /// [`Svc::start`] with extra environment (e.g. `SSL_CERT_FILE`).
+    pub fn start_env(name: &str, store: &[String], extra: &[&str], envs: &[(&str, &str)]) -> Svc {
         let admin = addr();
         let mut args = store.to_vec();
         args.extend(owned(&["--admin-listen", &admin.to_string()]));
         args.extend(owned(extra));
-        let p = Process::spawn(
-            name,
-            &binary("seckill-service"),
-            &args,
-            &[
-                ("SECKILL_LOG", "warn"),
-                ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
-            ],
-        );
+        let mut all = vec![
+            ("SECKILL_LOG", "warn"),
+            ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
+        ];
+        all.extend_from_slice(envs);
+        let p = Process::spawn(name, &binary("seckill-service"), &args, &all);
         let svc = Svc { p, admin };
         assert!(
             wait_until(Duration::from_secs(20), || svc.admin_get("/healthz").0
