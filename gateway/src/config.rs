@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 use seckill_inventory::{valid_id, SaleSpec};
 pub use seckill_ops::process::{ConfigError, EXIT_CONFIG};
 use seckill_service::callback::read_secret_file;
@@ -111,6 +112,26 @@ pub struct Args {
     /// Per-user edge limit: burst allowed above the rate.
     #[arg(long, env = "SECKILL_USER_BURST", default_value_t = 5)]
     pub user_burst: u32,
+    /// Peers (comma-separated CIDRs or addresses) whose X-Forwarded-For or
+    /// Forwarded header names the client address [default: none].
+    #[arg(
+        long,
+        env = "SECKILL_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = crate::client::parse_trusted_proxy
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Per-address edge limit: purchase attempts per second per client address (0 = off).
+    #[arg(long, env = "SECKILL_IP_RATE_PER_SEC", default_value_t = 0)]
+    pub ip_rate_per_sec: u32,
+    /// Per-address edge limit: burst allowed above the rate (0 = the rate).
+    #[arg(long, env = "SECKILL_IP_BURST", default_value_t = 0)]
+    pub ip_burst: u32,
+    /// Open connections per client TCP address (IPv6: per /64) and HTTP
+    /// listener at most; beyond it, closed at once (0 = off). Behind a proxy
+    /// its connections are counted: raise it there.
+    #[arg(long, env = "SECKILL_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: u32,
     /// How long shutdown waits for waiting requests to be answered.
     #[arg(long, env = "SECKILL_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -150,6 +171,13 @@ pub struct GatewayConfig {
     pub body_read_timeout: Duration,
     pub user_rate_per_sec: u32,
     pub user_burst: u32,
+    /// Peers whose forwarding headers name the client address.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Per-address purchase attempts per second (0 = off), and burst.
+    pub ip_rate_per_sec: u32,
+    pub ip_burst: u32,
+    /// Open connections per peer address and listener (0 = off).
+    pub max_connections_per_ip: usize,
     pub shutdown_grace: Duration,
     pub demo_sale: Option<SaleSpec>,
     /// Live sales this gateway serves at most.
@@ -174,6 +202,10 @@ impl GatewayConfig {
             body_read_timeout: Duration::from_secs(5),
             user_rate_per_sec: 5,
             user_burst: 5,
+            trusted_proxies: Vec::new(),
+            ip_rate_per_sec: 0,
+            ip_burst: 0,
+            max_connections_per_ip: 256,
             shutdown_grace: Duration::from_secs(10),
             demo_sale: None,
             max_sales: 10_000,
@@ -230,6 +262,10 @@ impl Args {
         config.header_read_timeout = Duration::from_millis(self.header_read_timeout_ms);
         config.user_rate_per_sec = self.user_rate_per_sec;
         config.user_burst = self.user_burst;
+        config.trusted_proxies = self.trusted_proxies.clone();
+        config.ip_rate_per_sec = self.ip_rate_per_sec;
+        config.ip_burst = self.ip_burst;
+        config.max_connections_per_ip = self.max_connections_per_ip as usize;
         config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
         config.demo_sale = demo_sale;
         config.max_sales = self.max_sales as usize;
@@ -320,6 +356,26 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_millis(2000));
         assert_eq!(c.admin_token.len(), 32);
         assert_eq!(c.max_sales, 10_000);
+        assert_eq!(c.max_connections_per_ip, 256);
+        assert_eq!((c.ip_rate_per_sec, c.trusted_proxies.len()), (0, 0));
+    }
+
+    #[test]
+    fn per_client_options() {
+        let c = parse(&[
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7,::1",
+            "--ip-rate-per-sec",
+            "3",
+            "--max-connections-per-ip",
+            "0",
+        ])
+        .gateway_config()
+        .unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!((c.ip_rate_per_sec, c.ip_burst), (3, 0));
+        assert_eq!(c.max_connections_per_ip, 0);
+        assert!(Args::try_parse_from(["gateway", "--trusted-proxies", "proxy.lan"]).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 mod admin;
 pub mod answer;
 mod catalog;
+mod client;
 pub mod config;
 mod grpc;
 mod limiter;
@@ -92,7 +93,8 @@ impl Gateway {
         let metrics = GatewayMetrics::new();
         let shared = Arc::new(Shared {
             waiters: Waiters::new(config.max_waiters),
-            limiter: EdgeLimiter::new(config.user_rate_per_sec, config.user_burst),
+            limiter: EdgeLimiter::new(config.user_rate_per_sec, config.user_burst)
+                .with_address_limit(config.ip_rate_per_sec, config.ip_burst),
             metrics,
             catalog: Catalog::new(config.max_sales),
             draining: AtomicBool::new(false),
@@ -139,6 +141,7 @@ impl Gateway {
         let cfg = &shared.config;
         let limits = ServerLimits {
             max_connections: cfg.max_connections,
+            max_connections_per_ip: cfg.max_connections_per_ip,
             header_read_timeout: cfg.header_read_timeout,
             max_buf_size: 16 * 1024,
             // Long enough for every parked request to reach its deadline.

@@ -197,6 +197,7 @@ async fn purchase_steps(
     req: Request<Incoming>,
 ) -> Result<Answered, Answered> {
     let by = Deadlines::from_arrival(shared);
+    check_address_limit(shared, &req)?;
     let input = read_input(shared, req).await?;
     if let Some(key) = &input.idempotency_key {
         // A repeat of a key is how a buyer whose connection broke recovers
@@ -332,6 +333,20 @@ fn check_sale(
         return Err(overloaded(request_id));
     }
     Ok(sale)
+}
+
+/// Step 0: the per-address edge limit, before the body is even read: one
+/// address's flood costs the others neither tokens nor work.
+fn check_address_limit(shared: &Shared, req: &Request<Incoming>) -> Result<(), Answered> {
+    if !shared.limiter.limits_addresses() {
+        return Ok(());
+    }
+    let client = crate::client::client_addr(req, &shared.config.trusted_proxies);
+    if client.is_none_or(|ip| shared.limiter.check_address(ip)) {
+        return Ok(());
+    }
+    let s = Status::RateLimited;
+    Err((s, Answer::of(s).reason("address_limit").into_response(s)))
 }
 
 /// Step 3: the per-user edge limit.

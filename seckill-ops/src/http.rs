@@ -8,14 +8,20 @@
 //! bounded read buffer. On shutdown the loop stops accepting and lets each
 //! connection finish the requests it is serving.
 //!
+//! Open connections are also counted per client address (the TCP peer,
+//! IPv6 by /64): a connection beyond `max_connections_per_ip` gets a
+//! canned 429 and is closed at once, handing its permit straight back, so
+//! one address holding idle connections cannot take every slot.
+//!
 //! Each request carries its connection's [`PeerAddr`] and [`LocalAddr`] in
 //! its extensions, so a handler that limits by client address needs no
 //! other signature than `Fn(Request) -> Response`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,6 +53,9 @@ pub struct LocalAddr(pub SocketAddr);
 pub struct ServerLimits {
     /// Open connections at most.
     pub max_connections: usize,
+    /// Open connections per client address (see [`address_key`]) at most;
+    /// 0 = no per-address cap.
+    pub max_connections_per_ip: usize,
     /// Time a client has to send a request's headers.
     pub header_read_timeout: Duration,
     /// Bound on the buffered request head (and pipelined bytes), in bytes.
@@ -59,12 +68,74 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             header_read_timeout: Duration::from_secs(5),
             max_buf_size: 16 * 1024,
             drain_grace: Duration::from_secs(10),
         }
     }
 }
+
+/// The unit per-address limits count: an IPv4 address, or the /64 of an
+/// IPv6 one (a single host is commonly handed a whole /64, so counting
+/// /128s would let it take 2^64 shares). IPv4-mapped IPv6 is IPv4.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// Open connections per client address. An entry exists only while its
+/// address has a connection open, so the map never holds more entries
+/// than the listener has connections.
+#[derive(Default)]
+struct OpenPerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+impl OpenPerAddress {
+    /// Counts a new connection from `ip`; `None` when the address already
+    /// holds `cap` (0 = no cap).
+    fn open(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut open = self.0.lock().unwrap();
+        let n = open.entry(key).or_insert(0);
+        if cap > 0 && *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One open connection of an address; dropping it uncounts it.
+struct AddressSlot {
+    table: Arc<OpenPerAddress>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.0.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a connection over its address's cap is told before it is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\n\
+content-length: 99\r\n\r\n\
+{\"status\":\"rate_limited\",\"error\":\"too many connections from this address\",\"reason\":\"address_limit\"}";
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` fires,
 /// then drains: no new connections, in-flight requests completed, idle
@@ -79,6 +150,7 @@ pub async fn serve<H, F>(
     F: Future<Output = HttpResponse> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_address = Arc::new(OpenPerAddress::default());
     let mut connections = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -97,12 +169,21 @@ pub async fn serve<H, F>(
                 }
             },
         };
+        let Some(slot) = per_address.open(peer.ip(), limits.max_connections_per_ip) else {
+            // Refused without an await: the answer goes out only if the
+            // socket's send buffer takes it now, and the permit comes back
+            // at once.
+            let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            drop((stream, permit));
+            tracing::debug!(%peer, "connection over the per-address cap refused");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
                 if let Some(local) = local {
@@ -222,6 +303,72 @@ mod tests {
             answer.ends_with(&format!("Some({me}) Some({addr})")),
             "{answer}"
         );
+        shutdown.cancel();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn the_refusal_is_a_whole_response() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["reason"], "address_limit");
+    }
+
+    #[test]
+    fn addresses_are_counted_by_v4_address_and_v6_64() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("192.0.2.1"), key("::ffff:192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn an_address_holds_its_cap_and_no_more_and_its_entry_goes_with_it() {
+        let table = Arc::new(OpenPerAddress::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| table.open(a, 3).unwrap()).collect();
+        assert!(table.open(a, 3).is_none());
+        let other = table.open(b, 3).unwrap();
+        drop(held);
+        assert!(table.open(a, 0).is_some(), "0 = no cap");
+        drop(other);
+        assert!(table.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_per_address_cap_is_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = ServerLimits {
+            max_connections: 4,
+            max_connections_per_ip: 2,
+            ..ServerLimits::default()
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            |_req: Request<Incoming>| async move { text(StatusCode::OK, "ok") },
+            limits,
+            shutdown.clone(),
+        ));
+        let idle = [
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        ];
+        let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), over.read_to_end(&mut answer));
+        assert!(read.await.is_ok(), "closed, not left waiting");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 429"),
+            "{answer}"
+        );
+        drop(idle);
         shutdown.cancel();
         server.await.unwrap();
     }

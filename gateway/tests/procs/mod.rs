@@ -60,6 +60,9 @@ impl Gw {
             TOKEN,
             "--user-rate-per-sec",
             "0",
+            // The spikes come from one address as a thousand buyers.
+            "--max-connections-per-ip",
+            "0",
         ]));
         args.extend(owned(extra));
         let mut all = vec![

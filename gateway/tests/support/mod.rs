@@ -44,6 +44,9 @@ impl Default for Setup {
         // Tests send many attempts per user on purpose; the edge limit has
         // its own test.
         config.user_rate_per_sec = 0;
+        // Spikes come from one address as a thousand buyers; the
+        // per-address connection cap has its own test.
+        config.max_connections_per_ip = 0;
         Setup {
             config,
             service: ServiceConfig::default(),
