@@ -2,7 +2,7 @@
 //! code, and the JSON bodies.
 
 use bytes::Bytes;
-use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::StatusCode;
 use seckill_inventory::Outcome;
 use seckill_ops::http::{json, HttpResponse};
@@ -25,10 +25,13 @@ pub enum Status {
     RateLimited,
     Overloaded,
     Timeout,
+    Unauthorized,
+    Forbidden,
 }
 
 impl Status {
-    pub const ALL: [Status; 14] = [
+    /// In declaration order: `status as usize` indexes it.
+    pub const ALL: [Status; 16] = [
         Status::Success,
         Status::Pending,
         Status::BadRequest,
@@ -43,6 +46,8 @@ impl Status {
         Status::RateLimited,
         Status::Overloaded,
         Status::Timeout,
+        Status::Unauthorized,
+        Status::Forbidden,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +66,8 @@ impl Status {
             Status::RateLimited => "rate_limited",
             Status::Overloaded => "overloaded",
             Status::Timeout => "timeout",
+            Status::Unauthorized => "unauthorized",
+            Status::Forbidden => "forbidden",
         }
     }
 
@@ -69,7 +76,8 @@ impl Status {
             Status::Success => StatusCode::OK,
             Status::Pending => StatusCode::ACCEPTED,
             Status::BadRequest => StatusCode::BAD_REQUEST,
-            Status::LimitExceeded | Status::Rejected => StatusCode::FORBIDDEN,
+            Status::LimitExceeded | Status::Rejected | Status::Forbidden => StatusCode::FORBIDDEN,
+            Status::Unauthorized => StatusCode::UNAUTHORIZED,
             Status::NotFound => StatusCode::NOT_FOUND,
             Status::NotStarted | Status::Ended | Status::Paused => StatusCode::CONFLICT,
             Status::SoldOut => StatusCode::GONE,
@@ -110,6 +118,8 @@ impl Status {
             Status::Timeout => {
                 "no result before the deadline; poll GET /api/v1/requests/{request_id}"
             }
+            Status::Unauthorized => "the buyer's identity is missing or invalid",
+            Status::Forbidden => "user_id is not the authenticated buyer",
         })
     }
 }
@@ -172,14 +182,18 @@ impl<'a> Answer<'a> {
         self
     }
 
-    /// The HTTP response: JSON body, and `Retry-After` where the client
-    /// should come back.
+    /// The HTTP response: JSON body, `Retry-After` where the client should
+    /// come back, and a `WWW-Authenticate` challenge on a 401.
     pub fn into_response(self, status: Status) -> HttpResponse {
         let body = serde_json::to_vec(&self).expect("answers serialize");
         let mut resp = json(status.code(), Bytes::from(body));
         if matches!(status, Status::RateLimited | Status::Overloaded) {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == Status::Unauthorized {
+            resp.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

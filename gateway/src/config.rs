@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use ipnet::IpNet;
 use seckill_inventory::{valid_id, SaleSpec};
+
+pub use crate::identity::{Identity, IdentityArgs};
 pub use seckill_ops::process::{ConfigError, EXIT_CONFIG};
 use seckill_service::callback::read_secret_file;
 pub use seckill_service::callback::{CallbackToken, CallbackTokenArgs};
@@ -59,6 +61,8 @@ pub struct Args {
     pub service: ServiceArgs,
     #[command(flatten)]
     pub callback: CallbackTokenArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Bearer token for /admin/* [default: random, printed once at start].
     #[arg(
         long,
@@ -182,6 +186,8 @@ pub struct GatewayConfig {
     pub demo_sale: Option<SaleSpec>,
     /// Live sales this gateway serves at most.
     pub max_sales: usize,
+    /// Who the buyer of a request is (`--buyer-auth`).
+    pub identity: Identity,
 }
 
 impl GatewayConfig {
@@ -209,6 +215,7 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(10),
             demo_sale: None,
             max_sales: 10_000,
+            identity: Identity::Body,
         }
     }
 }
@@ -269,6 +276,7 @@ impl Args {
         config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
         config.demo_sale = demo_sale;
         config.max_sales = self.max_sales as usize;
+        config.identity = self.identity.identity(&config.trusted_proxies)?;
         Ok(config)
     }
 

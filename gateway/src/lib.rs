@@ -20,6 +20,7 @@ mod catalog;
 mod client;
 pub mod config;
 mod grpc;
+pub mod identity;
 mod limiter;
 mod lockout;
 mod metrics;
@@ -91,6 +92,7 @@ impl Gateway {
     /// configured (a demo sale that exists already is left as it is).
     pub async fn new(config: GatewayConfig, stores: Stores) -> Result<Self, InventoryError> {
         let metrics = GatewayMetrics::new();
+        config.identity.announce();
         let shared = Arc::new(Shared {
             waiters: Waiters::new(config.max_waiters),
             limiter: EdgeLimiter::new(config.user_rate_per_sec, config.user_burst)

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::answer::{error, Answer, Status};
 use crate::catalog::SaleEntry;
+use crate::identity::Refusal;
 use crate::waiters::Waiter;
 use crate::Shared;
 
@@ -48,7 +49,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
         }
         (&Method::GET, ["api", "v1", "sales", sale_id]) => (get_sale(&shared, sale_id).await, None),
         (&Method::GET, ["api", "v1", "requests", request_id]) => {
-            (get_request(&shared, request_id).await, None)
+            (get_request(&shared, request_id, &req).await, None)
         }
         (_, ["api", "v1", "sales", _, "purchase"])
         | (_, ["api", "v1", "sales", _])
@@ -80,7 +81,9 @@ pub(crate) fn set_request_id(resp: &mut HttpResponse, id: String) {
 
 #[derive(Deserialize)]
 struct PurchaseBody {
-    user_id: String,
+    /// Optional with buyer identity on (the buyer is then known already).
+    #[serde(default)]
+    user_id: Option<String>,
     #[serde(default)]
     quantity: Option<u32>,
 }
@@ -248,6 +251,9 @@ impl Input {
 
 /// Step 1, input: the idempotency key, the body's size and JSON, the ids.
 async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, Answered> {
+    // Who buys, before the body is read: a refusal costs no body.
+    let identity = &shared.config.identity;
+    let buyer = identity.buyer(&req).map_err(Refusal::answer)?;
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
@@ -262,10 +268,16 @@ async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, An
     let body = read_body(req, shared.config.body_read_timeout).await?;
     let body: PurchaseBody = serde_json::from_slice(&body)
         .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
-    if body.user_id.is_empty() || body.user_id.len() > 64 {
+    let user_id = match (buyer, body.user_id) {
+        (Some(buyer), Some(named)) if named != buyer => return Err(refuse(Status::Forbidden)),
+        (Some(buyer), _) => buyer,
+        (None, Some(named)) => named,
+        (None, None) => return Err(bad_request("user_id is required")),
+    };
+    if user_id.is_empty() || user_id.len() > 64 {
         return Err(bad_request("user_id must be 1..=64 characters"));
     }
-    if body.user_id.chars().any(char::is_control) {
+    if user_id.chars().any(char::is_control) {
         return Err(bad_request("user_id must not contain control characters"));
     }
     let quantity = body.quantity.unwrap_or(1);
@@ -273,7 +285,7 @@ async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, An
         return Err(bad_request("quantity must be at least 1"));
     }
     Ok(Input {
-        user_id: body.user_id,
+        user_id,
         quantity,
         idempotency_key,
     })
@@ -598,12 +610,19 @@ struct RequestView<'a> {
 }
 
 /// `GET /api/v1/requests/{request_id}`.
-async fn get_request(shared: &Shared, request_id: &str) -> HttpResponse {
+/// With buyer identity on, only the request's own buyer sees it: to anyone
+/// else it does not exist.
+async fn get_request(shared: &Shared, request_id: &str, req: &Request<Incoming>) -> HttpResponse {
     let not_found = || error(StatusCode::NOT_FOUND, "not_found", "no such request");
+    let viewer = match shared.config.identity.buyer(req) {
+        Ok(viewer) => viewer,
+        Err(refusal) => return refusal.answer().1,
+    };
     if seckill_inventory::sale_of_request(request_id).is_none() || request_id.len() > 128 {
         return not_found();
     }
     match shared.stores.inventory.request(request_id).await {
+        Ok(Some(r)) if viewer.as_ref().is_some_and(|v| *v != r.user_id) => not_found(),
         Ok(Some(r)) => {
             let (order_id, reason) = match &r.outcome {
                 Some(Outcome::Success { order_id }) => (Some(order_id.as_str()), None),
