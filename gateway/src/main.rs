@@ -12,7 +12,7 @@ use gateway::{run_distributed, run_embedded, EmbeddedOptions, Listeners};
 use seckill_ops::process::{
     self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
 };
-use seckill_stores::{redact_url, Stores};
+use seckill_stores::Stores;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -47,18 +47,15 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprint_line(format_args!(
                     "gateway: cannot connect to Redis {}: {}",
-                    redis_shown(&mode),
-                    redis_error(&e, &mode)
+                    mode.shown(),
+                    mode.redact(&e)
                 ));
                 return ExitCode::FAILURE;
             }
         };
         let mut banner = match &mode {
             Mode::Embedded => "seckill gateway (embedded mode)".to_string(),
-            _ => format!(
-                "seckill gateway (distributed mode, Redis {})",
-                redis_shown(&mode)
-            ),
+            _ => format!("seckill gateway (distributed mode, Redis {})", mode.shown()),
         };
         banner += &format!("\n  public API  http://{}", args.listen);
         banner += &format!(
@@ -107,30 +104,4 @@ fn main() -> ExitCode {
 
 fn config_error(message: &str) -> ExitCode {
     process::config_error("gateway", message)
-}
-
-/// The Redis the options name, as the banner and error lines show it:
-/// passwords masked ([`redact_url`]).
-fn redis_shown(mode: &Mode) -> String {
-    match mode {
-        Mode::Embedded => "in memory".to_string(),
-        Mode::Redis(url) => redact_url(url),
-        Mode::RedisCluster(seeds) => {
-            let seeds: Vec<String> = seeds.iter().map(|s| redact_url(s)).collect();
-            format!("Cluster {}", seeds.join(","))
-        }
-    }
-}
-
-/// A connection error as shown: should the Redis client ever quote a URL
-/// of the options, its password is masked too.
-fn redis_error(e: &impl std::fmt::Display, mode: &Mode) -> String {
-    let urls = match mode {
-        Mode::Embedded => &[][..],
-        Mode::Redis(url) => std::slice::from_ref(url),
-        Mode::RedisCluster(seeds) => &seeds[..],
-    };
-    urls.iter().fold(e.to_string(), |text, url| {
-        text.replace(url.as_str(), &redact_url(url))
-    })
 }

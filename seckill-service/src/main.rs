@@ -11,7 +11,7 @@ use seckill_ops::process::{
     self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
 };
 use seckill_service::{Args, GrpcCallback};
-use seckill_stores::{redact_url, Mode, Stores};
+use seckill_stores::{Mode, Stores};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -62,8 +62,8 @@ async fn run(args: Args, callback: GrpcCallback) -> ExitCode {
             let mode = args.store.mode();
             eprint_line(format_args!(
                 "seckill-service: cannot connect to Redis {}: {}",
-                redis_shown(&mode),
-                redis_error(&e, &mode)
+                mode.shown(),
+                mode.redact(&e)
             ));
             return ExitCode::FAILURE;
         }
@@ -73,7 +73,7 @@ async fn run(args: Args, callback: GrpcCallback) -> ExitCode {
         "seckill service (Redis {})\n\
          \x20 admin API   http://{}  (/metrics, /healthz, /readyz)\n\
          \x20 workers     {} x batch {}",
-        redis_shown(&args.store.mode()),
+        args.store.mode().shown(),
         args.admin_listen,
         config.workers,
         config.batch_size
@@ -108,30 +108,4 @@ async fn run(args: Args, callback: GrpcCallback) -> ExitCode {
 
 fn config_error(message: &str) -> ExitCode {
     process::config_error("seckill-service", message)
-}
-
-/// The Redis the options name, as the banner and error lines show it:
-/// passwords masked ([`redact_url`]).
-fn redis_shown(mode: &Mode) -> String {
-    match mode {
-        Mode::Embedded => "in memory".to_string(),
-        Mode::Redis(url) => redact_url(url),
-        Mode::RedisCluster(seeds) => {
-            let seeds: Vec<String> = seeds.iter().map(|s| redact_url(s)).collect();
-            format!("Cluster {}", seeds.join(","))
-        }
-    }
-}
-
-/// A connection error as shown: should the Redis client ever quote a URL
-/// of the options, its password is masked too.
-fn redis_error(e: &impl std::fmt::Display, mode: &Mode) -> String {
-    let urls = match mode {
-        Mode::Embedded => &[][..],
-        Mode::Redis(url) => std::slice::from_ref(url),
-        Mode::RedisCluster(seeds) => &seeds[..],
-    };
-    urls.iter().fold(e.to_string(), |text, url| {
-        text.replace(url.as_str(), &redact_url(url))
-    })
 }

@@ -58,6 +58,34 @@ pub enum Mode {
     RedisCluster(Vec<String>),
 }
 
+impl Mode {
+    /// The store as a banner or an error line shows it: passwords masked
+    /// ([`redact_url`]).
+    pub fn shown(&self) -> String {
+        match self {
+            Mode::Embedded => "in memory".to_string(),
+            Mode::Redis(url) => redact_url(url),
+            Mode::RedisCluster(seeds) => {
+                let seeds: Vec<String> = seeds.iter().map(|s| redact_url(s)).collect();
+                format!("Cluster {}", seeds.join(","))
+            }
+        }
+    }
+
+    /// An error's text as shown: should the Redis client ever quote a URL of
+    /// the options, its password is masked too.
+    pub fn redact(&self, e: &impl std::fmt::Display) -> String {
+        let urls = match self {
+            Mode::Embedded => &[][..],
+            Mode::Redis(url) => std::slice::from_ref(url),
+            Mode::RedisCluster(seeds) => &seeds[..],
+        };
+        urls.iter().fold(e.to_string(), |text, url| {
+            text.replace(url.as_str(), &redact_url(url))
+        })
+    }
+}
+
 impl StoreArgs {
     /// Embedded unless a Redis URL or cluster is given.
     pub fn mode(&self) -> Mode {
