@@ -132,7 +132,8 @@ pub struct Args {
     #[arg(long, env = "SECKILL_IP_BURST", default_value_t = 0)]
     pub ip_burst: u32,
     /// Open connections per client TCP address (IPv6: per /64) and HTTP
-    /// listener at most; beyond it, closed at once (0 = off). Behind a proxy
+    /// listener at most; beyond it, the connection's request is answered 429
+    /// `address_limit` and the connection closed (0 = off). Behind a proxy
     /// its connections are counted: raise it there.
     #[arg(long, env = "SECKILL_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: u32,

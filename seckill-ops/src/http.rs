@@ -9,9 +9,12 @@
 //! connection finish the requests it is serving.
 //!
 //! Open connections are also counted per client address (the TCP peer,
-//! IPv6 by /64): a connection beyond `max_connections_per_ip` gets a
-//! canned 429 and is closed at once, handing its permit straight back, so
-//! one address holding idle connections cannot take every slot.
+//! IPv6 by /64): a connection beyond `max_connections_per_ip` hands its
+//! permit straight back, so one address holding idle connections cannot
+//! take every slot. It is answered as HTTP (its first request gets a 429
+//! `address_limit` and the connection is closed) from a small pool of
+//! refusal slots with a short deadline; when that pool is busy it is
+//! closed at once.
 //!
 //! Each request carries its connection's [`PeerAddr`] and [`LocalAddr`] in
 //! its extensions, so a handler that limits by client address needs no
@@ -27,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -132,10 +135,37 @@ impl Drop for AddressSlot {
 }
 
 /// What a connection over its address's cap is told before it is closed.
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
-content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\n\
-content-length: 99\r\n\r\n\
-{\"status\":\"rate_limited\",\"error\":\"too many connections from this address\",\"reason\":\"address_limit\"}";
+const TOO_MANY_CONNECTIONS: &str = "{\"status\":\"rate_limited\",\
+\"error\":\"too many connections from this address\",\"reason\":\"address_limit\"}";
+
+/// Connections over their address's cap answered at the same time at most;
+/// beyond that they are closed without an answer.
+const REFUSAL_SLOTS: usize = 64;
+
+/// How long a refused connection has to send its request and take the 429.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Reads one request from a connection over its address's cap and answers
+/// it 429 `address_limit` with `connection: close`, within
+/// [`REFUSAL_DEADLINE`]. A client sees an answer to the request it sent,
+/// not bytes before its request (which HTTP clients report as a broken
+/// connection).
+async fn refuse(stream: tokio::net::TcpStream, limits: ServerLimits) {
+    let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+        let mut resp = json(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_CONNECTIONS);
+        let headers = resp.headers_mut();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, Infallible>(resp)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .header_read_timeout(limits.header_read_timeout.min(REFUSAL_DEADLINE))
+        .max_buf_size(limits.max_buf_size)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(REFUSAL_DEADLINE, conn).await;
+}
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` fires,
 /// then drains: no new connections, in-flight requests completed, idle
@@ -151,6 +181,7 @@ pub async fn serve<H, F>(
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let per_address = Arc::new(OpenPerAddress::default());
+    let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS));
     let mut connections = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -170,12 +201,14 @@ pub async fn serve<H, F>(
             },
         };
         let Some(slot) = per_address.open(peer.ip(), limits.max_connections_per_ip) else {
-            // Refused without an await: the answer goes out only if the
-            // socket's send buffer takes it now, and the permit comes back
-            // at once.
-            let _ = stream.try_write(TOO_MANY_CONNECTIONS);
-            drop((stream, permit));
+            drop(permit);
             tracing::debug!(%peer, "connection over the per-address cap refused");
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                connections.spawn(async move {
+                    let _held = refusal;
+                    refuse(stream, limits).await;
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -308,11 +341,9 @@ mod tests {
     }
 
     #[test]
-    fn the_refusal_is_a_whole_response() {
-        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())));
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    fn the_refusal_body_is_the_contract_json() {
+        let v: serde_json::Value = serde_json::from_str(TOO_MANY_CONNECTIONS).unwrap();
+        assert_eq!(v["status"], "rate_limited");
         assert_eq!(v["reason"], "address_limit");
     }
 
@@ -340,7 +371,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_over_the_per_address_cap_is_closed_at_once() {
+    async fn a_connection_over_the_per_address_cap_is_answered_429_and_closed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -359,15 +390,25 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.unwrap(),
             tokio::net::TcpStream::connect(addr).await.unwrap(),
         ];
+        // A client that asks gets an answer to its request, then the close.
         let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+        over.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
         let mut answer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(2), over.read_to_end(&mut answer));
+        let read = tokio::time::timeout(Duration::from_secs(3), over.read_to_end(&mut answer));
         assert!(read.await.is_ok(), "closed, not left waiting");
         let answer = String::from_utf8_lossy(&answer);
-        assert!(
-            answer.is_empty() || answer.starts_with("HTTP/1.1 429"),
-            "{answer}"
-        );
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(answer.contains("\"reason\":\"address_limit\""), "{answer}");
+        // One that says nothing is closed after the short deadline, with
+        // nothing sent before a request.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), silent.read_to_end(&mut answer));
+        assert!(read.await.is_ok(), "closed, not left waiting");
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
         drop(idle);
         shutdown.cancel();
         server.await.unwrap();

@@ -78,7 +78,13 @@ impl Topology {
 
     /// Runs `deploy/local/<script>` with this topology's settings.
     fn script(&self, script: &str, args: &[&str]) -> Output {
-        let bin_dir = binary("gateway").parent().unwrap().to_path_buf();
+        // `up` starts all three; build whichever is missing first.
+        let bin_dir = ["gateway", "seckill-service", "loadtest"]
+            .map(binary)
+            .first()
+            .and_then(|b| b.parent())
+            .unwrap()
+            .to_path_buf();
         let mut cmd = Command::new(deploy(&format!("local/{script}")));
         cmd.args(args)
             .env("SECKILL_BIN_DIR", &bin_dir)
