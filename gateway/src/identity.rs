@@ -4,14 +4,20 @@
 //!
 //! Everything that can be done once is done at start: files read, keys
 //! parsed into [`DecodingKey`]s, the [`Validation`] of each key built. A
-//! request costs one header lookup and, with `jwt`, one signature check.
+//! request costs one header lookup and, with `jwt`, one signature check
+//! the first time its token is seen: a verified token is remembered until
+//! its `exp` (see [`Verified`]), so a buyer's retries in a crowd cost a
+//! hash and a lookup, not an RSA or ECDSA verification each.
 //! The algorithm of a token is the one its key was configured for, never
 //! the one its header names, so `alg: none` and an HS256 token "signed"
 //! with an RSA public key are refused like any other forgery.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::Request;
@@ -141,6 +147,7 @@ impl IdentityArgs {
             keys,
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
+            verified: Verified::default(),
         })
     }
 
@@ -394,6 +401,7 @@ pub struct JwtVerifier {
     keys: Vec<VerifyingKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    verified: Verified,
 }
 
 struct VerifyingKey {
@@ -404,15 +412,21 @@ struct VerifyingKey {
     validation: Validation,
 }
 
-/// The one claim the gateway reads; the others are checked by `Validation`.
+/// The claims the gateway reads; the others are checked by `Validation`.
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// A NumericDate, which may have a fraction.
+    exp: f64,
 }
 
 impl JwtVerifier {
     fn buyer<B>(&self, req: &Request<B>) -> Result<String, Refusal> {
         let token = bearer(req)?;
+        let now = unix_now();
+        if let Some(sub) = self.verified.get(token, now) {
+            return Ok(sub.to_string());
+        }
         let key = self.key_for(token)?;
         let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
             .map_err(|_| Refusal::Invalid)?
@@ -420,6 +434,7 @@ impl JwtVerifier {
         if !valid_buyer(&claims.sub) {
             return Err(Refusal::Invalid);
         }
+        self.verified.insert(token, &claims.sub, claims.exp as u64);
         Ok(claims.sub)
     }
 
@@ -438,6 +453,104 @@ impl JwtVerifier {
             (None, _) => None,
         }
         .ok_or(Refusal::Invalid)
+    }
+}
+
+/// Seconds since the epoch, as `exp` counts them.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// === impl Verified ===
+
+/// Tokens seen in each generation of [`Verified`] before it is retired.
+const VERIFIED_GENERATION: usize = 50_000;
+
+/// Tokens that passed verification, with their subject and `exp`: a token
+/// seen again is the same buyer until it expires (the keys, issuer and
+/// audience are fixed at start, and `nbf` once passed stays passed).
+///
+/// Keyed by a 128-bit hash under two random keys, so nobody can make two
+/// tokens collide, and bounded to two generations: when the current one is
+/// full it becomes the previous one and the oldest is dropped (an entry
+/// found in the previous generation moves to the current). At most
+/// 2 × [`VERIFIED_GENERATION`] entries of about 150 bytes each.
+struct Verified {
+    keys: (RandomState, RandomState),
+    generations: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<u128, VerifiedToken>,
+    previous: HashMap<u128, VerifiedToken>,
+}
+
+#[derive(Clone)]
+struct VerifiedToken {
+    sub: Arc<str>,
+    exp: u64,
+}
+
+impl Default for Verified {
+    fn default() -> Self {
+        Verified {
+            keys: (RandomState::new(), RandomState::new()),
+            generations: Mutex::default(),
+        }
+    }
+}
+
+impl Verified {
+    fn key(&self, token: &str) -> u128 {
+        let (a, b) = &self.keys;
+        (u128::from(a.hash_one(token)) << 64) | u128::from(b.hash_one(token))
+    }
+
+    /// The subject of `token` if it was verified and has not expired (by
+    /// the same leeway verification allows).
+    fn get(&self, token: &str, now: u64) -> Option<Arc<str>> {
+        let key = self.key(token);
+        let mut g = self.generations.lock().unwrap();
+        let found = match g.current.get(&key) {
+            Some(t) => t.clone(),
+            None => {
+                let t = g.previous.remove(&key)?;
+                g.promote(key, t.clone());
+                t
+            }
+        };
+        if found.exp.saturating_add(LEEWAY_SECS) < now {
+            g.current.remove(&key);
+            return None;
+        }
+        Some(found.sub)
+    }
+
+    fn insert(&self, token: &str, sub: &str, exp: u64) {
+        let key = self.key(token);
+        let t = VerifiedToken {
+            sub: sub.into(),
+            exp,
+        };
+        self.generations.lock().unwrap().promote(key, t);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let g = self.generations.lock().unwrap();
+        g.current.len() + g.previous.len()
+    }
+}
+
+impl Generations {
+    fn promote(&mut self, key: u128, t: VerifiedToken) {
+        if self.current.len() >= VERIFIED_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, t);
     }
 }
 
@@ -512,6 +625,38 @@ mod tests {
         assert_eq!(bearer(&req(Some("bearer a.b.c"))), Ok("a.b.c"));
         let long = format!("Bearer {}", "a".repeat(MAX_TOKEN + 1));
         assert_eq!(bearer(&req(Some(&long))), Err(Refusal::Invalid));
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires_and_no_longer() {
+        let v = Verified::default();
+        let now = 1_000_000;
+        assert!(v.get("a.b.c", now).is_none(), "never verified");
+        v.insert("a.b.c", "alice", now + 60);
+        assert_eq!(v.get("a.b.c", now).as_deref(), Some("alice"));
+        assert!(v.get("a.b.d", now).is_none(), "another token");
+        assert_eq!(
+            v.get("a.b.c", now + 60 + LEEWAY_SECS).as_deref(),
+            Some("alice"),
+            "within the leeway, as verification allows"
+        );
+        assert!(v.get("a.b.c", now + 61 + LEEWAY_SECS).is_none(), "expired");
+        assert!(v.get("a.b.c", now).is_none(), "an expired entry is dropped");
+    }
+
+    #[test]
+    fn the_verified_tokens_are_bounded_and_recent_ones_survive() {
+        let v = Verified::default();
+        let exp = u64::MAX / 2;
+        v.insert("kept", "k", exp);
+        for i in 0..(3 * VERIFIED_GENERATION) {
+            v.insert(&format!("t{i}"), "x", exp);
+            if i % 1000 == 0 {
+                assert!(v.get("kept", 0).is_some(), "a token in use stays");
+            }
+        }
+        assert!(v.len() <= 2 * VERIFIED_GENERATION, "{}", v.len());
+        assert!(v.get("t0", 0).is_none(), "the oldest generation is gone");
     }
 
     #[test]

@@ -201,7 +201,18 @@ async fn purchase_steps(
 ) -> Result<Answered, Answered> {
     let by = Deadlines::from_arrival(shared);
     check_address_limit(shared, &req)?;
-    let input = read_input(shared, req).await?;
+    let idempotency_key = idempotency_key(&req)?;
+    let now = now_ms();
+    // An unkeyed request to a sale that cannot sell now (unknown, not
+    // started, ended, paused, sold out, or no token as far as the bucket
+    // knows without I/O) is answered from the catalog, before its body is
+    // read and its buyer verified: the answer is the sale's public state,
+    // and a crowd refused costs no signature checks.
+    let early = match idempotency_key {
+        None => Some(sellable(shared, sale_id, request_id, now)?),
+        Some(_) => None,
+    };
+    let input = read_input(shared, req, idempotency_key).await?;
     if let Some(key) = &input.idempotency_key {
         // A repeat of a key is how a buyer whose connection broke recovers
         // its result, so it is answered before the sale's state refuses:
@@ -209,8 +220,13 @@ async fn purchase_steps(
         check_edge_limit(shared, sale_id, &input.user_id)?;
         answer_repeat(shared, by, sale_id, &input.user_id, key, request_id).await?;
     }
-    let now = now_ms();
-    let sale = check_sale(shared, sale_id, &input, request_id, now)?;
+    let sale = match early {
+        Some(sale) => sale,
+        None => sellable(shared, sale_id, request_id, now)?,
+    };
+    if input.quantity > sale.spec.per_user_limit {
+        return Err(bad_request("quantity is over the sale's per-user limit"));
+    }
     if input.idempotency_key.is_none() {
         check_edge_limit(shared, sale_id, &input.user_id)?;
     }
@@ -249,22 +265,28 @@ impl Input {
     }
 }
 
-/// Step 1, input: the idempotency key, the body's size and JSON, the ids.
-async fn read_input(shared: &Shared, req: Request<Incoming>) -> Result<Input, Answered> {
+/// Step 1a: the `Idempotency-Key` header, when there is one.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, Answered> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(k) if valid_id(k) => Ok(Some(k.to_string())),
+            _ => Err(bad_request(
+                "Idempotency-Key must be 1..=64 characters of [A-Za-z0-9_-]",
+            )),
+        },
+    }
+}
+
+/// Step 1b, input: the buyer, the body's size and JSON, the ids.
+async fn read_input(
+    shared: &Shared,
+    req: Request<Incoming>,
+    idempotency_key: Option<String>,
+) -> Result<Input, Answered> {
     // Who buys, before the body is read: a refusal costs no body.
     let identity = &shared.config.identity;
     let buyer = identity.buyer(&req).map_err(Refusal::answer)?;
-    let idempotency_key = match req.headers().get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if valid_id(k) => Some(k.to_string()),
-            _ => {
-                return Err(bad_request(
-                    "Idempotency-Key must be 1..=64 characters of [A-Za-z0-9_-]",
-                ))
-            }
-        },
-    };
     let body = read_body(req, shared.config.body_read_timeout).await?;
     let body: PurchaseBody = serde_json::from_slice(&body)
         .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
@@ -314,10 +336,9 @@ async fn answer_repeat(
 }
 
 /// Step 2: the sale's state, from the local catalog: no I/O.
-fn check_sale(
+fn sellable(
     shared: &Shared,
     sale_id: &str,
-    input: &Input,
     request_id: &str,
     now: u64,
 ) -> Result<Arc<SaleEntry>, Answered> {
@@ -338,11 +359,11 @@ fn check_sale(
     if sale.sold_out() {
         return Err(refuse(Status::SoldOut));
     }
-    if input.quantity > sale.spec.per_user_limit {
-        return Err(bad_request("quantity is over the sale's per-user limit"));
-    }
     if shared.draining.load(Ordering::Acquire) {
         return Err(overloaded(request_id));
+    }
+    if sale.bucket.known_empty() {
+        return Err(refuse(Status::RateLimited));
     }
     Ok(sale)
 }

@@ -283,6 +283,74 @@ async fn the_per_user_limit_holds_the_subject_whatever_the_body_says() {
     gw.stop().await;
 }
 
+/// A sale that cannot sell answers an unkeyed request from its public
+/// state before the buyer is verified (a refused crowd costs no signature
+/// checks); a keyed request is a possible repeat and is verified first.
+#[tokio::test]
+async fn a_sale_that_cannot_sell_answers_before_the_buyer_is_verified() {
+    let dir = seckill_test_support::scratch_dir();
+    let secret = random_secret();
+    let file = dir.path().join("hs256");
+    std::fs::write(&file, &secret).unwrap();
+    let gw = gateway_with(&[
+        "--buyer-auth",
+        "jwt",
+        "--jwt-hs256-secret-file",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    let key = hmac(&secret);
+    gw.open_sale("gone", 1, 1).await;
+    let t = sign(Algorithm::HS256, &key, &claims("first"));
+    assert_eq!(buy_as(&gw, "gone", &t, "{}").await.0, StatusCode::OK);
+    // Sold out: 410 with no token, with garbage, even with a bad body.
+    let (s, _, v) = gw.purchase("gone", "{}").await;
+    assert_eq!(s, StatusCode::GONE, "{v}");
+    let (s, _, v) = buy_as(&gw, "gone", "not-a-jwt", "not json").await;
+    assert_eq!(s, StatusCode::GONE, "{v}");
+    // A keyed request may be a repeat of a paid one: verified first.
+    let (s, _, v) = gw
+        .purchase_with("gone", "{}", &[("idempotency-key", "k1")])
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+
+    // An empty bucket: 429 before verification, and nothing sold.
+    let (s, v) = gw
+        .put_sale(
+            "dry",
+            json!({"stock": 100, "per_user_limit": 1, "token_rate": 1,
+                   "token_capacity": 1, "queue_capacity": 10}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let mut answers = Vec::new();
+    for i in 0..3 {
+        let t = sign(Algorithm::HS256, &key, &claims(&format!("dry-{i}")));
+        answers.push(buy_as(&gw, "dry", &t, "{}").await.0);
+    }
+    assert!(
+        answers.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "a 1-token bucket refuses: {answers:?}"
+    );
+    // (A token may come in between, once a second: then it is a 401.)
+    let mut unverified = Vec::new();
+    for _ in 0..5 {
+        unverified.push(gw.purchase("dry", "{}").await.0);
+    }
+    assert!(
+        unverified.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "no token, no verification: {unverified:?}"
+    );
+    let ok = answers.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(sold(&gw, "dry").await, ok as u64);
+
+    // A sale that can sell still wants a buyer.
+    gw.open_sale("open", 10, 1).await;
+    let (s, _, v) = gw.purchase("open", "{}").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn rs256_public_key_refuses_the_key_confusion_and_other_algorithms() {
     let path = fixture("rsa-public.pem");

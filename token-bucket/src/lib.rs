@@ -44,6 +44,11 @@ pub trait TokenBucket: Send + Sync + 'static {
 
     /// Tokens available now (as far as this process knows).
     fn available(&self) -> u64;
+
+    /// Whether a take now would surely find no token, known without I/O:
+    /// lets a caller refuse before costlier work (verifying a buyer's
+    /// token). `false` whenever the bucket cannot be sure.
+    fn known_empty(&self) -> bool;
 }
 
 /// Makes the bucket of each sale; a gateway holds one factory.

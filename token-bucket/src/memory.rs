@@ -137,6 +137,11 @@ impl TokenBucket for MemoryBucket {
         self.shared.show_available();
         self.shared.tokens.load(Ordering::Relaxed)
     }
+
+    fn known_empty(&self) -> bool {
+        self.shared.refill();
+        self.shared.tokens.load(Ordering::Relaxed) == 0
+    }
 }
 
 /// Makes [`MemoryBucket`]s.

@@ -357,4 +357,13 @@ impl TokenBucket for RedisBucket {
         };
         local + self.inner.seen.load(Ordering::Relaxed)
     }
+
+    /// No leased token here, and the shared list was found empty less than
+    /// a generator tick ago: what `try_take` would answer without I/O.
+    fn known_empty(&self) -> bool {
+        let lease = self.inner.lease.lock().unwrap();
+        let now = Instant::now();
+        let leased = lease.tokens > 0 && now < lease.expires;
+        !leased && now < lease.empty_until
+    }
 }

@@ -80,6 +80,21 @@ async fn empty_bucket_refuses_at_once(env: Env) {
     let started = Instant::now();
     assert!(!b.try_take().await.unwrap());
     assert!(started.elapsed() < Duration::from_millis(500));
+    // The refusal is known without I/O right after it.
+    assert!(
+        b.known_empty(),
+        "a refused take leaves the bucket known empty"
+    );
+    let full = env.buckets.bucket(&sale_id("full"), config(1000, 100));
+    let until = Instant::now() + Duration::from_secs(3);
+    while !full.try_take().await.unwrap() {
+        assert!(Instant::now() < until, "no token within 3 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !full.known_empty(),
+        "a bucket that just gave a token is not known empty"
+    );
     if !env.is_redis() {
         return;
     }
