@@ -107,6 +107,17 @@ struct RunArgs {
     /// Exit 0 even when the run is invalid (the report still says so).
     #[arg(long)]
     allow_invalid: bool,
+    /// Sign a buyer token per buyer (`sub` = its user id) with this key,
+    /// for a gateway with --buyer-auth jwt: an RSA or P-256 EC private key
+    /// in PEM (RS256, ES256), or a file holding an HS256 secret.
+    #[arg(long, env = "LOADTEST_JWT_KEY")]
+    jwt_key: Option<PathBuf>,
+    /// The `iss` of the tokens --jwt-key signs.
+    #[arg(long, requires = "jwt_key")]
+    jwt_issuer: Option<String>,
+    /// The `aud` of the tokens --jwt-key signs.
+    #[arg(long, requires = "jwt_key")]
+    jwt_audience: Option<String>,
     /// Skip reading and auditing the sale (for targets that are not a gateway).
     #[arg(long)]
     no_audit: bool,
@@ -186,6 +197,21 @@ struct ThroughputArgs {
     /// Extra header `Name: value`. Repeatable.
     #[arg(long = "header")]
     headers: Vec<String>,
+    /// Sign a buyer token per subject (`sub` = bench-0, bench-1, ...) with this key,
+    /// for a gateway with --buyer-auth jwt: an RSA or P-256 EC private key
+    /// in PEM (RS256, ES256), or a file holding an HS256 secret.
+    #[arg(long, env = "LOADTEST_JWT_KEY")]
+    jwt_key: Option<PathBuf>,
+    /// The `iss` of the tokens --jwt-key signs.
+    #[arg(long, requires = "jwt_key")]
+    jwt_issuer: Option<String>,
+    /// The `aud` of the tokens --jwt-key signs.
+    #[arg(long, requires = "jwt_key")]
+    jwt_audience: Option<String>,
+    /// Subjects --jwt-key signs tokens for; request k sends token k mod N
+    /// (N at least the requests made: every token is new to the gateway).
+    #[arg(long, default_value_t = 1, requires = "jwt_key", value_parser = value_parser!(u64).range(1..=10_000_000))]
+    jwt_subjects: u64,
     /// Connections, each sending its next request when the last is answered.
     #[arg(long, default_value_t = 64, value_parser = connections())]
     connections: usize,
@@ -337,6 +363,20 @@ async fn run(a: RunArgs) -> ExitCode {
     if let Some(seed) = a.seed {
         cfg.seed = seed;
     }
+    if let Some(path) = &a.jwt_key {
+        match sign_tokens(
+            path,
+            a.jwt_issuer,
+            a.jwt_audience,
+            &cfg.user_prefix,
+            cfg.profile.arrivals_total(),
+        )
+        .await
+        {
+            Ok(tokens) => cfg.buyer_tokens = Some(Arc::new(tokens)),
+            Err(e) => return fail(EXIT_CONFIG, &format!("--jwt-key: {e:#}")),
+        }
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn({
@@ -421,7 +461,17 @@ async fn throughput(a: ThroughputArgs) -> ExitCode {
             None => return fail(EXIT_CONFIG, &format!("--header '{h}' is not 'Name: value'")),
         }
     }
+    let bearer = match &a.jwt_key {
+        Some(path) => {
+            match sign_tokens(path, a.jwt_issuer, a.jwt_audience, "bench-", a.jwt_subjects).await {
+                Ok(tokens) => tokens,
+                Err(e) => return fail(EXIT_CONFIG, &format!("--jwt-key: {e:#}")),
+            }
+        }
+        None => Vec::new(),
+    };
     let cfg = ThroughputConfig {
+        bearer,
         url: a.url,
         method: a.method,
         body: a.body,
@@ -445,6 +495,19 @@ async fn throughput(a: ThroughputArgs) -> ExitCode {
         }
         Err(e) => fail(EXIT_ERROR, &format!("{e:#}")),
     }
+}
+
+/// Signs tokens for `prefix` + 0..count off the runtime's threads.
+async fn sign_tokens(
+    path: &Path,
+    issuer: Option<String>,
+    audience: Option<String>,
+    prefix: &str,
+    count: u64,
+) -> anyhow::Result<Vec<String>> {
+    let key = crate::jwt::SigningKey::from_file(path, issuer, audience)?;
+    let prefix = prefix.to_string();
+    tokio::task::spawn_blocking(move || key.sign_all(&prefix, count)).await?
 }
 
 async fn calibrate(a: CalibrateArgs) -> ExitCode {

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod feed;
 pub mod html;
 pub mod http;
+pub mod jwt;
 pub mod model;
 pub mod outcome;
 pub mod profile;

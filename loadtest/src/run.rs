@@ -15,7 +15,7 @@ use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, Uri};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -71,6 +71,9 @@ pub struct RunConfig {
     pub progress: bool,
     /// Seed of the buyers' random choices (double-clicks, jitter).
     pub seed: u64,
+    /// `Authorization` header values by buyer number, for a gateway that
+    /// verifies its buyers (see [`crate::jwt`]).
+    pub buyer_tokens: Option<Arc<Vec<String>>>,
 }
 
 impl RunConfig {
@@ -96,6 +99,7 @@ impl RunConfig {
             admin: None,
             progress: false,
             seed: clock_seed(),
+            buyer_tokens: None,
         }
     }
 
@@ -127,6 +131,7 @@ struct Ctx {
     retry_backoff: Duration,
     retry_max_backoff: Duration,
     seed: u64,
+    buyer_tokens: Option<Arc<Vec<String>>>,
 }
 
 impl Ctx {
@@ -238,6 +243,7 @@ fn buyers_context(cfg: &RunConfig, target: &Target, stop: Arc<AtomicBool>) -> Ar
         retry_backoff: cfg.retry_backoff,
         retry_max_backoff: cfg.retry_max_backoff,
         seed: cfg.seed,
+        buyer_tokens: cfg.buyer_tokens.clone(),
     })
 }
 
@@ -545,6 +551,9 @@ async fn send(ctx: &Ctx, n: u64, key: Option<&str>, intended: Instant) -> Outcom
     let mut req = Request::post(ctx.uri.clone()).header(CONTENT_TYPE, "application/json");
     if let Some(k) = key {
         req = req.header("idempotency-key", k);
+    }
+    if let Some(token) = ctx.buyer_tokens.as_ref().and_then(|t| t.get(n as usize)) {
+        req = req.header(AUTHORIZATION, token.as_str());
     }
     let req = req
         .body(Full::new(Bytes::from(body)))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,9 @@ pub struct ThroughputConfig {
     /// Request body; every `{n}` becomes a counter unique to the request.
     pub body: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// `Authorization` values; request k sends value k mod len (none when
+    /// empty).
+    pub bearer: Vec<String>,
     pub connections: usize,
     pub duration: Duration,
     /// Time at full load before measuring starts.
@@ -185,11 +188,15 @@ async fn connection(s: Arc<Shared>) -> Tally {
             for (k, v) in &s.cfg.headers {
                 req = req.header(k.as_str(), v.as_str());
             }
+            let n = s.counter.fetch_add(1, Ordering::Relaxed);
+            if !s.cfg.bearer.is_empty() {
+                let token = &s.cfg.bearer[(n % s.cfg.bearer.len() as u64) as usize];
+                req = req.header(AUTHORIZATION, token.as_str());
+            }
             let body = match &s.cfg.body {
                 Some(b) => {
                     req = req.header(CONTENT_TYPE, "application/json");
                     if b.contains("{n}") {
-                        let n = s.counter.fetch_add(1, Ordering::Relaxed);
                         Bytes::from(b.replace("{n}", &n.to_string()))
                     } else {
                         Bytes::from(b.clone())

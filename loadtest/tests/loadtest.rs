@@ -560,6 +560,7 @@ async fn throughput_against_the_calibration_server() {
         method: Method::POST,
         body: Some(r#"{"user_id":"u-{n}"}"#.into()),
         headers: vec![],
+        bearer: vec![],
         connections: 2,
         duration: Duration::from_millis(300),
         warmup: Duration::from_millis(50),
