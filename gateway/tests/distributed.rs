@@ -606,9 +606,12 @@ async fn a_redis_cluster_sells_exactly_the_stock() {
     wait_sale(&[&gw], "c2");
     let buyers: Vec<_> = (0..3_000).map(|i| (gw.public, format!("c{i}"))).collect();
     let (one, two) = buyers.split_at(1_500);
+    // 200 in flight per sale: enough to race every shard, few enough that
+    // a debug build on two busy cores answers each within the store budget
+    // (a 503 here is the gateway failing closed on a starved machine).
     let (a1, a2) = tokio::join!(
-        spike(one.to_vec(), "c1", 500),
-        spike(two.to_vec(), "c2", 500)
+        spike(one.to_vec(), "c1", 200),
+        spike(two.to_vec(), "c2", 200)
     );
     for (answers, sale, stock) in [(a1, "c1", 300u64), (a2, "c2", 200)] {
         let statuses = by_status(&answers);
