@@ -106,7 +106,10 @@ impl IdentityArgs {
         }
         match self.buyer_auth {
             BuyerAuth::None => Ok(Identity::Body),
-            BuyerAuth::Jwt => Ok(Identity::Jwt(Arc::new(self.jwt()?))),
+            BuyerAuth::Jwt => {
+                crate::signatures::install();
+                Ok(Identity::Jwt(Arc::new(self.jwt()?)))
+            }
             BuyerAuth::Header => Ok(Identity::Header(Arc::new(self.header(trusted_proxies)?))),
         }
     }

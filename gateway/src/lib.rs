@@ -21,6 +21,7 @@ mod client;
 pub mod config;
 mod grpc;
 pub mod identity;
+mod signatures;
 mod limiter;
 mod lockout;
 mod metrics;
