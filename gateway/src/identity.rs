@@ -138,6 +138,16 @@ impl IdentityArgs {
                 ))
             }
         };
+        if let Some(bits) = keys
+            .iter()
+            .filter_map(|(_, (alg, key))| (*alg == Algorithm::RS256).then(|| rsa_bits(key)))
+            .find(|bits| *bits < crate::signatures::MIN_RSA_BITS)
+        {
+            return Err(ConfigError(format!(
+                "an RSA key of {bits} bits: buyer tokens need at least {} bits",
+                crate::signatures::MIN_RSA_BITS
+            )));
+        }
         let keys = keys
             .into_iter()
             .map(|(kid, (algorithm, key))| VerifyingKey {
@@ -239,6 +249,21 @@ fn pem_key(path: &Path) -> Result<(Algorithm, DecodingKey), ConfigError> {
             path.display()
         ))),
     }
+}
+
+/// The modulus size of an RSA key (0 when it cannot be read).
+fn rsa_bits(key: &DecodingKey) -> usize {
+    let modulus = match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, .. } => n.clone(),
+        DecodingKeyKind::SecretOrDer(der) => {
+            let components = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER
+                .key_utils
+                .rsa_pub_components_from_public_key;
+            components(der).map_or_else(|_| Vec::new(), |(n, _)| n)
+        }
+    };
+    let n = modulus.iter().skip_while(|b| **b == 0).count();
+    n * 8
 }
 
 /// An uncompressed P-256 point: 0x04, then 32 bytes each of x and y.

@@ -20,6 +20,9 @@ use ring::signature::{
     RsaPublicKeyComponents, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256,
 };
 
+/// The smallest RSA modulus `ring` verifies (and the gateway accepts).
+pub(crate) const MIN_RSA_BITS: usize = 2048;
+
 /// Makes `ring` check RS256 and ES256 signatures in this process.
 pub(crate) fn install() {
     static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();

@@ -804,6 +804,12 @@ fn bad_identity_configuration_exits_64_with_one_line() {
             "--buyer-auth".into(),
             "jwt".into(),
             "--jwt-public-key-file".into(),
+            p(&fixture("rsa1024-public.pem")),
+        ],
+        vec![
+            "--buyer-auth".into(),
+            "jwt".into(),
+            "--jwt-public-key-file".into(),
             p(&fixture("ec-p384-public.pem")),
         ],
         vec![
