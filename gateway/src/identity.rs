@@ -140,7 +140,8 @@ impl IdentityArgs {
         };
         if let Some(bits) = keys
             .iter()
-            .filter_map(|(_, (alg, key))| (*alg == Algorithm::RS256).then(|| rsa_bits(key)))
+            .filter(|(_, (alg, _))| *alg == Algorithm::RS256)
+            .map(|(_, (_, key))| rsa_bits(key))
             .find(|bits| *bits < crate::signatures::MIN_RSA_BITS)
         {
             return Err(ConfigError(format!(
