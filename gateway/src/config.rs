@@ -149,9 +149,12 @@ pub struct Args {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_sales: u32,
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "SECKILL_LOG", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub logging: seckill_ops::process::LogArgs,
+    /// Log one line per purchase at info (request id, sale, outcome,
+    /// microseconds); without it the line is at debug.
+    #[arg(long, env = "SECKILL_LOG_REQUESTS")]
+    pub log_requests: bool,
 }
 
 /// The gateway's validated configuration.
@@ -187,6 +190,8 @@ pub struct GatewayConfig {
     pub demo_sale: Option<SaleSpec>,
     /// Live sales this gateway serves at most.
     pub max_sales: usize,
+    /// The per-purchase log line at info instead of debug.
+    pub log_requests: bool,
     /// Who the buyer of a request is (`--buyer-auth`).
     pub identity: Identity,
 }
@@ -216,6 +221,7 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(10),
             demo_sale: None,
             max_sales: 10_000,
+            log_requests: false,
             identity: Identity::Body,
         }
     }
@@ -277,6 +283,7 @@ impl Args {
         config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
         config.demo_sale = demo_sale;
         config.max_sales = self.max_sales as usize;
+        config.log_requests = self.log_requests;
         config.identity = self.identity.identity(&config.trusted_proxies)?;
         Ok(config)
     }

@@ -21,11 +21,11 @@ mod client;
 pub mod config;
 mod grpc;
 pub mod identity;
-mod signatures;
 mod limiter;
 mod lockout;
 mod metrics;
 mod public;
+mod signatures;
 mod waiters;
 
 use std::collections::HashSet;

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e.0),
     };
-    if let Err(e) = init_logging(&args.log) {
+    if let Err(e) = init_logging(&args.logging) {
         return config_error(&e.0);
     }
 

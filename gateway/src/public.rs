@@ -97,11 +97,27 @@ async fn purchase(shared: &Shared, sale_id: String, req: Request<Incoming>) -> H
         seckill_inventory::unique_id()
     };
     let (status, mut resp) = admit_and_wait(shared, &sale_id, &request_id, req).await;
-    shared
-        .metrics
-        .answered(status, started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    shared.metrics.answered(status, elapsed.as_secs_f64());
+    log_decision(shared, &request_id, &sale_id, status, elapsed);
     set_request_id(&mut resp, request_id);
     resp
+}
+
+/// One line per purchase: at `debug`, or at `info` with `--log-requests`.
+fn log_decision(
+    shared: &Shared,
+    request_id: &str,
+    sale_id: &str,
+    status: Status,
+    elapsed: std::time::Duration,
+) {
+    let (outcome, micros) = (status.name(), elapsed.as_micros() as u64);
+    if shared.config.log_requests {
+        tracing::info!(target: "seckill::purchase", request_id, sale = sale_id, outcome, micros, "purchase");
+    } else {
+        tracing::debug!(target: "seckill::purchase", request_id, sale = sale_id, outcome, micros, "purchase");
+    }
 }
 
 /// Refusal with the standard message of `status`.

@@ -421,3 +421,55 @@ fn the_harness_buys_as_verified_buyers() {
         Some(0)
     );
 }
+
+/// Logs written to a file are JSON lines without colour codes, and with
+/// --log-requests each purchase is one line carrying its request id.
+#[test]
+fn logs_off_a_terminal_are_json_lines_with_one_per_purchase() {
+    let args = ports();
+    let public: SocketAddr = args[1].parse().unwrap();
+    let admin: SocketAddr = args[3].parse().unwrap();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--log-requests", "--log", "info"]);
+    let mut p = spawn(&args);
+    assert!(wait_until(Duration::from_secs(20), || healthy(admin)));
+    let (s, body) = http(
+        public,
+        "POST",
+        "/api/v1/sales/demo/purchase",
+        &[],
+        r#"{"user_id":"logged"}"#,
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let request_id = answer["request_id"].as_str().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(5), || p
+        .log()
+        .contains(&request_id)));
+    let log = p.log();
+    assert!(!log.contains('\u{1b}'), "no colour codes in a file: {log}");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["level"] == "WARN"),
+        "the --buyer-auth none warning is an event too: {log}"
+    );
+    let line = events
+        .iter()
+        .find(|e| e["request_id"] == request_id.as_str())
+        .unwrap_or_else(|| panic!("no line for {request_id}: {log}"));
+    assert_eq!(line["sale"], "demo", "{line}");
+    assert_eq!(line["outcome"], "success", "{line}");
+    assert_eq!(line["target"], "seckill::purchase", "{line}");
+    assert!(line["micros"].as_u64().is_some(), "{line}");
+    assert!(line["timestamp"].is_string(), "{line}");
+    p.terminate();
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(15)).and_then(|s| s.code()),
+        Some(0)
+    );
+}

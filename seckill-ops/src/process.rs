@@ -61,17 +61,60 @@ fn write_line(mut out: impl Write, line: impl Display) {
     let _ = writeln!(out, "{line}");
 }
 
-/// Sets up logging with a tracing `EnvFilter` expression. Log lines go to
-/// stdout; one that cannot be written is dropped.
-pub fn init_logging(filter: &str) -> Result<(), ConfigError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text with colours on a terminal, JSON lines anywhere else (a file, a
+    /// pipe, a container's log collector).
+    #[default]
+    Auto,
+    /// Text; colours only on a terminal.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, the
+    /// event's fields (`message` among them).
+    Json,
+}
+
+/// The logging options of every binary (flattened into its options).
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "SECKILL_LOG", default_value = "info")]
+    pub log: String,
+    /// Log line format.
+    #[arg(long, env = "SECKILL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        LogArgs {
+            log: "info".into(),
+            log_format: LogFormat::Auto,
+        }
+    }
+}
+
+/// Sets up logging as `args` say. Log lines go to stdout; one that cannot
+/// be written is dropped.
+pub fn init_logging(args: &LogArgs) -> Result<(), ConfigError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .map_err(|e| ConfigError(format!("--log: {e}")))?;
-    tracing_subscriber::fmt()
+    let terminal = io::IsTerminal::is_terminal(&io::stdout());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LossyStdout)
         // Its report of a failed write is an `eprintln!`.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match (args.log_format, terminal) {
+        (LogFormat::Json, _) | (LogFormat::Auto, false) => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        (LogFormat::Text, _) | (LogFormat::Auto, true) => builder.with_ansi(terminal).init(),
+    }
     Ok(())
 }
 

@@ -48,9 +48,8 @@ pub struct Args {
     /// unacknowledged after it are reclaimed by another instance.
     #[arg(long, env = "SECKILL_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "SECKILL_LOG", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub logging: seckill_ops::process::LogArgs,
 }
 
 /// How the seckill workers run.
