@@ -399,6 +399,40 @@ fn the_harness_buys_as_verified_buyers() {
         String::from_utf8_lossy(&signed.stdout),
         String::from_utf8_lossy(&signed.stderr)
     );
+    // The same run again cannot replace a sale that sold: exit 4 and a
+    // hint; with --fresh-sale each run has its own sale.
+    let again = loadtest(&[
+        "--sale",
+        "signed",
+        "--create-sale",
+        "100",
+        "--jwt-key",
+        key_arg,
+    ]);
+    assert_eq!(again.status.code(), Some(4));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("409") && said.contains("--fresh-sale"),
+        "{said}"
+    );
+    for _ in 0..2 {
+        let fresh = loadtest(&[
+            "--sale",
+            "signed",
+            "--fresh-sale",
+            "--create-sale",
+            "100",
+            "--jwt-key",
+            key_arg,
+            "--assert",
+            "sold==100",
+        ]);
+        assert!(
+            fresh.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fresh.stderr)
+        );
+    }
     let unsigned = loadtest(&[
         "--sale",
         "unsigned",

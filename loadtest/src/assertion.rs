@@ -85,6 +85,11 @@ impl Metric {
     fn is_duration(self) -> bool {
         matches!(self, Metric::Latency { .. } | Metric::TimeToSellOut)
     }
+
+    /// A fraction of 0..=1, also written as a percentage.
+    fn is_share(self) -> bool {
+        matches!(self, Metric::Share(_))
+    }
 }
 
 /// An assertion that could not be parsed.
@@ -224,17 +229,17 @@ fn parse_value(v: &str, metric: Metric) -> Result<f64, String> {
         }
         return v.parse::<f64>().map(|n| n * 1e-3).map_err(|_| bad());
     }
-    if let Some(p) = v.strip_suffix('%') {
-        if matches!(metric, Metric::Share(_)) {
-            return p
-                .trim()
-                .parse::<f64>()
-                .map(|n| n / 100.0)
-                .map_err(|_| bad());
-        }
-        return Err(bad());
+    let share = metric.is_share();
+    let n = match v.strip_suffix('%') {
+        Some(p) if share => p.trim().parse::<f64>().map(|n| n / 100.0),
+        Some(_) => return Err(bad()),
+        None => v.parse::<f64>(),
     }
-    v.parse::<f64>().map_err(|_| bad())
+    .map_err(|_| bad())?;
+    if share && !(0.0..=1.0).contains(&n) {
+        return Err(format!("'{v}' is not a share: give 0..=1 or 0%..=100%"));
+    }
+    Ok(n)
 }
 
 impl Assertion {
@@ -381,6 +386,16 @@ mod tests {
         let a: Assertion = "p99(success)<=50".parse().unwrap();
         assert_eq!(a.op, Op::Le);
         assert!((a.value - 0.05).abs() < 1e-12);
+        for out_of_range in [
+            "share(success)>150%",
+            "share(success)<1.5",
+            "share(success)>-1%",
+        ] {
+            assert!(
+                out_of_range.parse::<Assertion>().is_err(),
+                "{out_of_range} is accepted"
+            );
+        }
         let a: Assertion = "share(success)>5%".parse().unwrap();
         assert!((a.value - 0.05).abs() < 1e-12);
     }

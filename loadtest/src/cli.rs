@@ -62,50 +62,50 @@ struct RunArgs {
     #[arg(long, env = "LOADTEST_TARGET", default_value = "http://127.0.0.1:8080")]
     target: String,
     /// The sale to buy from.
-    #[arg(long, default_value = "demo")]
+    #[arg(long, env = "LOADTEST_SALE", default_value = "demo")]
     sale: String,
     /// at-once:BUYERS[/WINDOW], ramp:RATE/DURATION, constant:RATE/DURATION,
     /// or stages:RATE/DURATION,RATE/DURATION,...
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_PROFILE")]
     profile: Profile,
     /// Requests in flight at most; each holds one connection. More
     /// connections cost the client (and the target) a connection setup
     /// each; raise it for targets that hold requests for long.
-    #[arg(long, default_value_t = 256, value_parser = connections())]
+    #[arg(long, env = "LOADTEST_CONNECTIONS", default_value_t = 256, value_parser = connections())]
     connections: usize,
     /// The client's own limit on one request (no answer by then = missing).
-    #[arg(long, default_value_t = 10_000, value_parser = value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
+    #[arg(long, env = "LOADTEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     timeout_ms: u64,
     /// Units each buyer asks for.
-    #[arg(long, default_value_t = 1, value_parser = value_parser!(u32).range(1..))]
+    #[arg(long, env = "LOADTEST_QUANTITY", default_value_t = 1, value_parser = value_parser!(u32).range(1..))]
     quantity: u32,
     /// Share of buyers (0..=1) who click twice (same user, same key).
-    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    #[arg(long, env = "LOADTEST_DOUBLE_CLICK", default_value_t = 0.0, value_parser = share)]
     double_click: f64,
     /// Time between the two clicks of a double-click.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "LOADTEST_DOUBLE_CLICK_GAP_MS", default_value_t = 50)]
     double_click_gap_ms: u64,
     /// Extra attempts after 429, 503 or 504 (bounded, with backoff).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "LOADTEST_RETRIES", default_value_t = 0)]
     retries: u32,
     /// First retry backoff; doubles per attempt, with jitter.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "LOADTEST_RETRY_BACKOFF_MS", default_value_t = 100)]
     retry_backoff_ms: u64,
     /// Longest retry backoff.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, env = "LOADTEST_RETRY_MAX_BACKOFF_MS", default_value_t = 2000)]
     retry_max_backoff_ms: u64,
     /// Send an Idempotency-Key with every buyer's requests (implied by
     /// --double-click and --retries).
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_IDEMPOTENCY_KEYS")]
     idempotency_keys: bool,
     /// User ids are this prefix and the buyer's number [default: random per run].
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_USER_PREFIX")]
     user_prefix: Option<String>,
     /// The run is invalid when the p99 schedule lag exceeds this.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "LOADTEST_MAX_LAG_MS", default_value_t = 50)]
     max_lag_ms: u64,
     /// Exit 0 even when the run is invalid (the report still says so).
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_ALLOW_INVALID")]
     allow_invalid: bool,
     /// Sign a buyer token per buyer (`sub` = its user id) with this key,
     /// for a gateway with --buyer-auth jwt: an RSA or P-256 EC private key
@@ -113,26 +113,30 @@ struct RunArgs {
     #[arg(long, env = "LOADTEST_JWT_KEY")]
     jwt_key: Option<PathBuf>,
     /// The `iss` of the tokens --jwt-key signs.
-    #[arg(long, requires = "jwt_key")]
+    #[arg(long, env = "LOADTEST_JWT_ISSUER", requires = "jwt_key")]
     jwt_issuer: Option<String>,
     /// The `aud` of the tokens --jwt-key signs.
-    #[arg(long, requires = "jwt_key")]
+    #[arg(long, env = "LOADTEST_JWT_AUDIENCE", requires = "jwt_key")]
     jwt_audience: Option<String>,
     /// Skip reading and auditing the sale (for targets that are not a gateway).
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_NO_AUDIT")]
     no_audit: bool,
     /// Do not poll the final result of 504 answers for the audit.
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_NO_RESOLVE")]
     no_resolve: bool,
     /// Draw the progress line even when stderr is not a terminal.
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_PROGRESS")]
     progress: bool,
     /// Seed for the buyers' random choices [default: from the clock].
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_SEED")]
     seed: Option<u64>,
     /// Create (or replace) the sale with this stock before the run.
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_CREATE_SALE")]
     create_sale: Option<u64>,
+    /// With --create-sale: a new sale id for every run, --sale and a random
+    /// suffix (a sale that sold cannot be replaced), printed in the report.
+    #[arg(long, env = "LOADTEST_FRESH_SALE", requires = "create_sale")]
+    fresh_sale: bool,
     /// Base URL of the gateway's admin API (for --create-sale and the audit
     /// of its order feed).
     #[arg(
@@ -146,19 +150,19 @@ struct RunArgs {
     #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// For --create-sale: units one buyer may hold [default: the gateway's].
-    #[arg(long, value_parser = value_parser!(u32).range(1..))]
+    #[arg(long, env = "LOADTEST_PER_USER_LIMIT", value_parser = value_parser!(u32).range(1..))]
     per_user_limit: Option<u32>,
     /// For --create-sale: purchase tokens issued per second [default: the
     /// gateway's].
-    #[arg(long, value_parser = value_parser!(u32).range(1..))]
+    #[arg(long, env = "LOADTEST_TOKEN_RATE", value_parser = value_parser!(u32).range(1..))]
     token_rate: Option<u32>,
     /// For --create-sale: tokens the sale's bucket holds at most [default:
     /// the gateway's].
-    #[arg(long, value_parser = value_parser!(u32).range(1..))]
+    #[arg(long, env = "LOADTEST_TOKEN_CAPACITY", value_parser = value_parser!(u32).range(1..))]
     token_capacity: Option<u32>,
     /// For --create-sale: admitted requests the sale's queue holds at most
     /// [default: the gateway's].
-    #[arg(long, value_parser = value_parser!(u32).range(1..))]
+    #[arg(long, env = "LOADTEST_QUEUE_CAPACITY", value_parser = value_parser!(u32).range(1..))]
     queue_capacity: Option<u32>,
     #[command(flatten)]
     output: OutputArgs,
@@ -167,32 +171,32 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct OutputArgs {
     /// Write the JSON report here (`-` = stdout).
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_JSON")]
     json: Option<PathBuf>,
     /// Write the HTML report here.
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_HTML")]
     html: Option<PathBuf>,
     /// A threshold that sets the exit code, e.g. 'p99(success)<50ms',
     /// 'oversell==0', 'count(success)==1000'. Repeatable.
     #[arg(long = "assert")]
     assertions: Vec<String>,
     /// Print no summary.
-    #[arg(long, short)]
+    #[arg(long, env = "LOADTEST_QUIET", short)]
     quiet: bool,
 }
 
 #[derive(Args, Debug)]
 struct ThroughputArgs {
     /// Full URL to request.
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_URL")]
     url: String,
     /// HTTP method of every request.
-    #[arg(long, default_value = "GET")]
+    #[arg(long, env = "LOADTEST_METHOD", default_value = "GET")]
     method: Method,
     // Not spelt `{n}` here: clap prints that token as a line break.
     /// Request body (sent as JSON); the letter n between braces becomes a
     /// counter unique to the request.
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_BODY")]
     body: Option<String>,
     /// Extra header `Name: value`. Repeatable.
     #[arg(long = "header")]
@@ -203,33 +207,33 @@ struct ThroughputArgs {
     #[arg(long, env = "LOADTEST_JWT_KEY")]
     jwt_key: Option<PathBuf>,
     /// The `iss` of the tokens --jwt-key signs.
-    #[arg(long, requires = "jwt_key")]
+    #[arg(long, env = "LOADTEST_JWT_ISSUER", requires = "jwt_key")]
     jwt_issuer: Option<String>,
     /// The `aud` of the tokens --jwt-key signs.
-    #[arg(long, requires = "jwt_key")]
+    #[arg(long, env = "LOADTEST_JWT_AUDIENCE", requires = "jwt_key")]
     jwt_audience: Option<String>,
     /// Subjects --jwt-key signs tokens for; request k sends token k mod N
     /// (N at least the requests made: every token is new to the gateway).
-    #[arg(long, default_value_t = 1, requires = "jwt_key", value_parser = value_parser!(u64).range(1..=10_000_000))]
+    #[arg(long, env = "LOADTEST_JWT_SUBJECTS", default_value_t = 1, requires = "jwt_key", value_parser = value_parser!(u64).range(1..=10_000_000))]
     jwt_subjects: u64,
     /// Connections, each sending its next request when the last is answered.
-    #[arg(long, default_value_t = 64, value_parser = connections())]
+    #[arg(long, env = "LOADTEST_CONNECTIONS", default_value_t = 64, value_parser = connections())]
     connections: usize,
     /// How long to measure, after the warm-up.
-    #[arg(long, default_value_t = 3000, value_parser = value_parser!(u64).range(1..))]
+    #[arg(long, env = "LOADTEST_DURATION_MS", default_value_t = 3000, value_parser = value_parser!(u64).range(1..))]
     duration_ms: u64,
     /// Time at full load before measuring starts.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "LOADTEST_WARMUP_MS", default_value_t = 500)]
     warmup_ms: u64,
     /// Write the result as JSON here (`-` = stdout).
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_JSON")]
     json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 struct CalibrateArgs {
     /// Address to listen on (port 0 = any free port; the address is printed).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, env = "LOADTEST_LISTEN", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
 }
 
@@ -304,7 +308,10 @@ fn parse_assertions(list: &[String]) -> Result<Vec<Assertion>, ExitCode> {
         .map_err(|e| fail(EXIT_CONFIG, &e.to_string()))
 }
 
-async fn run(a: RunArgs) -> ExitCode {
+async fn run(mut a: RunArgs) -> ExitCode {
+    if a.fresh_sale {
+        a.sale = format!("{}-{:06x}", a.sale, crate::run::clock_seed() & 0xff_ffff);
+    }
     let assertions = match parse_assertions(&a.output.assertions) {
         Ok(x) => x,
         Err(code) => return code,
@@ -429,15 +436,17 @@ fn finish(
     ExitCode::from(exit_status(&report, allow_invalid))
 }
 
-/// The exit status a report calls for: audit first, then assertions, then
-/// validity.
+/// The exit status a report calls for: the audit first (an oversell is one
+/// however the run went), then validity (the figures of a run that fell
+/// behind its schedule do not measure the target, so its assertions say
+/// nothing), then the assertions.
 pub fn exit_status(report: &Report, allow_invalid: bool) -> u8 {
     if report.audit.as_ref().is_some_and(|a| !a.passed) {
         EXIT_AUDIT
-    } else if report.assertions.iter().any(|a| !a.passed) {
-        EXIT_ASSERT
     } else if !report.valid && !allow_invalid {
         EXIT_INVALID
+    } else if report.assertions.iter().any(|a| !a.passed) {
+        EXIT_ASSERT
     } else {
         0
     }
@@ -596,6 +605,14 @@ mod tests {
                 assert!(
                     arg.get_help().is_some(),
                     "{} {id} has no help",
+                    sub.get_name()
+                );
+                // Repeatable ones (--assert, --header) and positional
+                // ones (report's input) are on the command line only.
+                let repeatable = matches!(arg.get_action(), clap::ArgAction::Append);
+                assert!(
+                    repeatable || arg.is_positional() || arg.get_env().is_some(),
+                    "{} {id} has no environment variable",
                     sub.get_name()
                 );
             }

@@ -171,6 +171,13 @@ pub async fn put_sale(
         Duration::from_secs(10),
     )
     .await?;
+    if status == StatusCode::CONFLICT {
+        bail!(
+            "PUT {url}: HTTP 409 {}: a sale that has sold (or was removed) keeps its id; \
+             run with another --sale, or with --fresh-sale for a new id per run",
+            excerpt(&resp)
+        );
+    }
     if !status.is_success() {
         bail!("PUT {url}: HTTP {} {}", status.as_u16(), excerpt(&resp));
     }

@@ -611,7 +611,7 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The clock's nanoseconds: a seed that differs from run to run.
-fn clock_seed() -> u64 {
+pub(crate) fn clock_seed() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

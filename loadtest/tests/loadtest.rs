@@ -526,6 +526,13 @@ async fn assertions_and_the_audit_set_the_exit_code() {
     let fail = [&profile[..], &["--assert", "count(success)==6"]].concat();
     assert_eq!(exit_code(&honest, &fail).await, 2);
 
+    // A run behind its schedule is invalid (3), whatever its assertions
+    // said: its figures do not measure the target.
+    let honest = fake(5, Behaviour::Honest).await;
+    let behind = ["--profile", "at-once:200/10ms", "--max-lag-ms", "0"];
+    let invalid = [&behind[..], &["--assert", "count(success)==6"]].concat();
+    assert_eq!(exit_code(&honest, &invalid).await, 3);
+
     let overselling = fake(5, Behaviour::Oversell).await;
     let audit = [&profile[..], &["--assert", "count(success)==20"]].concat();
     assert_eq!(exit_code(&overselling, &audit).await, 1);
