@@ -99,9 +99,9 @@ capabilities:
 
 {{/* prometheus.io/* annotations of a pod, when asked for. */}}
 {{- define "seckill.scrapeAnnotations" -}}
-{{- if .root.Values.metrics.podAnnotations }}
+{{- if .root.Values.metrics.podAnnotations -}}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
-{{- end }}
+{{- end -}}
 {{- end -}}
