@@ -1228,6 +1228,9 @@ fn kustomize_builds_the_base_when_kubectl_is_installed() {
         out.describe()
     );
     let built = yaml::parse(&out.stdout).expect("kustomize output is YAML");
+    if let Some(valid) = kubernetes_validate(&built) {
+        assert!(valid.status.success(), "the base: {}", valid.describe());
+    }
     let m = Manifests::load();
     assert_eq!(built.len(), m.docs.len());
     for doc in &built {
@@ -1824,7 +1827,27 @@ fn operator_objects_match_the_rules(m: &Manifests) {
         std::fs::read_dir(deploy(&format!("{CHART}/files"))).unwrap().count(),
         files.len()
     );
-    assert_eq!(items(&rule["spec"]["groups"]), expected.as_slice());
+    // Helm writes keys in its own order: compare them sorted.
+    assert_eq!(
+        canonical(&rule["spec"]["groups"]),
+        canonical(&Yaml::Array(expected)),
+        "the PrometheusRule's groups are not prometheus/rules/"
+    );
+}
+
+/// A YAML value as JSON with its map keys sorted.
+fn canonical(y: &Yaml) -> serde_json::Value {
+    match y {
+        Yaml::Hash(h) => serde_json::Value::Object(
+            h.iter()
+                .map(|(k, v)| (text(k).unwrap(), canonical(v)))
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect(),
+        ),
+        Yaml::Array(a) => a.iter().map(canonical).collect(),
+        other => text(other).map_or(serde_json::Value::Null, serde_json::Value::String),
+    }
 }
 
 #[test]
@@ -1882,38 +1905,6 @@ fn helm_chart_generates_secrets_and_takes_given_ones() {
 /// deliberately wrong field is caught, so the validator is really looking.
 #[test]
 fn helm_chart_renders_valid_kubernetes_objects() {
-    let Some(python) = which("python3") else {
-        eprintln!("python3 not installed: kubernetes-validate is not run");
-        return;
-    };
-    let probe = run(
-        "kubernetes-validate --version",
-        Command::new(&python).args(["-m", "kubernetes_validate", "--version"]),
-        Duration::from_secs(30),
-    );
-    if !probe.status.success() {
-        eprintln!("kubernetes-validate not installed (scripts/test installs it): not run");
-        return;
-    }
-    let dir = seckill_test_support::temp_dir();
-    let validate = |name: &str, docs: &[Yaml]| {
-        let mut text = String::new();
-        for doc in docs {
-            let mut out = String::new();
-            yaml_rust2::YamlEmitter::new(&mut out).dump(doc).unwrap();
-            text.push_str(&out);
-            text.push('\n');
-        }
-        let path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&path, text).unwrap();
-        run(
-            "kubernetes-validate",
-            Command::new(&python)
-                .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
-                .arg(&path),
-            Duration::from_secs(60),
-        )
-    };
     for (i, values) in [DEFAULTS, EVERYTHING, EXISTING_SECRETS].iter().enumerate() {
         let Some(m) = render(values) else {
             return;
@@ -1924,7 +1915,9 @@ fn helm_chart_renders_valid_kubernetes_objects() {
             .map(|(_, d)| d.clone())
             .filter(|d| !text(&d["apiVersion"]).unwrap().starts_with("monitoring.coreos.com/"))
             .collect();
-        let out = validate(&format!("render-{i}"), &docs);
+        let Some(out) = kubernetes_validate(&docs) else {
+            return;
+        };
         assert!(out.status.success(), "{values}: {}", out.describe());
         if i == 0 {
             let mut wrong = docs.clone();
@@ -1932,9 +1925,38 @@ fn helm_chart_renders_valid_kubernetes_objects() {
             doc.insert(Yaml::String("spek".into()), Yaml::String("typo".into()));
             wrong[0] = Yaml::Hash(doc);
             assert!(
-                !validate("wrong", &wrong).status.success(),
+                !kubernetes_validate(&wrong).unwrap().status.success(),
                 "kubernetes-validate let an unknown field through"
             );
         }
     }
+}
+
+/// `kubernetes-validate --strict` on `docs`; `None` (and a message) when it
+/// is not installed.
+fn kubernetes_validate(docs: &[Yaml]) -> Option<deploy_check::command::Output> {
+    let python = which("python3")?;
+    let probe = run(
+        "kubernetes-validate --version",
+        Command::new(&python).args(["-m", "kubernetes_validate", "--version"]),
+        Duration::from_secs(30),
+    );
+    if !probe.status.success() {
+        eprintln!("kubernetes-validate not installed (scripts/test installs it): not run");
+        return None;
+    }
+    let mut text = String::new();
+    for doc in docs {
+        yaml_rust2::YamlEmitter::new(&mut text).dump(doc).unwrap();
+        text.push('\n');
+    }
+    let path = seckill_test_support::temp_dir().join("manifests.yaml");
+    std::fs::write(&path, text).unwrap();
+    Some(run(
+        "kubernetes-validate --strict",
+        Command::new(&python)
+            .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+            .arg(&path),
+        Duration::from_secs(60),
+    ))
 }
