@@ -1160,7 +1160,10 @@ fn redis_is_private_and_durable(m: &Manifests) {
         .unwrap_or_else(|| panic!("Redis's {var} is not read from a Secret"));
     // The probe authenticates (redis-cli reads REDISCLI_AUTH) and fails
     // on anything but PONG.
-    assert_eq!(var, "REDISCLI_AUTH", "the probe's redis-cli has no password");
+    assert_eq!(
+        var, "REDISCLI_AUTH",
+        "the probe's redis-cli has no password"
+    );
     let probe: Vec<String> = items(&redis["readinessProbe"]["exec"]["command"])
         .iter()
         .filter_map(text)
@@ -1326,7 +1329,10 @@ fn render(values: &str) -> Option<Manifests> {
 }
 
 fn kinds(m: &Manifests) -> BTreeSet<String> {
-    m.docs.iter().filter_map(|(_, d)| text(&d["kind"])).collect()
+    m.docs
+        .iter()
+        .filter_map(|(_, d)| text(&d["kind"]))
+        .collect()
 }
 
 fn name_of(doc: &Yaml) -> String {
@@ -1354,7 +1360,11 @@ fn helm_chart_lints_clean_under_strict() {
         assert!(out.status.success(), "lint: {}", out.describe());
         let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(report["total_charts_linted"], 1, "{report}");
-        assert_eq!(report["errors"], serde_json::json!([]), "{values}: {report}");
+        assert_eq!(
+            report["errors"],
+            serde_json::json!([]),
+            "{values}: {report}"
+        );
         // Severity 2 is a warning, 3 an error; 1 (info) is only the
         // recommended icon.
         for msg in report["messages"].as_array().unwrap() {
@@ -1413,7 +1423,9 @@ fn helm_chart_renders_what_the_binaries_accept() {
                 &pod_labels(d)
             ));
             assert_eq!(
-                pod_labels(d).get("app.kubernetes.io/name").map(String::as_str),
+                pod_labels(d)
+                    .get("app.kubernetes.io/name")
+                    .map(String::as_str),
                 Some(bin.image()),
                 "{origin}: the job name the alert rules select"
             );
@@ -1451,7 +1463,9 @@ fn helm_chart_renders_what_the_binaries_accept() {
                 config.set(&var, value);
             }
             config.check(&helpers);
-            if let (Bin::Gateway, Some(n)) = (bin, v["gateway"]["env"]["SECKILL_MAX_SALES"].as_i64()) {
+            if let (Bin::Gateway, Some(n)) =
+                (bin, v["gateway"]["env"]["SECKILL_MAX_SALES"].as_i64())
+            {
                 assert_eq!(
                     config.value("--max-sales"),
                     Some(n.to_string()),
@@ -1483,7 +1497,10 @@ fn helm_chart_renders_what_the_binaries_accept() {
                 .map(|s| s.parse::<u64>().unwrap())
                 .unwrap_or(0);
             if bin == Bin::Gateway {
-                assert!(pre_stop >= 5, "{origin}: preStop lets load balancers catch up");
+                assert!(
+                    pre_stop >= 5,
+                    "{origin}: preStop lets load balancers catch up"
+                );
             }
             let grace = spec["terminationGracePeriodSeconds"].as_i64().unwrap() as u64;
             assert!(
@@ -1517,11 +1534,20 @@ fn helm_chart_renders_what_the_binaries_accept() {
             }
             if external_redis {
                 let url = env_var(c, "SECKILL_REDIS_URL").unwrap();
-                secret_has(&m, existing, &secret_ref(url).unwrap().0, "redis-url", &origin);
+                secret_has(
+                    &m,
+                    existing,
+                    &secret_ref(url).unwrap().0,
+                    "redis-url",
+                    &origin,
+                );
             }
         }
         if external_redis {
-            assert!(!kinds(&m).contains("StatefulSet"), "{values}: an unused Redis");
+            assert!(
+                !kinds(&m).contains("StatefulSet"),
+                "{values}: an unused Redis"
+            );
         } else {
             redis_is_private_and_durable(&m);
         }
@@ -1624,15 +1650,9 @@ fn order_relay_follows_the_contract(
     assert_eq!(flag("--redis-url").as_deref(), Some("$(SECKILL_REDIS_URL)"));
     let admin = flag("--admin-listen").unwrap();
     let port: u16 = admin.strip_prefix("0.0.0.0:").unwrap().parse().unwrap();
-    assert_eq!(
-        container_port(c, &Yaml::String("admin".into())),
-        Some(port)
-    );
+    assert_eq!(container_port(c, &Yaml::String("admin".into())), Some(port));
     for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(
-            container_port(c, &c[probe]["httpGet"]["port"]),
-            Some(port)
-        );
+        assert_eq!(container_port(c, &c[probe]["httpGet"]["port"]), Some(port));
     }
     let sink = values["orderRelay"]["sink"]["type"].as_str().unwrap();
     let sinks = ["--postgres-url", "--webhook-url", "--stdout"];
@@ -1644,7 +1664,10 @@ fn order_relay_follows_the_contract(
     assert_eq!(set.len(), 1, "one sink: {args:?}");
     match sink {
         "postgres" => {
-            assert_eq!(flag("--postgres-url").as_deref(), Some("$(RELAY_POSTGRES_URL)"));
+            assert_eq!(
+                flag("--postgres-url").as_deref(),
+                Some("$(RELAY_POSTGRES_URL)")
+            );
             let (secret, key) = secret_ref(env_var(c, "RELAY_POSTGRES_URL").unwrap()).unwrap();
             secret_has(m, existing, &secret, &key, "order relay");
         }
@@ -1686,14 +1709,26 @@ fn network_policies_close_admin_and_grpc(m: &Manifests, gateway: &Yaml) {
     };
     let gw = policy_for(gateway);
     assert_eq!(
-        items(&gw["spec"]["policyTypes"]).iter().filter_map(text).collect::<Vec<_>>(),
+        items(&gw["spec"]["policyTypes"])
+            .iter()
+            .filter_map(text)
+            .collect::<Vec<_>>(),
         ["Ingress"]
     );
     let grpc = rule_for(gw, "grpc");
     assert_eq!(grpc.len(), 1, "gRPC from one peer: {grpc:?}");
-    assert!(missing(&grpc[0]["namespaceSelector"]), "gRPC from this namespace only");
-    assert!(policy_selects(&grpc[0]["podSelector"], &pod_labels(service)));
-    assert!(!policy_selects(&grpc[0]["podSelector"], &pod_labels(gateway)));
+    assert!(
+        missing(&grpc[0]["namespaceSelector"]),
+        "gRPC from this namespace only"
+    );
+    assert!(policy_selects(
+        &grpc[0]["podSelector"],
+        &pod_labels(service)
+    ));
+    assert!(!policy_selects(
+        &grpc[0]["podSelector"],
+        &pod_labels(gateway)
+    ));
     let admin = rule_for(gw, "admin");
     assert!(!admin.is_empty(), "the admin port open to everyone");
     assert_eq!(
@@ -1747,7 +1782,10 @@ fn autoscalers_read_what_the_adapter_serves(m: &Manifests) {
                 let metric = deploy_check::promql::references(&series).unwrap().selectors[0]
                     .metric
                     .clone();
-                assert!(api.contains(&format!("`{metric}`")), "{metric} is not in docs/API.md");
+                assert!(
+                    api.contains(&format!("`{metric}`")),
+                    "{metric} is not in docs/API.md"
+                );
                 let query = text(&r["metricsQuery"])
                     .unwrap()
                     .replace("<<.Series>>", &metric)
@@ -1767,12 +1805,13 @@ fn autoscalers_read_what_the_adapter_serves(m: &Manifests) {
         for metric in items(&hpa["spec"]["metrics"]) {
             match text(&metric["type"]).unwrap().as_str() {
                 "Resource" => {}
-                "Pods" => assert!(custom.contains_key(
-                    &text(&metric["pods"]["metric"]["name"]).unwrap()
-                )),
-                "External" => assert!(external.contains_key(
-                    &text(&metric["external"]["metric"]["name"]).unwrap()
-                )),
+                "Pods" => {
+                    assert!(custom.contains_key(&text(&metric["pods"]["metric"]["name"]).unwrap()))
+                }
+                "External" => {
+                    assert!(external
+                        .contains_key(&text(&metric["external"]["metric"]["name"]).unwrap()))
+                }
                 other => panic!("{target}: metric type {other}"),
             }
         }
@@ -1783,7 +1822,10 @@ fn autoscalers_read_what_the_adapter_serves(m: &Manifests) {
 /// rules select; the PrometheusRule carries deploy/prometheus/rules as they
 /// are, and the chart's copies are identical to them.
 fn operator_objects_match_the_rules(m: &Manifests) {
-    let sm = m.of_kind("ServiceMonitor").next().expect("a ServiceMonitor");
+    let sm = m
+        .of_kind("ServiceMonitor")
+        .next()
+        .expect("a ServiceMonitor");
     let job_label = text(&sm["spec"]["jobLabel"]).unwrap();
     let selector = labels(&sm["spec"]["selector"]["matchLabels"]);
     let port = text(&sm["spec"]["endpoints"][0]["port"]).unwrap();
@@ -1801,7 +1843,10 @@ fn operator_objects_match_the_rules(m: &Manifests) {
         assert!(jobs.contains(job), "no job {job}: {jobs:?}");
     }
 
-    let rule = m.of_kind("PrometheusRule").next().expect("a PrometheusRule");
+    let rule = m
+        .of_kind("PrometheusRule")
+        .next()
+        .expect("a PrometheusRule");
     let mut expected = Vec::new();
     let rules_dir = deploy("prometheus/rules");
     let mut files: Vec<_> = std::fs::read_dir(&rules_dir)
@@ -1824,7 +1869,9 @@ fn operator_objects_match_the_rules(m: &Manifests) {
         expected.extend(items(&yaml::load_one(file)["groups"]).iter().cloned());
     }
     assert_eq!(
-        std::fs::read_dir(deploy(&format!("{CHART}/files"))).unwrap().count(),
+        std::fs::read_dir(deploy(&format!("{CHART}/files")))
+            .unwrap()
+            .count(),
         files.len()
     );
     // Helm writes keys in its own order: compare them sorted.
@@ -1892,10 +1939,17 @@ fn helm_chart_generates_secrets_and_takes_given_ones() {
         text(&m.get("Secret", "sale-seckill-secrets").unwrap()["data"][key]).unwrap()
     };
     for key in ["admin-token", "callback-token", "redis-password"] {
-        assert_ne!(data(&a, key), data(&b, key), "{key}: the same generated twice");
+        assert_ne!(
+            data(&a, key),
+            data(&b, key),
+            "{key}: the same generated twice"
+        );
     }
     // Base64 of the values given.
-    assert_eq!(data(&g, "admin-token"), "YWRtaW4tdG9rZW4tb2YtdGhlLW9wZXJhdG9y");
+    assert_eq!(
+        data(&g, "admin-token"),
+        "YWRtaW4tdG9rZW4tb2YtdGhlLW9wZXJhdG9y"
+    );
     assert_eq!(data(&g, "callback-token"), "Y2FsbGJhY2s=");
     assert_eq!(data(&g, "redis-password"), "cHc=");
 }
@@ -1913,7 +1967,11 @@ fn helm_chart_renders_valid_kubernetes_objects() {
             .docs
             .iter()
             .map(|(_, d)| d.clone())
-            .filter(|d| !text(&d["apiVersion"]).unwrap().starts_with("monitoring.coreos.com/"))
+            .filter(|d| {
+                !text(&d["apiVersion"])
+                    .unwrap()
+                    .starts_with("monitoring.coreos.com/")
+            })
             .collect();
         let Some(out) = kubernetes_validate(&docs) else {
             return;
