@@ -1,13 +1,16 @@
 //! The container files against the binaries' real options: the Dockerfile,
-//! docker-compose.yml (with the Prometheus configuration it runs) and the
-//! Kubernetes base all parse, and every image, port, environment variable,
-//! probe and grace period they name matches the options the binaries parse
+//! docker-compose.yml (with the Prometheus configuration it runs), the
+//! Kubernetes base and the Helm chart (rendered: see its section) all
+//! parse, and every image, port, environment variable, probe and grace
+//! period they name matches the options the binaries parse
 //! (`gateway::Args`, `seckill_service::Args`: flags, environment variables,
 //! default ports), and what the other files name (stages, services, labels,
 //! ports).
 //!
 //! Docker is not needed: the files are read, not run. When `kubectl` is on
-//! the PATH, `kubectl kustomize` also builds the Kubernetes base.
+//! the PATH, `kubectl kustomize` also builds the Kubernetes base; when
+//! kubernetes-validate is installed, the built base and the rendered chart
+//! pass it with --strict.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -1743,6 +1746,16 @@ fn network_policies_close_admin_and_grpc(m: &Manifests, gateway: &Yaml) {
     assert_eq!(rule_for(svc, "admin"), admin);
     if let Some(relay) = deployment_of(m, "seckill-order-relay") {
         assert_eq!(rule_for(policy_for(relay), "admin"), admin);
+    }
+    // Redis: only from the release's gateways and services (and relay).
+    if let Some(redis) = m.of_kind("StatefulSet").next() {
+        let from = rule_for(policy_for(redis), "redis");
+        assert_eq!(from.len(), 1, "{from:?}");
+        assert!(missing(&from[0]["namespaceSelector"]));
+        for client in [gateway, service] {
+            assert!(policy_selects(&from[0]["podSelector"], &pod_labels(client)));
+        }
+        assert!(!policy_selects(&from[0]["podSelector"], &pod_labels(redis)));
     }
     // Every pod of the chart is under a policy.
     for w in m.workloads() {
