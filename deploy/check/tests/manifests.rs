@@ -1,13 +1,16 @@
 //! The container files against the binaries' real options: the Dockerfile,
-//! docker-compose.yml (with the Prometheus configuration it runs) and the
-//! Kubernetes base all parse, and every image, port, environment variable,
-//! probe and grace period they name matches the options the binaries parse
+//! docker-compose.yml (with the Prometheus configuration it runs), the
+//! Kubernetes base and the Helm chart (rendered: see its section) all
+//! parse, and every image, port, environment variable, probe and grace
+//! period they name matches the options the binaries parse
 //! (`gateway::Args`, `seckill_service::Args`: flags, environment variables,
 //! default ports), and what the other files name (stages, services, labels,
 //! ports).
 //!
 //! Docker is not needed: the files are read, not run. When `kubectl` is on
-//! the PATH, `kubectl kustomize` also builds the Kubernetes base.
+//! the PATH, `kubectl kustomize` also builds the Kubernetes base; when
+//! kubernetes-validate is installed, the built base and the rendered chart
+//! pass it with --strict.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -1112,39 +1115,101 @@ fn kubernetes_base_matches_the_binaries() {
         }
     }
 
-    // Redis: the URL names the StatefulSet's first pod through its headless
-    // Service, and Redis keeps an append-only file.
-    let cm = m.of_kind("ConfigMap").next().unwrap();
-    let url = text(&cm["data"]["SECKILL_REDIS_URL"]).expect("SECKILL_REDIS_URL in the ConfigMap");
-    let host_port = url.strip_prefix("redis://").unwrap();
-    let (host, port) = host_port.split_once(':').unwrap();
-    let (pod, service) = host.split_once('.').expect("POD.SERVICE");
+    redis_is_private_and_durable(&m);
+}
+
+/// A container's environment variable.
+fn env_var<'a>(container: &'a Yaml, name: &str) -> Option<&'a Yaml> {
+    items(&container["env"])
+        .iter()
+        .find(|e| text(&e["name"]).as_deref() == Some(name))
+}
+
+/// (Secret, key) a variable is read from.
+fn secret_ref(var: &Yaml) -> Option<(String, String)> {
+    let r = &var["valueFrom"]["secretKeyRef"];
+    Some((text(&r["name"])?, text(&r["key"])?))
+}
+
+/// Redis of a set of manifests: every gateway and service reaches the
+/// StatefulSet's first pod through its headless Service, with the password
+/// Redis requires, from the same Secret key; Redis keeps an append-only
+/// file and evicts nothing.
+fn redis_is_private_and_durable(m: &Manifests) {
+    let sts = m
+        .of_kind("StatefulSet")
+        .find(|s| {
+            text(&s["spec"]["template"]["spec"]["containers"][0]["image"])
+                .is_some_and(|i| i.starts_with("redis:"))
+        })
+        .expect("a Redis StatefulSet");
+    let redis = &sts["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = items(&redis["args"]).iter().filter_map(text).collect();
+    let arg = |name: &str| {
+        args.windows(2)
+            .find(|w| w[0] == name)
+            .map(|w| w[1].clone())
+            .unwrap_or_else(|| panic!("Redis without {name}: {args:?}"))
+    };
+    assert_eq!(arg("--appendonly"), "yes", "Redis without AOF");
+    assert_eq!(arg("--maxmemory-policy"), "noeviction");
+    let requirepass = arg("--requirepass");
+    let var = requirepass
+        .strip_prefix("$(")
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("--requirepass {requirepass}: not from a variable"));
+    let password = env_var(redis, var)
+        .and_then(secret_ref)
+        .unwrap_or_else(|| panic!("Redis's {var} is not read from a Secret"));
+    // The probe authenticates (redis-cli reads REDISCLI_AUTH) and fails
+    // on anything but PONG.
+    assert_eq!(
+        var, "REDISCLI_AUTH",
+        "the probe's redis-cli has no password"
+    );
+    let probe: Vec<String> = items(&redis["readinessProbe"]["exec"]["command"])
+        .iter()
+        .filter_map(text)
+        .collect();
+    assert!(
+        probe.last().is_some_and(|c| c.contains("grep -q PONG")),
+        "{probe:?}"
+    );
+    let service_name = text(&sts["spec"]["serviceName"]).unwrap();
     let svc = m
-        .get("Service", service)
-        .unwrap_or_else(|| panic!("{url}: no Service {service}"));
+        .get("Service", &service_name)
+        .unwrap_or_else(|| panic!("no Service {service_name}"));
     assert_eq!(
         text(&svc["spec"]["clusterIP"]).as_deref(),
         Some("None"),
         "a headless Service"
     );
-    assert!(items(&svc["spec"]["ports"])
-        .iter()
-        .any(|p| text(&p["port"]).as_deref() == Some(port)));
-    let sts = m
-        .of_kind("StatefulSet")
-        .find(|s| text(&s["spec"]["serviceName"]).as_deref() == Some(service))
-        .expect("a StatefulSet behind the Redis Service");
     let sts_name = text(&sts["metadata"]["name"]).unwrap();
-    assert_eq!(pod, format!("{sts_name}-0"));
-    let args: Vec<String> = items(&sts["spec"]["template"]["spec"]["containers"][0]["args"])
-        .iter()
-        .filter_map(text)
-        .collect();
-    assert!(
-        args.windows(2)
-            .any(|w| w[0] == "--appendonly" && w[1] == "yes"),
-        "Redis without AOF"
-    );
+    let mut clients = 0;
+    for d in m.of_kind("Deployment") {
+        let name = text(&d["metadata"]["name"]).unwrap();
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        let Some(url) = env_var(c, "SECKILL_REDIS_URL") else {
+            continue;
+        };
+        clients += 1;
+        let url = text(&url["value"]).unwrap_or_else(|| panic!("{name}: SECKILL_REDIS_URL"));
+        let rest = url
+            .strip_prefix("redis://:$(")
+            .unwrap_or_else(|| panic!("{name}: {url} has no password"));
+        let (var, host_port) = rest.split_once(")@").unwrap();
+        assert_eq!(
+            env_var(c, var).and_then(secret_ref),
+            Some(password.clone()),
+            "{name}: the password is not the one Redis requires"
+        );
+        let (host, port) = host_port.split_once(':').unwrap();
+        assert_eq!(host, format!("{sts_name}-0.{service_name}"), "{name}");
+        assert!(items(&svc["spec"]["ports"])
+            .iter()
+            .any(|p| text(&p["port"]).as_deref() == Some(port)));
+    }
+    assert!(clients >= 2, "gateways and services reach Redis");
 }
 
 /// With kubectl at hand, the base also builds as Kustomize sees it.
@@ -1169,6 +1234,9 @@ fn kustomize_builds_the_base_when_kubectl_is_installed() {
         out.describe()
     );
     let built = yaml::parse(&out.stdout).expect("kustomize output is YAML");
+    if let Some(valid) = kubernetes_validate(&built) {
+        assert!(valid.status.success(), "the base: {}", valid.describe());
+    }
     let m = Manifests::load();
     assert_eq!(built.len(), m.docs.len());
     for doc in &built {
@@ -1185,4 +1253,781 @@ fn kustomize_builds_the_base_when_kubectl_is_installed() {
             assert!(image.ends_with(&format!(":{VERSION}")), "{image}");
         }
     }
+}
+
+// === Helm chart ===
+//
+// `deploy/helm/seckill` is linted and rendered offline by Helm's own engine
+// (the Helm v4 SDK from PyPI's helm-python-sdk, through
+// deploy/check/helm.py: no `helm` binary comes from the registries here),
+// in the configurations below; what it renders is checked as the base is,
+// and validated by kubernetes-validate --strict. `scripts/test` installs
+// both Python packages.
+
+const CHART: &str = "helm/seckill";
+
+/// Defaults: in-chart Redis, generated secrets, NetworkPolicies, CPU HPA.
+const DEFAULTS: &str = "{}";
+/// Everything on: external Redis, the relay on PostgreSQL, the Operator's
+/// objects, both metric autoscalers.
+const EVERYTHING: &str = r#"{
+  "orderRelay": {"enabled": true, "sink": {"type": "postgres"}, "postgresUrl": "postgres://relay@db/orders"},
+  "redis": {"external": {"url": "redis://:s3cret@redis.example:6379"}},
+  "metrics": {"serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true}},
+  "service": {"autoscaling": {"metric": "queueDepth"}},
+  "gateway": {"autoscaling": {"enabled": true}, "env": {"SECKILL_MAX_SALES": 100}}
+}"#;
+/// Secrets made by the operator; the relay on a webhook; no policies.
+const EXISTING_SECRETS: &str = r#"{
+  "secrets": {"existingSecret": "sale-tokens"},
+  "orderRelay": {"enabled": true, "existingSecret": "relay-secrets", "sink": {"type": "webhook", "webhookUrl": "https://orders.example/hook"}},
+  "networkPolicy": {"enabled": false}
+}"#;
+
+/// `deploy/check/helm.py` with the Helm SDK: `None` (and a message) when
+/// the SDK is not installed.
+fn helm(what: &str, values: &str) -> Option<deploy_check::command::Output> {
+    let python = which("python3")?;
+    let out = run(
+        &format!("helm.py {what}"),
+        Command::new(python)
+            .arg(deploy("check/helm.py"))
+            .args([what, &deploy(CHART).to_string_lossy(), values])
+            .current_dir(repo_root()),
+        Duration::from_secs(60),
+    );
+    if out.status.code() == Some(3) {
+        eprintln!(
+            "{}: the chart is not linted nor rendered (scripts/test installs helm-python-sdk)",
+            out.stderr.trim()
+        );
+        return None;
+    }
+    Some(out)
+}
+
+/// The chart rendered with `values`, as manifests (template path, document).
+fn render(values: &str) -> Option<Manifests> {
+    let out = helm("render", values)?;
+    assert!(out.status.success(), "render {values}: {}", out.describe());
+    let rendered: BTreeMap<String, String> =
+        serde_json::from_str(&out.stdout).expect("helm.py render prints JSON");
+    let mut docs = Vec::new();
+    for (path, manifest) in rendered {
+        for doc in yaml::parse(&manifest).unwrap_or_else(|e| panic!("{path}: {e}\n{manifest}")) {
+            if missing(&doc) {
+                continue;
+            }
+            assert!(
+                text(&doc["kind"]).is_some() && text(&doc["apiVersion"]).is_some(),
+                "{path}: a document without kind or apiVersion"
+            );
+            docs.push((path.clone(), doc));
+        }
+    }
+    Some(Manifests {
+        docs,
+        kustomization: Yaml::Null,
+    })
+}
+
+fn kinds(m: &Manifests) -> BTreeSet<String> {
+    m.docs
+        .iter()
+        .filter_map(|(_, d)| text(&d["kind"]))
+        .collect()
+}
+
+fn name_of(doc: &Yaml) -> String {
+    text(&doc["metadata"]["name"]).unwrap()
+}
+
+/// The Deployment whose container runs `image` (its name without the tag).
+fn deployment_of<'a>(m: &'a Manifests, image: &str) -> Option<&'a Yaml> {
+    m.of_kind("Deployment").find(|d| {
+        text(&d["spec"]["template"]["spec"]["containers"][0]["image"])
+            .is_some_and(|i| i.split(':').next() == Some(image))
+    })
+}
+
+fn pod_labels(workload: &Yaml) -> BTreeMap<String, String> {
+    labels(&workload["spec"]["template"]["metadata"]["labels"])
+}
+
+#[test]
+fn helm_chart_lints_clean_under_strict() {
+    for values in [DEFAULTS, EVERYTHING, EXISTING_SECRETS] {
+        let Some(out) = helm("lint", values) else {
+            return;
+        };
+        assert!(out.status.success(), "lint: {}", out.describe());
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(report["total_charts_linted"], 1, "{report}");
+        assert_eq!(
+            report["errors"],
+            serde_json::json!([]),
+            "{values}: {report}"
+        );
+        // Severity 2 is a warning, 3 an error; 1 (info) is only the
+        // recommended icon.
+        for msg in report["messages"].as_array().unwrap() {
+            assert!(msg["severity"].as_i64() < Some(2), "{values}: {msg}");
+        }
+    }
+}
+
+#[test]
+fn helm_chart_renders_what_the_binaries_accept() {
+    let bins = Binaries::load();
+    let stages = dockerfile();
+    let chart = yaml::load_one(&deploy(&format!("{CHART}/Chart.yaml")));
+    assert_eq!(text(&chart["version"]).as_deref(), Some(VERSION));
+    assert_eq!(text(&chart["appVersion"]).as_deref(), Some(VERSION));
+    for values in [DEFAULTS, EVERYTHING, EXISTING_SECRETS] {
+        let Some(m) = render(values) else {
+            return;
+        };
+        let v: serde_json::Value = serde_json::from_str(values).unwrap();
+        // Secrets the operator makes.
+        let existing: Vec<&str> = [
+            &v["secrets"]["existingSecret"],
+            &v["orderRelay"]["existingSecret"],
+        ]
+        .into_iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+        let existing = existing.as_slice();
+        let external_redis = v["redis"]["external"]["url"].is_string();
+
+        // Names are unique per kind.
+        let mut names = BTreeSet::new();
+        for (path, doc) in &m.docs {
+            assert!(
+                names.insert((text(&doc["kind"]).unwrap(), name_of(doc))),
+                "{path}: {} {} twice",
+                text(&doc["kind"]).unwrap(),
+                name_of(doc)
+            );
+        }
+
+        for bin in [Bin::Gateway, Bin::Service] {
+            let d = deployment_of(&m, bin.image())
+                .unwrap_or_else(|| panic!("{values}: no {} Deployment", bin.name()));
+            let origin = format!("chart {} ({values})", name_of(d));
+            let spec = &d["spec"]["template"]["spec"];
+            let c = &spec["containers"][0];
+            assert_eq!(
+                text(&c["image"]),
+                Some(format!("{}:{VERSION}", bin.image())),
+                "{origin}"
+            );
+            assert!(selects(
+                &labels(&d["spec"]["selector"]["matchLabels"]),
+                &pod_labels(d)
+            ));
+            assert_eq!(
+                pod_labels(d)
+                    .get("app.kubernetes.io/name")
+                    .map(String::as_str),
+                Some(bin.image()),
+                "{origin}: the job name the alert rules select"
+            );
+
+            // Environment: the image's, the ConfigMap's, the container's;
+            // every variable an option of the binary.
+            let mut config = image_config(&bins, &stages, bin);
+            config.origin = origin.clone();
+            for from in items(&c["envFrom"]) {
+                let cm = text(&from["configMapRef"]["name"]).unwrap();
+                let cm = m
+                    .get("ConfigMap", &cm)
+                    .unwrap_or_else(|| panic!("{origin}: no ConfigMap {cm}"));
+                for (k, v) in entries(&cm["data"]) {
+                    config.set(&k, text(v));
+                }
+            }
+            let mut defined = BTreeSet::new();
+            let mut helpers = BTreeSet::new();
+            for e in items(&c["env"]) {
+                let var = text(&e["name"]).unwrap();
+                let value = text(&e["value"]);
+                for part in value.iter().flat_map(|v| v.split("$(").skip(1)) {
+                    let referred = part.split(')').next().unwrap();
+                    assert!(
+                        defined.contains(referred),
+                        "{origin}: {var} refers to $({referred}) before it is defined"
+                    );
+                    helpers.insert(referred.to_string());
+                }
+                if let Some((secret, key)) = secret_ref(e) {
+                    secret_has(&m, existing, &secret, &key, &origin);
+                }
+                defined.insert(var.clone());
+                config.set(&var, value);
+            }
+            config.check(&helpers);
+            if let (Bin::Gateway, Some(n)) =
+                (bin, v["gateway"]["env"]["SECKILL_MAX_SALES"].as_i64())
+            {
+                assert_eq!(
+                    config.value("--max-sales"),
+                    Some(n.to_string()),
+                    "{origin}: gateway.env reaches the container"
+                );
+            }
+
+            // Ports, probes, drain, as the base does it.
+            let declared: BTreeSet<u16> = items(&c["ports"])
+                .iter()
+                .map(|p| p["containerPort"].as_i64().unwrap() as u16)
+                .collect();
+            assert_eq!(
+                declared,
+                config.listen_ports().into_values().collect(),
+                "{origin}: container ports vs listen ports"
+            );
+            for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+                assert_eq!(text(&c[probe]["httpGet"]["path"]).as_deref(), Some(path));
+                assert_eq!(
+                    container_port(c, &c[probe]["httpGet"]["port"]),
+                    Some(config.admin_port()),
+                    "{origin}: {probe}"
+                );
+            }
+            let pre_stop = items(&c["lifecycle"]["preStop"]["exec"]["command"])
+                .get(1)
+                .and_then(text)
+                .map(|s| s.parse::<u64>().unwrap())
+                .unwrap_or(0);
+            if bin == Bin::Gateway {
+                assert!(
+                    pre_stop >= 5,
+                    "{origin}: preStop lets load balancers catch up"
+                );
+            }
+            let grace = spec["terminationGracePeriodSeconds"].as_i64().unwrap() as u64;
+            assert!(
+                grace > pre_stop + config.drain_seconds(),
+                "{origin}: grace {grace} s does not cover preStop {pre_stop} s + drain {} s",
+                config.drain_seconds()
+            );
+            for vol in items(&spec["volumes"]) {
+                if let Some(secret) = text(&vol["secret"]["secretName"]) {
+                    for item in items(&vol["secret"]["items"]) {
+                        secret_has(&m, existing, &secret, &text(&item["key"]).unwrap(), &origin);
+                    }
+                }
+            }
+            let token_file = config.value("--callback-token-file").unwrap();
+            let mount = text(&c["volumeMounts"][0]["mountPath"]).unwrap();
+            assert_eq!(token_file, format!("{mount}/token"), "{origin}");
+
+            // Callbacks reach the gateway on its pod IP.
+            if bin == Bin::Gateway {
+                assert_eq!(
+                    config.value("--advertise-grpc"),
+                    Some(format!("$(POD_IP):{}", config.port("--grpc-listen"))),
+                    "{origin}: advertise the pod IP"
+                );
+                assert_eq!(
+                    text(&env_var(c, "POD_IP").unwrap()["valueFrom"]["fieldRef"]["fieldPath"])
+                        .as_deref(),
+                    Some("status.podIP")
+                );
+            }
+            if external_redis {
+                let url = env_var(c, "SECKILL_REDIS_URL").unwrap();
+                secret_has(
+                    &m,
+                    existing,
+                    &secret_ref(url).unwrap().0,
+                    "redis-url",
+                    &origin,
+                );
+            }
+        }
+        if external_redis {
+            assert!(
+                !kinds(&m).contains("StatefulSet"),
+                "{values}: an unused Redis"
+            );
+        } else {
+            redis_is_private_and_durable(&m);
+        }
+
+        // Services select pods, on ports those pods have.
+        for svc in m.of_kind("Service") {
+            let selector = labels(&svc["spec"]["selector"]);
+            let workload = m
+                .workloads()
+                .find(|w| selects(&selector, &pod_labels(w)))
+                .unwrap_or_else(|| panic!("Service {} selects no pods", name_of(svc)));
+            let c = &workload["spec"]["template"]["spec"]["containers"][0];
+            for port in items(&svc["spec"]["ports"]) {
+                assert!(
+                    container_port(c, &port["targetPort"]).is_some(),
+                    "Service {}: no such port",
+                    name_of(svc)
+                );
+            }
+        }
+        let gateway = deployment_of(&m, "seckill-gateway").unwrap();
+        for svc in ["gateway", "gateway-admin", "gateway-grpc"] {
+            assert!(
+                m.get("Service", &format!("sale-seckill-{svc}")).is_some(),
+                "{values}: no {svc} Service"
+            );
+        }
+
+        // The relay: its flags are the contract's.
+        match deployment_of(&m, "seckill-order-relay") {
+            Some(relay) => order_relay_follows_the_contract(&m, relay, &v, existing),
+            None => assert!(!v["orderRelay"]["enabled"].as_bool().unwrap_or(false)),
+        }
+
+        // Secrets: made by the chart, or the operator's.
+        match v["secrets"]["existingSecret"].as_str() {
+            Some(name) => assert!(m.get("Secret", name).is_none()),
+            None => {
+                let secret = m.get("Secret", "sale-seckill-secrets").unwrap();
+                for (key, value) in entries(&secret["data"]) {
+                    assert!(
+                        text(value).is_some_and(|v| v.len() >= 32),
+                        "{values}: {key} too short or empty"
+                    );
+                }
+            }
+        }
+
+        if v["networkPolicy"]["enabled"].as_bool() == Some(false) {
+            assert!(!kinds(&m).contains("NetworkPolicy"));
+        } else {
+            network_policies_close_admin_and_grpc(&m, gateway);
+        }
+        autoscalers_read_what_the_adapter_serves(&m);
+        if v["metrics"]["serviceMonitor"]["enabled"].as_bool() == Some(true) {
+            operator_objects_match_the_rules(&m);
+        } else {
+            assert!(!kinds(&m).contains("ServiceMonitor") && !kinds(&m).contains("PrometheusRule"));
+        }
+    }
+}
+
+/// The Secret `name` has `key` (a Secret of the operator's is taken on
+/// trust: only its name is checked).
+fn secret_has(m: &Manifests, existing: &[&str], name: &str, key: &str, origin: &str) {
+    match m.get("Secret", name) {
+        Some(secret) => assert!(
+            !missing(&secret["data"][key]),
+            "{origin}: Secret {name} has no {key}"
+        ),
+        None => assert!(existing.contains(&name), "{origin}: no Secret {name}"),
+    }
+}
+
+fn order_relay_follows_the_contract(
+    m: &Manifests,
+    relay: &Yaml,
+    values: &serde_json::Value,
+    existing: &[&str],
+) {
+    let api = read("docs/API.md");
+    let section = api
+        .split("## Order relay")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/API.md has an Order relay section");
+    let c = &relay["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = items(&c["args"]).iter().filter_map(text).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("{name}=")).map(String::from))
+    };
+    for a in &args {
+        let name = a.split('=').next().unwrap();
+        assert!(
+            section.contains(&format!("`{name}")),
+            "order-relay {name} is not in docs/API.md's Order relay section"
+        );
+    }
+    assert_eq!(flag("--redis-url").as_deref(), Some("$(SECKILL_REDIS_URL)"));
+    let admin = flag("--admin-listen").unwrap();
+    let port: u16 = admin.strip_prefix("0.0.0.0:").unwrap().parse().unwrap();
+    assert_eq!(container_port(c, &Yaml::String("admin".into())), Some(port));
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container_port(c, &c[probe]["httpGet"]["port"]), Some(port));
+    }
+    let sink = values["orderRelay"]["sink"]["type"].as_str().unwrap();
+    let sinks = ["--postgres-url", "--webhook-url", "--stdout"];
+    let set: Vec<&str> = sinks
+        .iter()
+        .copied()
+        .filter(|s| args.iter().any(|a| a.split('=').next() == Some(*s)))
+        .collect();
+    assert_eq!(set.len(), 1, "one sink: {args:?}");
+    match sink {
+        "postgres" => {
+            assert_eq!(
+                flag("--postgres-url").as_deref(),
+                Some("$(RELAY_POSTGRES_URL)")
+            );
+            let (secret, key) = secret_ref(env_var(c, "RELAY_POSTGRES_URL").unwrap()).unwrap();
+            secret_has(m, existing, &secret, &key, "order relay");
+        }
+        "webhook" => {
+            let file = flag("--webhook-secret-file").unwrap();
+            let mount = text(&c["volumeMounts"][0]["mountPath"]).unwrap();
+            assert!(file.starts_with(&format!("{mount}/")), "{file}");
+        }
+        _ => panic!("sink {sink}"),
+    }
+    for e in items(&c["env"]) {
+        if let Some((secret, key)) = secret_ref(e) {
+            secret_has(m, existing, &secret, &key, "order relay");
+        }
+    }
+}
+
+/// Gateways: the admin port only from `networkPolicy.admin.from`, the gRPC
+/// port only from seckill services; services: only their admin port.
+fn network_policies_close_admin_and_grpc(m: &Manifests, gateway: &Yaml) {
+    let service = deployment_of(m, "seckill-service").unwrap();
+    let policy_for = |workload: &Yaml| {
+        let pods = pod_labels(workload);
+        m.of_kind("NetworkPolicy")
+            .find(|p| policy_selects(&p["spec"]["podSelector"], &pods))
+            .unwrap_or_else(|| panic!("no NetworkPolicy for {}", name_of(workload)))
+    };
+    let rule_for = |policy: &Yaml, port: &str| -> Vec<Yaml> {
+        let rules: Vec<&Yaml> = items(&policy["spec"]["ingress"])
+            .iter()
+            .filter(|r| {
+                items(&r["ports"])
+                    .iter()
+                    .any(|p| text(&p["port"]).as_deref() == Some(port))
+            })
+            .collect();
+        assert_eq!(rules.len(), 1, "{}: one rule for {port}", name_of(policy));
+        items(&rules[0]["from"]).to_vec()
+    };
+    let gw = policy_for(gateway);
+    assert_eq!(
+        items(&gw["spec"]["policyTypes"])
+            .iter()
+            .filter_map(text)
+            .collect::<Vec<_>>(),
+        ["Ingress"]
+    );
+    let grpc = rule_for(gw, "grpc");
+    assert_eq!(grpc.len(), 1, "gRPC from one peer: {grpc:?}");
+    assert!(
+        missing(&grpc[0]["namespaceSelector"]),
+        "gRPC from this namespace only"
+    );
+    assert!(policy_selects(
+        &grpc[0]["podSelector"],
+        &pod_labels(service)
+    ));
+    assert!(!policy_selects(
+        &grpc[0]["podSelector"],
+        &pod_labels(gateway)
+    ));
+    let admin = rule_for(gw, "admin");
+    assert!(!admin.is_empty(), "the admin port open to everyone");
+    assert_eq!(
+        text(&admin[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+            .as_deref(),
+        Some("monitoring"),
+        "admin from networkPolicy.admin.from"
+    );
+    // Service pods: admin only, from the same peers.
+    let svc = policy_for(service);
+    assert_eq!(items(&svc["spec"]["ingress"]).len(), 1);
+    assert_eq!(rule_for(svc, "admin"), admin);
+    if let Some(relay) = deployment_of(m, "seckill-order-relay") {
+        assert_eq!(rule_for(policy_for(relay), "admin"), admin);
+    }
+    // Redis: only from the release's gateways and services (and relay).
+    if let Some(redis) = m.of_kind("StatefulSet").next() {
+        let from = rule_for(policy_for(redis), "redis");
+        assert_eq!(from.len(), 1, "{from:?}");
+        assert!(missing(&from[0]["namespaceSelector"]));
+        for client in [gateway, service] {
+            assert!(policy_selects(&from[0]["podSelector"], &pod_labels(client)));
+        }
+        assert!(!policy_selects(&from[0]["podSelector"], &pod_labels(redis)));
+    }
+    // Every pod of the chart is under a policy.
+    for w in m.workloads() {
+        policy_for(w);
+    }
+}
+
+/// A label selector (matchLabels and `In` expressions) selects `pods`.
+fn policy_selects(selector: &Yaml, pods: &BTreeMap<String, String>) -> bool {
+    let labels_match = labels(&selector["matchLabels"])
+        .iter()
+        .all(|(k, v)| pods.get(k) == Some(v));
+    let expressions = items(&selector["matchExpressions"]);
+    let exprs_match = expressions.iter().all(|e| {
+        assert_eq!(text(&e["operator"]).as_deref(), Some("In"));
+        let key = text(&e["key"]).unwrap();
+        items(&e["values"])
+            .iter()
+            .filter_map(text)
+            .any(|v| pods.get(&key) == Some(&v))
+    });
+    (!missing(&selector["matchLabels"]) || !expressions.is_empty()) && labels_match && exprs_match
+}
+
+/// Every autoscaler targets a Deployment of the chart, and reads a metric
+/// that deploy/helm/prometheus-adapter.yaml serves from series the
+/// binaries export.
+fn autoscalers_read_what_the_adapter_serves(m: &Manifests) {
+    let adapter = yaml::load_one(&deploy("helm/prometheus-adapter.yaml"));
+    let api = read("docs/API.md");
+    let served = |kind: &str| -> BTreeMap<String, String> {
+        items(&adapter["rules"][kind])
+            .iter()
+            .map(|r| {
+                let name = text(&r["name"]["as"]).unwrap();
+                let series = text(&r["seriesQuery"]).unwrap();
+                let metric = deploy_check::promql::references(&series).unwrap().selectors[0]
+                    .metric
+                    .clone();
+                assert!(
+                    api.contains(&format!("`{metric}`")),
+                    "{metric} is not in docs/API.md"
+                );
+                let query = text(&r["metricsQuery"])
+                    .unwrap()
+                    .replace("<<.Series>>", &metric)
+                    .replace("<<.LabelMatchers>>", "namespace=\"seckill\"")
+                    .replace("<<.GroupBy>>", "namespace");
+                deploy_check::promql::references(&query)
+                    .unwrap_or_else(|e| panic!("adapter rule {name}: {e}"));
+                (name, metric)
+            })
+            .collect()
+    };
+    let (custom, external) = (served("custom"), served("external"));
+    for hpa in m.of_kind("HorizontalPodAutoscaler") {
+        let target = text(&hpa["spec"]["scaleTargetRef"]["name"]).unwrap();
+        assert!(m.get("Deployment", &target).is_some(), "HPA of {target}");
+        assert!(hpa["spec"]["minReplicas"].as_i64() <= hpa["spec"]["maxReplicas"].as_i64());
+        for metric in items(&hpa["spec"]["metrics"]) {
+            match text(&metric["type"]).unwrap().as_str() {
+                "Resource" => {}
+                "Pods" => {
+                    assert!(custom.contains_key(&text(&metric["pods"]["metric"]["name"]).unwrap()))
+                }
+                "External" => {
+                    assert!(external
+                        .contains_key(&text(&metric["external"]["metric"]["name"]).unwrap()))
+                }
+                other => panic!("{target}: metric type {other}"),
+            }
+        }
+    }
+}
+
+/// The ServiceMonitor scrapes the admin Services under the job names the
+/// rules select; the PrometheusRule carries deploy/prometheus/rules as they
+/// are, and the chart's copies are identical to them.
+fn operator_objects_match_the_rules(m: &Manifests) {
+    let sm = m
+        .of_kind("ServiceMonitor")
+        .next()
+        .expect("a ServiceMonitor");
+    let job_label = text(&sm["spec"]["jobLabel"]).unwrap();
+    let selector = labels(&sm["spec"]["selector"]["matchLabels"]);
+    let port = text(&sm["spec"]["endpoints"][0]["port"]).unwrap();
+    let jobs: BTreeSet<String> = m
+        .of_kind("Service")
+        .filter(|s| selects(&selector, &labels(&s["metadata"]["labels"])))
+        .map(|s| {
+            assert!(items(&s["spec"]["ports"])
+                .iter()
+                .any(|p| text(&p["name"]).as_deref() == Some(port.as_str())));
+            labels(&s["metadata"]["labels"])[&job_label].clone()
+        })
+        .collect();
+    for job in ["seckill-gateway", "seckill-service"] {
+        assert!(jobs.contains(job), "no job {job}: {jobs:?}");
+    }
+
+    let rule = m
+        .of_kind("PrometheusRule")
+        .next()
+        .expect("a PrometheusRule");
+    let mut expected = Vec::new();
+    let rules_dir = deploy("prometheus/rules");
+    let mut files: Vec<_> = std::fs::read_dir(&rules_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in &files {
+        let copy = deploy(&format!(
+            "{CHART}/files/{}",
+            file.file_name().unwrap().to_string_lossy()
+        ));
+        assert_eq!(
+            read(file),
+            read(&copy),
+            "{} differs from {}: copy it",
+            copy.display(),
+            file.display()
+        );
+        expected.extend(items(&yaml::load_one(file)["groups"]).iter().cloned());
+    }
+    assert_eq!(
+        std::fs::read_dir(deploy(&format!("{CHART}/files")))
+            .unwrap()
+            .count(),
+        files.len()
+    );
+    // Helm writes keys in its own order: compare them sorted.
+    assert_eq!(
+        canonical(&rule["spec"]["groups"]),
+        canonical(&Yaml::Array(expected)),
+        "the PrometheusRule's groups are not prometheus/rules/"
+    );
+}
+
+/// A YAML value as JSON with its map keys sorted.
+fn canonical(y: &Yaml) -> serde_json::Value {
+    match y {
+        Yaml::Hash(h) => serde_json::Value::Object(
+            h.iter()
+                .map(|(k, v)| (text(k).unwrap(), canonical(v)))
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect(),
+        ),
+        Yaml::Array(a) => a.iter().map(canonical).collect(),
+        other => text(other).map_or(serde_json::Value::Null, serde_json::Value::String),
+    }
+}
+
+#[test]
+fn helm_chart_refuses_values_it_cannot_deploy() {
+    for (values, says) in [
+        (
+            r#"{"orderRelay": {"enabled": true, "sink": {"type": "postgres"}}}"#,
+            "orderRelay.postgresUrl",
+        ),
+        (
+            r#"{"orderRelay": {"enabled": true, "sink": {"type": "kafka"}}}"#,
+            "postgres, webhook or stdout",
+        ),
+        (
+            r#"{"orderRelay": {"enabled": true, "sink": {"type": "webhook"}, "webhookSecret": "x"}}"#,
+            "orderRelay.sink.webhookUrl",
+        ),
+        (
+            r#"{"service": {"autoscaling": {"metric": "memory"}}}"#,
+            "cpu or queueDepth",
+        ),
+        (
+            r#"{"networkPolicy": {"admin": {"from": []}}}"#,
+            "networkPolicy.admin.from",
+        ),
+    ] {
+        let Some(out) = helm("render", values) else {
+            return;
+        };
+        assert!(!out.status.success(), "{values} renders");
+        assert!(out.stderr.contains(says), "{values}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn helm_chart_generates_secrets_and_takes_given_ones() {
+    let given = r#"{"secrets": {"adminToken": "admin-token-of-the-operator", "callbackToken": "callback"}, "redis": {"password": "pw"}}"#;
+    let (Some(a), Some(b), Some(g)) = (render(DEFAULTS), render(DEFAULTS), render(given)) else {
+        return;
+    };
+    let data = |m: &Manifests, key: &str| {
+        text(&m.get("Secret", "sale-seckill-secrets").unwrap()["data"][key]).unwrap()
+    };
+    for key in ["admin-token", "callback-token", "redis-password"] {
+        assert_ne!(
+            data(&a, key),
+            data(&b, key),
+            "{key}: the same generated twice"
+        );
+    }
+    // Base64 of the values given.
+    assert_eq!(
+        data(&g, "admin-token"),
+        "YWRtaW4tdG9rZW4tb2YtdGhlLW9wZXJhdG9y"
+    );
+    assert_eq!(data(&g, "callback-token"), "Y2FsbGJhY2s=");
+    assert_eq!(data(&g, "redis-password"), "cHc=");
+}
+
+/// What the chart renders passes kubernetes-validate --strict (the
+/// Operator's objects have no schema there and are checked above), and a
+/// deliberately wrong field is caught, so the validator is really looking.
+#[test]
+fn helm_chart_renders_valid_kubernetes_objects() {
+    for (i, values) in [DEFAULTS, EVERYTHING, EXISTING_SECRETS].iter().enumerate() {
+        let Some(m) = render(values) else {
+            return;
+        };
+        let docs: Vec<Yaml> = m
+            .docs
+            .iter()
+            .map(|(_, d)| d.clone())
+            .filter(|d| {
+                !text(&d["apiVersion"])
+                    .unwrap()
+                    .starts_with("monitoring.coreos.com/")
+            })
+            .collect();
+        let Some(out) = kubernetes_validate(&docs) else {
+            return;
+        };
+        assert!(out.status.success(), "{values}: {}", out.describe());
+        if i == 0 {
+            let mut wrong = docs.clone();
+            let mut doc = wrong[0].as_hash().unwrap().clone();
+            doc.insert(Yaml::String("spek".into()), Yaml::String("typo".into()));
+            wrong[0] = Yaml::Hash(doc);
+            assert!(
+                !kubernetes_validate(&wrong).unwrap().status.success(),
+                "kubernetes-validate let an unknown field through"
+            );
+        }
+    }
+}
+
+/// `kubernetes-validate --strict` on `docs`; `None` (and a message) when it
+/// is not installed.
+fn kubernetes_validate(docs: &[Yaml]) -> Option<deploy_check::command::Output> {
+    let python = which("python3")?;
+    let probe = run(
+        "kubernetes-validate --version",
+        Command::new(&python).args(["-m", "kubernetes_validate", "--version"]),
+        Duration::from_secs(30),
+    );
+    if !probe.status.success() {
+        eprintln!("kubernetes-validate not installed (scripts/test installs it): not run");
+        return None;
+    }
+    let mut text = String::new();
+    for doc in docs {
+        yaml_rust2::YamlEmitter::new(&mut text).dump(doc).unwrap();
+        text.push('\n');
+    }
+    let path = seckill_test_support::temp_dir().join("manifests.yaml");
+    std::fs::write(&path, text).unwrap();
+    Some(run(
+        "kubernetes-validate --strict",
+        Command::new(&python)
+            .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+            .arg(&path),
+        Duration::from_secs(60),
+    ))
 }
