@@ -294,7 +294,12 @@ impl MemoryInventory {
     }
 
     /// One page of the order log after sequence number `after`.
-    fn page(&self, after: u64, sale_id: Option<&str>, limit: usize) -> Result<FeedPage, InventoryError> {
+    fn page(
+        &self,
+        after: u64,
+        sale_id: Option<&str>,
+        limit: usize,
+    ) -> Result<FeedPage, InventoryError> {
         let log = self.inner.log.lock().unwrap();
         let head = log.len() as u64;
         check_head(after, head)?;
@@ -590,7 +595,11 @@ impl Inventory for MemoryInventory {
 
     async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError> {
         let log = self.inner.log.lock().unwrap();
-        Ok(log.iter().filter(|o| o.sale_id == sale_id).cloned().collect())
+        Ok(log
+            .iter()
+            .filter(|o| o.sale_id == sale_id)
+            .cloned()
+            .collect())
     }
 
     async fn feed(&self, q: &FeedQuery) -> Result<FeedPage, InventoryError> {

@@ -39,9 +39,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use seckill_inventory::{
-    check_head, seq_cursor, wait_for_orders, Admission, Decision, FeedPage, FeedQuery,
-    Inventory, InventoryError, MemoryInventory, OrderEvent, Outcome, Purchase, Put,
-    RequestRecord, SaleEvent, SaleSpec, SaleStatus,
+    check_head, seq_cursor, wait_for_orders, Admission, Decision, FeedPage, FeedQuery, Inventory,
+    InventoryError, MemoryInventory, OrderEvent, Outcome, Purchase, Put, RequestRecord, SaleEvent,
+    SaleSpec, SaleStatus,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -297,7 +297,11 @@ impl Inventory for SqliteInventory {
         Ok(decisions)
     }
 
-    async fn settle(&self, purchase: &Purchase, outcome: Outcome) -> Result<Decision, InventoryError> {
+    async fn settle(
+        &self,
+        purchase: &Purchase,
+        outcome: Outcome,
+    ) -> Result<Decision, InventoryError> {
         let decision = self.mem()?.settle(purchase, outcome).await?;
         self.durable().await?;
         Ok(decision)
@@ -352,4 +356,3 @@ impl Inventory for SqliteInventory {
         self.inner.link.check()
     }
 }
-

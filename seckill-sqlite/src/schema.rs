@@ -73,7 +73,9 @@ pub(crate) fn recover(conn: &mut Connection, retention_ms: u64) -> Result<Recove
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(format!("cannot use a write-ahead log (journal mode {mode})"));
+        return Err(format!(
+            "cannot use a write-ahead log (journal mode {mode})"
+        ));
     }
     // FULL: every commit fsyncs the log, so a committed batch survives a
     // power cut, not only a crash of the process. Checkpoints are the
@@ -99,7 +101,8 @@ pub(crate) fn recover(conn: &mut Connection, retention_ms: u64) -> Result<Recove
         )
         .map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
-    let snapshot = snapshot(conn, now_ms().saturating_sub(retention_ms)).map_err(|e| e.to_string())?;
+    let snapshot =
+        snapshot(conn, now_ms().saturating_sub(retention_ms)).map_err(|e| e.to_string())?;
     let last_seq: i64 = conn
         .query_row("SELECT coalesce(max(seq), 0) FROM orders", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
@@ -169,14 +172,15 @@ fn snapshot(conn: &Connection, cutoff: u64) -> rusqlite::Result<Result<Snapshot,
             },
         );
     }
-    let mut stmt = conn.prepare(
-        "SELECT sale_id, user_id, sum(quantity) FROM orders GROUP BY sale_id, user_id",
-    )?;
+    let mut stmt = conn
+        .prepare("SELECT sale_id, user_id, sum(quantity) FROM orders GROUP BY sale_id, user_id")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let sale: String = row.get(0)?;
         let Some(s) = sales.get_mut(&sale) else {
-            return Ok(Err(format!("orders of sale {sale}, which has no definition")));
+            return Ok(Err(format!(
+                "orders of sale {sale}, which has no definition"
+            )));
         };
         s.held.insert(row.get(1)?, row.get(2)?);
     }

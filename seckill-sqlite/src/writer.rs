@@ -153,7 +153,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.commit(&mut group).and_then(|()| self.housekeeping(false)) {
+            if let Err(e) = self
+                .commit(&mut group)
+                .and_then(|()| self.housekeeping(false))
+            {
                 return self.fail(e);
             }
         }

@@ -55,7 +55,9 @@ impl Cursor {
             s => {
                 for part in s.split('.') {
                     let (sale, id) = part.split_once('~').ok_or_else(bad_cursor)?;
-                    let id = entry_id(id).filter(|_| valid_id(sale)).ok_or_else(bad_cursor)?;
+                    let id = entry_id(id)
+                        .filter(|_| valid_id(sale))
+                        .ok_or_else(bad_cursor)?;
                     if positions.insert(sale.to_string(), id).is_some() {
                         return Err(bad_cursor());
                     }

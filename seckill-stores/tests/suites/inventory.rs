@@ -584,7 +584,11 @@ async fn the_order_feed_resumes_without_skip_or_repeat(env: Env) {
     assert!(only_b.iter().all(|o| o.sale_id == b));
     assert!(inv.remove_sale(&b).await.unwrap());
     let (after_removal, _) = read_to_end(inv, start, None, 1000).await;
-    assert_eq!(after_removal.len(), 36, "a removed sale's orders stay in the feed");
+    assert_eq!(
+        after_removal.len(),
+        36,
+        "a removed sale's orders stay in the feed"
+    );
 
     for bad in ["not-a-cursor", "a~1", "99999999999999999999999"] {
         let got = inv
@@ -594,7 +598,10 @@ async fn the_order_feed_resumes_without_skip_or_repeat(env: Env) {
                 ..FeedQuery::default()
             })
             .await;
-        assert!(matches!(got, Err(InventoryError::BadCursor(_))), "{bad}: {got:?}");
+        assert!(
+            matches!(got, Err(InventoryError::BadCursor(_))),
+            "{bad}: {got:?}"
+        );
     }
 }
 
