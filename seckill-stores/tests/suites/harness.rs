@@ -27,8 +27,8 @@ pub struct Env {
     pub cluster: Option<Arc<RedisCluster>>,
     /// Global-key namespace of this test (tests share the cluster).
     pub namespace: String,
-    /// The data directory of a durable backend.
-    pub data_dir: Option<TempDir>,
+    /// The data directory of a durable backend, removed with the test.
+    pub _data_dir: Option<TempDir>,
 }
 
 impl std::ops::Deref for Env {
@@ -51,7 +51,7 @@ impl Env {
                 stores: Stores::memory(Duration::from_secs(600)),
                 server: None,
                 cluster: None,
-                data_dir: None,
+                _data_dir: None,
             },
             Kind::Durable => {
                 let dir = scratch_dir();
@@ -63,7 +63,7 @@ impl Env {
                     stores,
                     server: None,
                     cluster: None,
-                    data_dir: Some(dir),
+                    _data_dir: Some(dir),
                 }
             }
             Kind::Single => {
@@ -94,7 +94,7 @@ impl Env {
             stores: Stores::redis(store),
             server,
             cluster,
-            data_dir: None,
+            _data_dir: None,
         }
     }
 
