@@ -264,10 +264,13 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: Change, seq: &mut u64) -> rusql
                 }
                 None => (None, ""),
             };
+            // An update in place when the admission wrote the row already.
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO requests \
+                "INSERT INTO requests \
                  (request_id, sale_id, user_id, quantity, status, detail, at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (request_id) DO UPDATE SET \
+                 status = excluded.status, detail = excluded.detail, at_ms = excluded.at_ms",
             )?
             .execute(params![
                 record.request_id,
