@@ -1,6 +1,7 @@
 //! The admin API (`/admin/v1/sales`, the order feed `/admin/v1/orders`;
-//! bearer token; failed authentications limited per client address) and the operational endpoints (`/metrics`,
-//! `/healthz`, `/readyz`) on the admin listener.
+//! bearer token; failed authentications limited per client address) and
+//! the operational endpoints (`/metrics`, `/healthz`, `/readyz`) on the
+//! admin listener.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

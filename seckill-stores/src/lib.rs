@@ -59,6 +59,9 @@ pub struct StoreArgs {
     pub data_dir: PathBuf,
 }
 
+/// The defaults of in-process use (tests, tools): memory only, so nothing
+/// lands in the working directory; the command line's default is
+/// `seckill-data`.
 impl Default for StoreArgs {
     fn default() -> Self {
         StoreArgs {
