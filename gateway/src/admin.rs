@@ -1,6 +1,7 @@
-//! The admin API (`/admin/v1/sales`, bearer token; failed authentications
-//! limited per client address) and the operational endpoints (`/metrics`,
-//! `/healthz`, `/readyz`) on the admin listener.
+//! The admin API (`/admin/v1/sales`, the order feed `/admin/v1/orders`;
+//! bearer token; failed authentications limited per client address) and
+//! the operational endpoints (`/metrics`, `/healthz`, `/readyz`) on the
+//! admin listener.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use seckill_inventory::{
-    parse_rfc3339, rfc3339, valid_id, InventoryError, Put, SaleSpec, DEFAULT_PER_USER_LIMIT,
-    DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY, DEFAULT_TOKEN_RATE,
+    parse_rfc3339, rfc3339, valid_id, FeedQuery, InventoryError, Put, SaleSpec,
+    DEFAULT_PER_USER_LIMIT, DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY, DEFAULT_TOKEN_RATE,
 };
 use seckill_ops::http::{healthz, json, readyz, HttpResponse, LocalAddr, PeerAddr};
 use serde::{Deserialize, Serialize};
@@ -172,6 +173,7 @@ fn inventory_error(e: InventoryError) -> HttpResponse {
         InventoryError::HasSales(_) | InventoryError::Conflict(_) => {
             error(StatusCode::CONFLICT, "conflict", &e.to_string())
         }
+        InventoryError::BadCursor(message) => bad(&message),
         InventoryError::Unavailable(_) => unavailable(),
     }
 }
@@ -311,6 +313,9 @@ async fn list(shared: &Shared) -> HttpResponse {
 
 /// Most orders one page of the order feed returns.
 const MAX_ORDERS_PAGE: usize = 10_000;
+/// Longest wait of one read of the order feed (a long poll): a reader that
+/// wants to wait longer asks again.
+const MAX_FEED_WAIT_MS: u64 = 30_000;
 
 /// One order as the order feed shows it.
 #[derive(Serialize)]
@@ -323,64 +328,58 @@ struct OrderView<'a> {
     at: String,
 }
 
-/// The query of `GET /admin/v1/orders`.
-#[derive(Debug, PartialEq, Eq)]
-struct OrdersQuery<'a> {
-    sale_id: &'a str,
-    /// Orders of the sale to skip: the cursor a previous page returned.
-    after: usize,
-    limit: usize,
-}
-
-/// Parses `sale_id=ID[&after=CURSOR][&limit=N]`; the error is the message
-/// for the 400. Sale ids and cursors need no percent-decoding: both are
-/// plain `[A-Za-z0-9_-]`.
-fn orders_query(query: Option<&str>) -> Result<OrdersQuery<'_>, String> {
-    let (mut sale_id, mut after, mut limit) = (None, 0, 1000);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "sale_id" if valid_id(value) => sale_id = Some(value),
+/// Parses `[after=CURSOR][&limit=N][&wait_ms=W][&sale_id=ID]`
+/// (percent-decoded); the error is the message for the 400. The cursor is
+/// the store's to check.
+fn orders_query(query: Option<&str>) -> Result<FeedQuery, String> {
+    let mut q = FeedQuery {
+        limit: 1000,
+        ..FeedQuery::default()
+    };
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "sale_id" if valid_id(&value) => q.sale_id = Some(value.into_owned()),
             "sale_id" => return Err("sale_id must be 1..=64 characters of [A-Za-z0-9_-]".into()),
-            "after" => {
-                after = value
-                    .parse()
-                    .map_err(|_| "after must be a cursor from `next`")?
-            }
+            "after" => q.after = Some(value.into_owned()),
             "limit" => {
-                limit = match value.parse() {
+                q.limit = match value.parse() {
                     Ok(n @ 1..=MAX_ORDERS_PAGE) => n,
                     _ => return Err(format!("limit must be 1..={MAX_ORDERS_PAGE}")),
+                }
+            }
+            "wait_ms" => {
+                q.wait = match value.parse() {
+                    Ok(ms @ 0..=MAX_FEED_WAIT_MS) => Duration::from_millis(ms),
+                    _ => return Err(format!("wait_ms must be 0..={MAX_FEED_WAIT_MS}")),
                 }
             }
             _ => return Err(format!("unknown query parameter {key:?}")),
         }
     }
-    let sale_id = sale_id.ok_or("sale_id is required")?;
-    Ok(OrdersQuery {
-        sale_id,
-        after,
-        limit,
-    })
+    Ok(q)
 }
 
-/// `GET /admin/v1/orders?sale_id=ID&after=CURSOR&limit=N`: a sale's orders
-/// in commit order, a page at a time; resuming from `next` neither skips
-/// nor repeats an order.
+/// `GET /admin/v1/orders?after=CURSOR&limit=N&wait_ms=W[&sale_id=ID]`:
+/// every sale's orders in commit order, a page at a time, waiting up to
+/// `wait_ms` for one when there is none after the cursor; resuming from
+/// `next` neither skips nor repeats an order. A wait ends early (503) when
+/// the gateway begins to stop, so a long poll never holds up the drain.
 async fn orders(shared: &Shared, query: Option<&str>) -> HttpResponse {
     let q = match orders_query(query) {
         Ok(q) => q,
         Err(message) => return bad(&message),
     };
-    let all = match shared.stores.inventory.orders(q.sale_id).await {
-        Ok(all) => all,
+    let page = tokio::select! {
+        page = shared.stores.inventory.feed(&q) => page,
+        _ = shared.stopping.cancelled() => return unavailable(),
+    };
+    let page = match page {
+        Ok(page) => page,
+        Err(InventoryError::BadCursor(message)) => return bad(&message),
         Err(_) => return unavailable(),
     };
-    if q.after > all.len() {
-        return bad("after must be a cursor from `next`");
-    }
-    let page = &all[q.after..all.len().min(q.after + q.limit)];
     let views: Vec<OrderView> = page
+        .orders
         .iter()
         .map(|o| OrderView {
             order_id: &o.order_id,
@@ -391,10 +390,9 @@ async fn orders(shared: &Shared, query: Option<&str>) -> HttpResponse {
             at: rfc3339(o.at_ms),
         })
         .collect();
-    let next = (q.after + page.len()).to_string();
     json(
         StatusCode::OK,
-        serde_json::to_vec(&serde_json::json!({ "orders": views, "next": next }))
+        serde_json::to_vec(&serde_json::json!({ "orders": views, "next": page.next }))
             .expect("views serialize"),
     )
 }
@@ -406,23 +404,31 @@ mod tests {
     #[test]
     fn orders_query_is_checked() {
         assert_eq!(
-            orders_query(Some("sale_id=s-1&after=3&limit=2")),
-            Ok(OrdersQuery {
-                sale_id: "s-1",
-                after: 3,
-                limit: 2
+            orders_query(Some("sale_id=s-1&after=a%7E1-2&limit=2&wait_ms=500")),
+            Ok(FeedQuery {
+                sale_id: Some("s-1".into()),
+                after: Some("a~1-2".into()),
+                limit: 2,
+                wait: Duration::from_millis(500),
             })
         );
-        assert_eq!(orders_query(Some("sale_id=s")).unwrap().limit, 1000);
+        let plain = orders_query(None).unwrap();
+        assert_eq!(
+            (plain.limit, plain.wait, plain.after),
+            (1000, Duration::ZERO, None)
+        );
+        assert_eq!(
+            orders_query(Some("after=17")).unwrap().after.as_deref(),
+            Some("17")
+        );
         for bad in [
-            None,
-            Some(""),
             Some("sale_id="),
             Some("sale_id=a/b"),
-            Some("sale_id=s&after=x"),
-            Some("sale_id=s&after=-1"),
             Some("sale_id=s&limit=0"),
             Some("sale_id=s&limit=10001"),
+            Some("limit=x"),
+            Some("wait_ms=-1"),
+            Some("wait_ms=30001"),
             Some("sale_id=s&evil=1"),
         ] {
             assert!(orders_query(bad).is_err(), "{bad:?}");

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub metrics: GatewayMetrics,
     /// Set when shutdown began: new purchases are refused.
     pub draining: AtomicBool,
+    /// Cancelled when shutdown began: ends the order feed's long polls.
+    pub stopping: CancellationToken,
 }
 
 /// A gateway, ready to serve.
@@ -101,6 +103,7 @@ impl Gateway {
             metrics,
             catalog: Catalog::new(config.max_sales),
             draining: AtomicBool::new(false),
+            stopping: CancellationToken::new(),
             config,
             stores,
         });
@@ -186,6 +189,7 @@ impl Gateway {
             async move {
                 shutdown.cancelled().await;
                 s.draining.store(true, Ordering::Release);
+                s.stopping.cancel();
                 tracing::info!(waiting = s.waiters.len(), "draining");
             }
         };

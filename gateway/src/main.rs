@@ -12,7 +12,7 @@ use gateway::{run_distributed, run_embedded, EmbeddedOptions, Listeners};
 use seckill_ops::process::{
     self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
 };
-use seckill_stores::Stores;
+use seckill_stores::{OpenError, Stores};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -44,7 +44,15 @@ fn main() -> ExitCode {
         let mode = args.mode();
         let stores = match Stores::open(&args.store).await {
             Ok(stores) => stores,
-            Err(e) => {
+            // Another gateway has the directory: a configuration mistake.
+            Err(OpenError::DataDir(e @ seckill_stores::DataDirError::Locked(_))) => {
+                return config_error(&e.to_string())
+            }
+            Err(OpenError::DataDir(e)) => {
+                eprint_line(format_args!("gateway: {e}"));
+                return ExitCode::FAILURE;
+            }
+            Err(OpenError::Redis(e)) => {
                 eprint_line(format_args!(
                     "gateway: cannot connect to Redis {}: {}",
                     mode.shown(),
@@ -66,6 +74,13 @@ fn main() -> ExitCode {
             "\n  gRPC        {} (advertised as {})",
             args.grpc_listen, config.advertise_grpc
         );
+        if mode == Mode::Embedded {
+            banner += &match args.store.data_dir() {
+                Some(dir) => format!("\n  data dir    {}", dir.display()),
+                None => "\n  data dir    none (memory only: a stop forgets every sale and order)"
+                    .to_string(),
+            };
+        }
         if args.admin_token.is_none() && args.admin_token_file.is_none() {
             banner += &format!("\n  admin token {}", config.admin_token);
         }

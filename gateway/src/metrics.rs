@@ -53,6 +53,14 @@ pub fn describe() {
         "seckill_gateway_waiting_requests",
         "Admitted requests waiting for their result."
     );
+    describe_counter!(
+        "seckill_store_commits_total",
+        "Transactions the durable embedded store committed (group commit: one per group of worker batches)."
+    );
+    describe_counter!(
+        "seckill_store_fsyncs_total",
+        "Fsyncs of the durable embedded store: one per commit, two per checkpoint."
+    );
 }
 
 impl GatewayMetrics {

@@ -171,6 +171,8 @@ impl Headless {
             // Info level, so the shutdown itself logs.
             .env("SECKILL_LOG", "info")
             .env("SECKILL_CALLBACK_TOKEN", procs::CALLBACK_TOKEN)
+            // Memory only: no data directory in the source tree.
+            .env("SECKILL_DATA_DIR", "none")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -740,3 +740,74 @@ fn a_sale_lost_from_redis_is_refused_and_never_sold_again_by_accident() {
     assert_eq!(gw.metric("seckill_store_lost_sales"), Some(0.0));
     assert_eq!(gw.put_sale("lost", &sale_body(20, 2000, 100)), 201);
 }
+
+/// The order feed in Redis mode, over HTTP: two sales' orders read in
+/// small pages while more are bought, each order once; the cursor resumes
+/// on another gateway; a bad cursor is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_order_feed_resumes_from_its_cursor_on_any_gateway() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let (a, b) = (
+        Gw::start("gateway-a", &store, &[]),
+        Gw::start("gateway-b", &store, &[]),
+    );
+    let _svc = Svc::start("service", &store, &[]);
+    for sale in ["f1", "f2"] {
+        assert_eq!(a.put_sale(sale, &sale_body(100, 5000, 100)), 201);
+    }
+    wait_sale(&[&a, &b], "f1");
+    wait_sale(&[&a, &b], "f2");
+    let auth = format!("Bearer {}", procs::TOKEN);
+    let page = |gw: &Gw, after: &str| {
+        let (s, body) = http(
+            gw.admin,
+            "GET",
+            &format!("/admin/v1/orders?after={after}&limit=3"),
+            &[("authorization", &auth)],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let (mut cursor, mut seen, mut told) = ("0".to_string(), Vec::new(), Vec::new());
+    for round in 0..4 {
+        for sale in ["f1", "f2"] {
+            for i in 0..2 {
+                let (s, v) = a.buy(sale, &format!("u{round}-{i}"));
+                assert_eq!(s, 200, "{v}");
+                told.push(v["order_id"].as_str().unwrap().to_string());
+            }
+        }
+        // Read on alternating gateways: the cursor is the store's, not a
+        // gateway's.
+        let gw = if round % 2 == 0 { &a } else { &b };
+        let p = page(gw, &cursor);
+        for o in p["orders"].as_array().unwrap() {
+            seen.push(o["order_id"].as_str().unwrap().to_string());
+        }
+        cursor = p["next"].as_str().unwrap().to_string();
+    }
+    let (rest, _) = b.feed(None, &cursor);
+    seen.extend(
+        rest.iter()
+            .map(|o| o["order_id"].as_str().unwrap().to_string()),
+    );
+    let distinct: std::collections::BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(distinct.len(), seen.len(), "no order twice: {seen:?}");
+    let told: std::collections::BTreeSet<_> = told.into_iter().collect();
+    assert_eq!(distinct, told, "every order once");
+
+    for bad in ["x", "f1~1", "f1~1-2.f1~1-3", "f1~1-2."] {
+        let (s, body) = http(
+            a.admin,
+            "GET",
+            &format!("/admin/v1/orders?after={bad}"),
+            &[("authorization", &auth)],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s, 400, "{bad}: {body}");
+    }
+}

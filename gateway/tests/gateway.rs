@@ -871,7 +871,7 @@ async fn a_removed_sale_keeps_its_orders_and_its_id_never_sells_again() {
 }
 
 #[tokio::test]
-async fn the_order_feed_pages_a_sales_orders_without_skip_or_repeat() {
+async fn the_order_feed_pages_orders_without_skip_or_repeat() {
     let gw = TestGateway::start().await;
     gw.open_sale("feed", 5, 1).await;
     let mut bought = std::collections::BTreeSet::new();
@@ -907,11 +907,27 @@ async fn the_order_feed_pages_a_sales_orders_without_skip_or_repeat() {
         bought
     );
 
+    // Every sale's orders, without the filter: the same five, and a read
+    // at the end waits (wait_ms) and comes back empty at the same cursor.
+    let (s, all) = gw.get_authorized("/admin/v1/orders?limit=100").await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+    assert_eq!(all["orders"].as_array().unwrap().len(), 5, "{all}");
+    let end = all["next"].as_str().unwrap().to_string();
+    let (s, empty) = gw
+        .get_authorized(&format!("/admin/v1/orders?after={end}&wait_ms=200"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{empty}");
+    assert_eq!(empty["orders"].as_array().unwrap().len(), 0);
+    assert_eq!(empty["next"], end.as_str());
+
     for bad in [
-        "",
         "?sale_id=feed&after=99",
         "?sale_id=feed&after=x",
+        "?after=%00",
         "?sale_id=a/b",
+        "?wait_ms=30001",
+        "?limit=0",
+        "?cursor=1",
     ] {
         let (s, v) = gw.get_authorized(&format!("/admin/v1/orders{bad}")).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");

@@ -6,17 +6,22 @@
 //! stock, decrements stock, records the result and appends the order event
 //! in one atomic step per request: never check-then-act across two calls.
 //!
-//! [`MemoryInventory`] serves the embedded mode; the Redis implementation
-//! sits behind the same trait.
+//! [`MemoryInventory`] serves the embedded mode (alone with `--data-dir
+//! none`, or as the deciding half of the durable store, which keeps its
+//! [`Journal`]); the Redis implementation sits behind the same trait.
 
 #![forbid(unsafe_code)]
 
+mod feed;
 mod ids;
+mod journal;
 mod memory;
 mod model;
 
+pub use feed::{check_head, seq_cursor, wait_for_orders, FeedPage, FeedQuery};
 pub use ids::{now_ms, unique_id};
-pub use memory::MemoryInventory;
+pub use journal::{Change, Journal, SavedKey, SavedSale, Snapshot};
+pub use memory::{MemoryInventory, DEFAULT_RETENTION};
 pub use model::*;
 
 /// Checks a new definition of a sale against what it sold: `Conflict` when
@@ -63,6 +68,9 @@ pub enum InventoryError {
     /// sold, or a per-user limit below what a buyer holds.
     #[error("{0}")]
     Conflict(String),
+    /// A cursor of the order feed that this store did not hand out.
+    #[error("{0}")]
+    BadCursor(String),
     /// The store cannot be reached; callers fail closed.
     #[error("inventory store unavailable: {0}")]
     Unavailable(String),
@@ -138,6 +146,11 @@ pub trait Inventory: Send + Sync + 'static {
 
     /// The order events of a sale, oldest first (the audit trail).
     async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError>;
+
+    /// A page of the order feed: every sale's orders in commit order after
+    /// `query.after`, waiting up to `query.wait` when there is none yet;
+    /// [`InventoryError::BadCursor`] for a cursor it did not hand out.
+    async fn feed(&self, query: &FeedQuery) -> Result<FeedPage, InventoryError>;
 
     /// Sale changes, for gateways that keep a local copy of the catalog.
     fn events(&self) -> broadcast::Receiver<SaleEvent>;

@@ -2,6 +2,9 @@
 //!
 //! One mutex per sale serialises its purchase steps, which makes each step
 //! atomic with respect to stock, per-user holdings and the request's result.
+//! With a [`Journal`] (the durable store) every step's changes are handed
+//! to it as they are made, and [`MemoryInventory::restored`] starts again
+//! from what it kept.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -10,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::*;
 
@@ -29,6 +32,13 @@ struct Inner {
     keys: DashMap<IdemKey, (String, u64)>,
     events: broadcast::Sender<SaleEvent>,
     retention_ms: u64,
+    /// Every order in commit order (the order feed; its index + 1 is the
+    /// order's sequence number). Empty with a journal: the journal's store
+    /// keeps the orders then.
+    log: Mutex<Vec<OrderEvent>>,
+    /// The number of orders in `log`, for the feed's long poll.
+    committed: watch::Sender<u64>,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 /// (sale, user, idempotency key)
@@ -44,7 +54,6 @@ struct Book {
     spec: SaleSpec,
     sold: u64,
     held: HashMap<String, u32>,
-    orders: Vec<OrderEvent>,
     /// Removed from the catalog after it sold: kept for its orders, and so
     /// that its id is never sold again.
     removed: bool,
@@ -55,6 +64,41 @@ impl Book {
         SaleStatus {
             spec: self.spec.clone(),
             sold: self.sold,
+        }
+    }
+
+    fn change(&self) -> Change {
+        Change::Sale {
+            spec: self.spec.clone(),
+            removed: self.removed,
+        }
+    }
+}
+
+/// The changes of one step, collected only when there is a journal.
+struct Step(Option<Vec<Change>>);
+
+impl Step {
+    fn new(inner: &Inner) -> Self {
+        Step(inner.journal.as_ref().map(|_| Vec::new()))
+    }
+
+    fn push(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(changes) = &mut self.0 {
+            changes.push(change());
+        }
+    }
+
+    fn journaled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Hands the step to the journal, if there is one.
+    fn send(self, inner: &Inner) {
+        if let (Some(journal), Some(changes)) = (&inner.journal, self.0) {
+            if !changes.is_empty() {
+                journal.record(changes);
+            }
         }
     }
 }
@@ -70,13 +114,50 @@ impl MemoryInventory {
     /// `retention`. Inside a Tokio runtime it also starts the task that
     /// forgets them afterwards; the task ends with the inventory.
     pub fn new(retention: Duration) -> Self {
+        Self::build(retention, None, Snapshot::default())
+    }
+
+    /// An inventory that starts from `snapshot` and hands every change to
+    /// `journal` (see [`Journal`]). Orders are the journal's: this
+    /// inventory keeps only the holdings they add up to.
+    pub fn restored(retention: Duration, journal: Arc<dyn Journal>, snapshot: Snapshot) -> Self {
+        Self::build(retention, Some(journal), snapshot)
+    }
+
+    fn build(retention: Duration, journal: Option<Arc<dyn Journal>>, snap: Snapshot) -> Self {
         let (events, _) = broadcast::channel(1024);
+        let sales = snap
+            .sales
+            .into_iter()
+            .map(|s| {
+                let book = Book {
+                    sold: s.held.values().map(|&h| u64::from(h)).sum(),
+                    spec: s.spec,
+                    held: s.held,
+                    removed: s.removed,
+                };
+                (book.spec.sale_id.clone(), Arc::new(Mutex::new(book)))
+            })
+            .collect();
+        let requests = snap
+            .requests
+            .into_iter()
+            .map(|(record, at_ms)| (record.request_id.clone(), Stored { record, at_ms }))
+            .collect();
+        let keys = snap
+            .keys
+            .into_iter()
+            .map(|k| ((k.sale_id, k.user_id, k.key), (k.request_id, k.at_ms)))
+            .collect();
         let inner = Arc::new(Inner {
-            sales: RwLock::new(HashMap::new()),
-            requests: DashMap::new(),
-            keys: DashMap::new(),
+            sales: RwLock::new(sales),
+            requests,
+            keys,
             events,
             retention_ms: retention.as_millis() as u64,
+            log: Mutex::new(Vec::new()),
+            committed: watch::Sender::new(0),
+            journal,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep_loop(Arc::downgrade(&inner)));
@@ -100,7 +181,7 @@ impl MemoryInventory {
             .and_then(|s| s.record.outcome.clone())
     }
 
-    fn record(&self, p: &Purchase, outcome: Outcome) {
+    fn record(&self, p: &Purchase, outcome: Outcome, step: &mut Step) {
         let record = RequestRecord {
             request_id: p.request_id.clone(),
             sale_id: p.sale_id.clone(),
@@ -109,18 +190,22 @@ impl MemoryInventory {
             outcome: Some(outcome),
         };
         let at_ms = now_ms();
+        step.push(|| Change::Request {
+            record: record.clone(),
+            at_ms,
+        });
         self.inner
             .requests
             .insert(p.request_id.clone(), Stored { record, at_ms });
     }
 
-    fn decide(&self, p: &Purchase, now: u64) -> Decision {
+    fn decide(&self, p: &Purchase, now: u64, step: &mut Step) -> Decision {
         let duplicate = |outcome| Decision {
             outcome,
             duplicate: true,
         };
         let Some(book) = self.book(&p.sale_id) else {
-            return self.finish(p, rejected("sale_removed"));
+            return self.finish(p, rejected("sale_removed"), step);
         };
         // Everything below runs under the sale's lock: the result check,
         // the key check and the stock decrement form one step.
@@ -129,7 +214,7 @@ impl MemoryInventory {
             return duplicate(outcome);
         }
         if book.removed {
-            return self.finish(p, rejected("sale_removed"));
+            return self.finish(p, rejected("sale_removed"), step);
         }
         if let Some(key) = &p.idempotency_key {
             let k = (p.sale_id.clone(), p.user_id.clone(), key.clone());
@@ -146,16 +231,23 @@ impl MemoryInventory {
                 }
                 Entry::Occupied(_) => {}
                 Entry::Vacant(e) => {
+                    step.push(|| Change::KeyClaimed {
+                        sale_id: p.sale_id.clone(),
+                        user_id: p.user_id.clone(),
+                        key: key.clone(),
+                        request_id: p.request_id.clone(),
+                        at_ms: now,
+                    });
                     e.insert((p.request_id.clone(), now));
                 }
             }
         }
         if now > p.deadline_ms {
-            return self.finish(p, Outcome::Expired);
+            return self.finish(p, Outcome::Expired, step);
         }
         match window_state(&book.spec, now) {
-            Some(SaleState::Ended) => return self.finish(p, rejected("sale_ended")),
-            Some(_) => return self.finish(p, rejected("sale_not_started")),
+            Some(SaleState::Ended) => return self.finish(p, rejected("sale_ended"), step),
+            Some(_) => return self.finish(p, rejected("sale_not_started"), step),
             None => {}
         }
         let held = book.held.get(&p.user_id).copied().unwrap_or(0);
@@ -167,14 +259,21 @@ impl MemoryInventory {
             book.sold += u64::from(p.quantity);
             *book.held.entry(p.user_id.clone()).or_insert(0) += p.quantity;
             let order_id = format!("o-{}", unique_id());
-            book.orders.push(OrderEvent {
+            let order = OrderEvent {
                 order_id: order_id.clone(),
                 request_id: p.request_id.clone(),
                 sale_id: p.sale_id.clone(),
                 user_id: p.user_id.clone(),
                 quantity: p.quantity,
                 at_ms: now,
-            });
+            };
+            if step.journaled() {
+                step.push(|| Change::Order(order));
+            } else {
+                let mut log = self.inner.log.lock().unwrap();
+                log.push(order);
+                self.inner.committed.send_replace(log.len() as u64);
+            }
             if book.sold == book.spec.stock {
                 let _ = self
                     .inner
@@ -183,15 +282,42 @@ impl MemoryInventory {
             }
             Outcome::Success { order_id }
         };
-        self.finish(p, outcome)
+        self.finish(p, outcome, step)
     }
 
-    fn finish(&self, p: &Purchase, outcome: Outcome) -> Decision {
-        self.record(p, outcome.clone());
+    fn finish(&self, p: &Purchase, outcome: Outcome, step: &mut Step) -> Decision {
+        self.record(p, outcome.clone(), step);
         Decision {
             outcome,
             duplicate: false,
         }
+    }
+
+    /// One page of the order log after sequence number `after`.
+    fn page(
+        &self,
+        after: u64,
+        sale_id: Option<&str>,
+        limit: usize,
+    ) -> Result<FeedPage, InventoryError> {
+        let log = self.inner.log.lock().unwrap();
+        let head = log.len() as u64;
+        check_head(after, head)?;
+        let mut orders = Vec::new();
+        let mut next = head;
+        for (i, o) in log.iter().enumerate().skip(after as usize) {
+            if sale_id.is_none_or(|s| s == o.sale_id) {
+                orders.push(o.clone());
+                if orders.len() >= limit {
+                    next = i as u64 + 1;
+                    break;
+                }
+            }
+        }
+        Ok(FeedPage {
+            orders,
+            next: next.to_string(),
+        })
     }
 }
 
@@ -225,9 +351,10 @@ async fn sweep_loop(inner: Weak<Inner>) {
 impl Inventory for MemoryInventory {
     async fn put_sale(&self, spec: SaleSpec) -> Result<Put, InventoryError> {
         let id = spec.sale_id.clone();
+        let mut step = Step::new(&self.inner);
         let put = {
             let mut sales = self.inner.sales.write().unwrap();
-            match sales.get(&id) {
+            let put = match sales.get(&id) {
                 Some(book) => {
                     let mut book = book.lock().unwrap();
                     if book.removed && book.sold > 0 {
@@ -243,6 +370,7 @@ impl Inventory for MemoryInventory {
                     };
                     book.spec = spec;
                     book.removed = false;
+                    step.push(|| book.change());
                     put
                 }
                 None => {
@@ -250,13 +378,16 @@ impl Inventory for MemoryInventory {
                         spec,
                         sold: 0,
                         held: HashMap::new(),
-                        orders: Vec::new(),
                         removed: false,
                     };
+                    step.push(|| book.change());
                     sales.insert(id.clone(), Arc::new(Mutex::new(book)));
                     Put::Created
                 }
-            }
+            };
+            // Under the lock: the journal sees a sale's changes in order.
+            step.send(&self.inner);
+            put
         };
         let _ = self.inner.events.send(SaleEvent::Changed(id));
         Ok(put)
@@ -274,6 +405,9 @@ impl Inventory for MemoryInventory {
             }
             check_update(&spec, book.sold, book.held.values().copied().max())?;
             book.spec = spec;
+            let mut step = Step::new(&self.inner);
+            step.push(|| book.change());
+            step.send(&self.inner);
             book.status()
         };
         let _ = self.inner.events.send(SaleEvent::Changed(id));
@@ -285,7 +419,13 @@ impl Inventory for MemoryInventory {
         // missed the event learns the sale was removed, not lost.
         let removed = self.book(sale_id).is_some_and(|book| {
             let mut b = book.lock().unwrap();
-            !std::mem::replace(&mut b.removed, true)
+            let removed = !std::mem::replace(&mut b.removed, true);
+            if removed {
+                let mut step = Step::new(&self.inner);
+                step.push(|| b.change());
+                step.send(&self.inner);
+            }
+            removed
         });
         if removed {
             let _ = self
@@ -329,6 +469,7 @@ impl Inventory for MemoryInventory {
                 "admission ran after the gateway gave up on it".into(),
             ));
         }
+        let mut step = Step::new(&self.inner);
         if let Some(key) = &p.idempotency_key {
             let k = (p.sale_id.clone(), p.user_id.clone(), key.clone());
             match self.inner.keys.entry(k) {
@@ -338,6 +479,13 @@ impl Inventory for MemoryInventory {
                     })
                 }
                 Entry::Vacant(e) => {
+                    step.push(|| Change::KeyClaimed {
+                        sale_id: p.sale_id.clone(),
+                        user_id: p.user_id.clone(),
+                        key: key.clone(),
+                        request_id: p.request_id.clone(),
+                        at_ms: now,
+                    });
                     e.insert((p.request_id.clone(), now));
                 }
             }
@@ -349,9 +497,14 @@ impl Inventory for MemoryInventory {
             quantity: p.quantity,
             outcome: None,
         };
+        step.push(|| Change::Request {
+            record: record.clone(),
+            at_ms: now,
+        });
         self.inner
             .requests
             .insert(p.request_id.clone(), Stored { record, at_ms: now });
+        step.send(&self.inner);
         Ok(Admission::Admitted)
     }
 
@@ -372,21 +525,46 @@ impl Inventory for MemoryInventory {
     }
 
     async fn withdraw(&self, p: &Purchase) -> Result<(), InventoryError> {
-        self.inner
+        let mut step = Step::new(&self.inner);
+        let withdrawn = self
+            .inner
             .requests
             .remove_if(&p.request_id, |_, s| s.record.outcome.is_none());
+        if withdrawn.is_some() {
+            step.push(|| Change::Withdrawn {
+                request_id: p.request_id.clone(),
+            });
+        }
         if let Some(key) = &p.idempotency_key {
             let k = (p.sale_id.clone(), p.user_id.clone(), key.clone());
-            self.inner
+            let released = self
+                .inner
                 .keys
                 .remove_if(&k, |_, (rid, _)| *rid == p.request_id);
+            if released.is_some() {
+                step.push(|| Change::KeyReleased {
+                    sale_id: p.sale_id.clone(),
+                    user_id: p.user_id.clone(),
+                    key: key.clone(),
+                    request_id: p.request_id.clone(),
+                });
+            }
         }
+        step.send(&self.inner);
         Ok(())
     }
 
     async fn purchase(&self, batch: &[Purchase]) -> Result<Vec<Decision>, InventoryError> {
         let now = now_ms();
-        Ok(batch.iter().map(|p| self.decide(p, now)).collect())
+        // One step for the journal: a batch's orders and results are kept
+        // together or not at all.
+        let mut step = Step::new(&self.inner);
+        let decisions = batch
+            .iter()
+            .map(|p| self.decide(p, now, &mut step))
+            .collect();
+        step.send(&self.inner);
+        Ok(decisions)
     }
 
     async fn settle(&self, p: &Purchase, outcome: Outcome) -> Result<Decision, InventoryError> {
@@ -399,7 +577,10 @@ impl Inventory for MemoryInventory {
                 duplicate: true,
             });
         }
-        Ok(self.finish(p, outcome))
+        let mut step = Step::new(&self.inner);
+        let decision = self.finish(p, outcome, &mut step);
+        step.send(&self.inner);
+        Ok(decision)
     }
 
     async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, InventoryError> {
@@ -413,10 +594,22 @@ impl Inventory for MemoryInventory {
     }
 
     async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError> {
-        Ok(self
-            .book(sale_id)
-            .map(|b| b.lock().unwrap().orders.clone())
-            .unwrap_or_default())
+        let log = self.inner.log.lock().unwrap();
+        Ok(log
+            .iter()
+            .filter(|o| o.sale_id == sale_id)
+            .cloned()
+            .collect())
+    }
+
+    async fn feed(&self, q: &FeedQuery) -> Result<FeedPage, InventoryError> {
+        let after = seq_cursor(q.after.as_deref())?;
+        let sale_id = q.sale_id.as_deref();
+        let limit = q.limit.max(1);
+        wait_for_orders(self.inner.committed.subscribe(), q.wait, || async move {
+            self.page(after, sale_id, limit)
+        })
+        .await
     }
 
     fn events(&self) -> broadcast::Receiver<SaleEvent> {

@@ -184,6 +184,35 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// The outcome as a store keeps it: its `status` and a detail (the
+    /// order id of a success, the reason of a rejection, else empty).
+    pub fn parts(&self) -> (&'static str, &str) {
+        let detail = match self {
+            Outcome::Success { order_id } => order_id.as_str(),
+            Outcome::Rejected { reason } => reason.as_str(),
+            _ => "",
+        };
+        (self.status(), detail)
+    }
+
+    /// The outcome [`Outcome::parts`] made; `None` for an unknown status.
+    pub fn from_parts(status: &str, detail: &str) -> Option<Outcome> {
+        Some(match status {
+            "success" => Outcome::Success {
+                order_id: detail.to_string(),
+            },
+            "sold_out" => Outcome::SoldOut,
+            "limit_exceeded" => Outcome::LimitExceeded,
+            "rejected" => Outcome::Rejected {
+                reason: detail.to_string(),
+            },
+            "expired" => Outcome::Expired,
+            _ => return None,
+        })
+    }
+}
+
 /// A request's final result, as the seckill service reports it to the
 /// gateway that holds the buyer's connection (the callback port and the
 /// waiter table carry it; only the gRPC client and server see its wire form).

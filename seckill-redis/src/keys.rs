@@ -7,9 +7,8 @@
 //! their names start with a namespace (`seckill` unless configured), so
 //! deployments can share a Redis as long as their sale ids differ.
 //!
-//! Tools that audit a run read these names: the order stream
-//! (`{sale:ID}:orders`, `XLEN`) and the `stock` and `sold` fields of the
-//! sale hash (`{sale:ID}:sale`).
+//! Only tests read these names from outside the crate: the load harness
+//! audits through the gateway's API (the order feed and the sale).
 
 /// The default namespace of the global keys.
 pub const NAMESPACE: &str = "seckill";
@@ -17,6 +16,12 @@ pub const NAMESPACE: &str = "seckill";
 /// Set of all sale ids: `seckill:sales` in the default namespace.
 pub fn sales(namespace: &str) -> String {
     format!("{namespace}:sales")
+}
+
+/// Set of every sale id ever defined, removed ones included (the order
+/// feed reads their streams): `seckill:order_sales` in the default namespace.
+pub fn order_sales(namespace: &str) -> String {
+    format!("{namespace}:order_sales")
 }
 
 /// Set of the sale ids whose request queues consumers read:

@@ -155,8 +155,8 @@ mod tests {
 
     use async_trait::async_trait;
     use seckill_inventory::{
-        request_id, Admission, Inventory, InventoryError, MemoryInventory, OrderEvent, Put,
-        RequestRecord, SaleEvent, SaleSpec, SaleStatus,
+        request_id, Admission, FeedPage, FeedQuery, Inventory, InventoryError, MemoryInventory,
+        OrderEvent, Put, RequestRecord, SaleEvent, SaleSpec, SaleStatus,
     };
     use seckill_queue::{MemoryQueue, QueueError, RequestQueue, Ticket};
     use tokio::sync::broadcast;
@@ -325,6 +325,9 @@ mod tests {
         }
         async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, InventoryError> {
             self.inventory.request(request_id).await
+        }
+        async fn feed(&self, query: &FeedQuery) -> Result<FeedPage, InventoryError> {
+            self.inventory.feed(query).await
         }
         async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError> {
             self.inventory.orders(sale_id).await

@@ -3,21 +3,37 @@
 //! neither knows which implementation it holds.
 //!
 //! [`Stores::open`] is the one place that chooses the implementation, from
-//! the options: in memory for the embedded mode, or on a shared Redis (or
-//! Redis Cluster) for the distributed mode. The behavioural suites in
+//! the options: for the embedded mode the durable store in `--data-dir`
+//! (or memory only with `--data-dir none`), or a shared Redis (or Redis
+//! Cluster) for the distributed mode. The behavioural suites in
 //! `tests/` run every trait against every implementation.
 
 #![forbid(unsafe_code)]
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use seckill_inventory::{Inventory, MemoryInventory};
 use seckill_queue::{MemoryQueue, RequestQueue};
 use seckill_redis::{RedisStore, StoreConfig};
+use seckill_sqlite::SqliteInventory;
 use token_bucket::{BucketFactory, MemoryBuckets};
 
 pub use seckill_redis::StoreError;
+pub use seckill_sqlite::OpenError as DataDirError;
+
+/// Why the stores cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Redis(#[from] StoreError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+}
+
+/// The `--data-dir` value that keeps everything in memory.
+pub const NO_DATA_DIR: &str = "none";
 
 /// Where the shared state lives. Each option is a flag and an environment
 /// variable.
@@ -37,14 +53,22 @@ pub struct StoreArgs {
         value_parser = clap::value_parser!(u64).range(1000..)
     )]
     pub result_retention_ms: u64,
+    /// Embedded mode: directory of the durable store (created if absent;
+    /// one process at a time); `none` = memory only, lost at exit.
+    #[arg(long, env = "SECKILL_DATA_DIR", default_value = "seckill-data")]
+    pub data_dir: PathBuf,
 }
 
+/// The defaults of in-process use (tests, tools): memory only, so nothing
+/// lands in the working directory; the command line's default is
+/// `seckill-data`.
 impl Default for StoreArgs {
     fn default() -> Self {
         StoreArgs {
             redis_url: None,
             redis_cluster: Vec::new(),
             result_retention_ms: 600_000,
+            data_dir: PathBuf::from(NO_DATA_DIR),
         }
     }
 }
@@ -106,6 +130,11 @@ impl StoreArgs {
     pub fn result_retention(&self) -> Duration {
         Duration::from_millis(self.result_retention_ms)
     }
+
+    /// The embedded mode's data directory; `None` for memory only.
+    pub fn data_dir(&self) -> Option<&Path> {
+        (self.data_dir != Path::new(NO_DATA_DIR)).then_some(self.data_dir.as_path())
+    }
 }
 
 /// The stores a process works with; memory or Redis, it does not know which.
@@ -119,17 +148,23 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Opens the stores the options name: memory in the embedded mode, or a
+    /// Opens the stores the options name: in the embedded mode the durable
+    /// store in the data directory (recovering it) or memory, else a
     /// connection to Redis (or the cluster).
-    pub async fn open(args: &StoreArgs) -> Result<Stores, StoreError> {
+    pub async fn open(args: &StoreArgs) -> Result<Stores, OpenError> {
         let config = StoreConfig {
             retention: args.result_retention(),
             ..StoreConfig::default()
         };
-        let store = match args.mode() {
-            Mode::Embedded => return Ok(Stores::memory(args.result_retention())),
-            Mode::Redis(url) => RedisStore::connect_with(&[url], false, config).await?,
-            Mode::RedisCluster(seeds) => RedisStore::connect_with(&seeds, true, config).await?,
+        let store = match (args.mode(), args.data_dir()) {
+            (Mode::Embedded, Some(dir)) => {
+                return Ok(Stores::durable(dir, args.result_retention())?)
+            }
+            (Mode::Embedded, None) => return Ok(Stores::memory(args.result_retention())),
+            (Mode::Redis(url), _) => RedisStore::connect_with(&[url], false, config).await?,
+            (Mode::RedisCluster(seeds), _) => {
+                RedisStore::connect_with(&seeds, true, config).await?
+            }
         };
         Ok(Stores::redis(store))
     }
@@ -142,6 +177,19 @@ impl Stores {
             buckets: Arc::new(MemoryBuckets),
             redis: None,
         }
+    }
+
+    /// The embedded mode's durable stores: the inventory in `dir` (see
+    /// `seckill-sqlite`); the token buckets and the request queue in
+    /// memory, rebuilt from the recovered sales (a queued request that was
+    /// not decided before a stop ends `expired`).
+    pub fn durable(dir: &Path, result_retention: Duration) -> Result<Stores, DataDirError> {
+        Ok(Stores {
+            inventory: Arc::new(SqliteInventory::open(dir, result_retention)?),
+            queue: Arc::new(MemoryQueue::new()),
+            buckets: Arc::new(MemoryBuckets),
+            redis: None,
+        })
     }
 
     /// The shared stores of the distributed mode, on one Redis connection.
@@ -182,6 +230,14 @@ mod tests {
         assert_eq!(a.mode(), Mode::RedisCluster(vec!["a:1".into()]));
         a.redis_url = Some("redis://x".into());
         assert_eq!(a.mode(), Mode::Redis("redis://x".into()));
+    }
+
+    #[test]
+    fn the_data_dir_is_a_path_or_none() {
+        let mut a = StoreArgs::default();
+        assert_eq!(a.data_dir(), None);
+        a.data_dir = PathBuf::from("seckill-data");
+        assert_eq!(a.data_dir(), Some(Path::new("seckill-data")));
     }
 
     #[test]

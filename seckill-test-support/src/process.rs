@@ -78,12 +78,16 @@ pub struct Process {
 
 impl Process {
     /// Spawns `program` with `args` and the extra environment `envs`; its
-    /// stdout and stderr go to a log file (see [`Process::log`]).
+    /// stdout and stderr go to a log file (see [`Process::log`]). It runs in
+    /// a scratch directory of its own, so whatever it writes relative to
+    /// its working directory (a default `--data-dir`) never lands in the
+    /// source tree.
     pub fn spawn(name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Self {
         let dir = crate::scratch_dir();
         let log = std::fs::File::create(dir.path().join("out.log")).expect("create the log file");
         let err = log.try_clone().expect("clone the log file handle");
         let child = Command::new(program)
+            .current_dir(dir.path())
             .args(args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())

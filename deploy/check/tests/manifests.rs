@@ -1,8 +1,9 @@
 //! The container files against the binaries' real options: the Dockerfile,
 //! docker-compose.yml (with the Prometheus configuration it runs), the
-//! Kubernetes base and the Helm chart (rendered: see its section) all
-//! parse, and every image, port, environment variable, probe and grace
-//! period they name matches the options the binaries parse
+//! Kubernetes base, the single-node deployments and the Helm chart
+//! (rendered: see its section) all parse, and every image, port,
+//! environment variable, probe and grace period they name matches the
+//! options the binaries parse
 //! (`gateway::Args`, `seckill_service::Args`: flags, environment variables,
 //! default ports), and what the other files name (stages, services, labels,
 //! ports).
@@ -13,6 +14,7 @@
 //! pass it with --strict.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -2030,4 +2032,106 @@ fn kubernetes_validate(docs: &[Yaml]) -> Option<deploy_check::command::Output> {
             .arg(&path),
         Duration::from_secs(60),
     ))
+}
+
+// === Single node ===
+
+/// The embedded gateway's options in a single-node deployment: no Redis,
+/// and a data directory inside one of `mounts` (the volumes it mounts).
+fn embedded_on_a_volume(config: &Config, mounts: &[String]) {
+    let origin = &config.origin;
+    assert_eq!(
+        config.value("--redis-url"),
+        None,
+        "{origin}: the embedded mode has no Redis"
+    );
+    let dir = config.value("--data-dir").expect("a data directory");
+    assert_ne!(dir, "none", "{origin}: memory only would lose every order");
+    assert!(
+        mounts.iter().any(|m| Path::new(&dir).starts_with(m)),
+        "{origin}: the data directory {dir} is on no volume ({mounts:?})"
+    );
+}
+
+#[test]
+fn single_node_deployments_keep_the_data_directory_on_a_volume() {
+    let bins = Binaries::load();
+    let stages = dockerfile();
+
+    let compose = yaml::load_one(&deploy("docker-compose.single-node.yml"));
+    let services = entries(&compose["services"]);
+    assert_eq!(services.len(), 1, "one gateway, nothing else");
+    let (name, service) = &services[0];
+    assert_eq!(
+        text(&service["build"]["target"]).as_deref(),
+        Some("gateway")
+    );
+    let mut config = image_config(&bins, &stages, Bin::Gateway);
+    config.origin = format!("docker-compose.single-node.yml {name}");
+    for (k, v) in compose_env(service) {
+        config.set(&k, Some(v));
+    }
+    config.check(&BTreeSet::new());
+    let volumes: BTreeSet<String> = entries(&compose["volumes"])
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mounts: Vec<String> = items(&service["volumes"])
+        .iter()
+        .filter_map(text)
+        .filter_map(|v| {
+            let mut parts = v.split(':');
+            let (source, target) = (parts.next()?, parts.next()?);
+            volumes.contains(source).then(|| target.to_string())
+        })
+        .collect();
+    embedded_on_a_volume(&config, &mounts);
+    for port in items(&service["ports"]).iter().filter_map(text) {
+        assert!(
+            port.starts_with("127.0.0.1:"),
+            "{name}: {port} beyond loopback"
+        );
+    }
+
+    let dir = deploy("k8s/single-node");
+    let kustomization = yaml::load_one(&dir.join("kustomization.yaml"));
+    let docs: Vec<Yaml> = items(&kustomization["resources"])
+        .iter()
+        .filter_map(text)
+        .flat_map(|r| yaml::load(&dir.join(r)))
+        .collect();
+    let sets: Vec<&Yaml> = docs
+        .iter()
+        .filter(|d| text(&d["kind"]).as_deref() == Some("StatefulSet"))
+        .collect();
+    assert_eq!(sets.len(), 1, "one StatefulSet");
+    let set = sets[0];
+    assert_eq!(
+        set["spec"]["replicas"].as_i64(),
+        Some(1),
+        "one gateway per volume"
+    );
+    let c = &items(&set["spec"]["template"]["spec"]["containers"])[0];
+    let mut config = image_config(&bins, &stages, Bin::Gateway);
+    config.origin = "k8s single-node".into();
+    for e in items(&c["env"]) {
+        let value = text(&e["value"]);
+        assert!(
+            value.is_some() || !missing(&e["valueFrom"]),
+            "{:?} has no value",
+            e["name"]
+        );
+        config.set(&text(&e["name"]).unwrap(), value);
+    }
+    config.check(&BTreeSet::new());
+    let claims: BTreeSet<String> = items(&set["spec"]["volumeClaimTemplates"])
+        .iter()
+        .filter_map(|t| text(&t["metadata"]["name"]))
+        .collect();
+    let mounts: Vec<String> = items(&c["volumeMounts"])
+        .iter()
+        .filter(|m| text(&m["name"]).is_some_and(|n| claims.contains(&n)))
+        .filter_map(|m| text(&m["mountPath"]))
+        .collect();
+    embedded_on_a_volume(&config, &mounts);
 }

@@ -148,21 +148,29 @@ impl Gw {
 
     /// Every order of a sale, through the admin API's order feed.
     pub fn orders(&self, sale: &str) -> Vec<Value> {
+        self.feed(Some(sale), "0").0
+    }
+
+    /// The order feed from `after` to its end (of one sale, or of all),
+    /// page by page; the orders and the cursor to resume from.
+    pub fn feed(&self, sale: Option<&str>, after: &str) -> (Vec<Value>, String) {
         let auth = format!("Bearer {TOKEN}");
-        let (mut all, mut after) = (Vec::new(), "0".to_string());
-        loop {
-            let path = format!("/admin/v1/orders?sale_id={sale}&after={after}&limit=1000");
+        let filter = sale.map(|s| format!("&sale_id={s}")).unwrap_or_default();
+        let (mut all, mut after) = (Vec::new(), after.to_string());
+        for _ in 0..10_000 {
+            let path = format!("/admin/v1/orders?after={after}&limit=1000{filter}");
             let (s, body) = http(self.admin, "GET", &path, &[("authorization", &auth)], "")
                 .expect("the order feed answers");
             assert_eq!(s, 200, "{body}");
             let page: Value = serde_json::from_str(&body).unwrap();
             let orders = page["orders"].as_array().unwrap();
+            after = page["next"].as_str().unwrap().to_string();
             if orders.is_empty() {
-                return all;
+                return (all, after);
             }
             all.extend(orders.iter().cloned());
-            after = page["next"].as_str().unwrap().to_string();
         }
+        panic!("no end of the order feed");
     }
 
     /// The sale as every client sees it: (sold, remaining).

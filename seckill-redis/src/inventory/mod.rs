@@ -15,12 +15,15 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script, Value};
 use seckill_inventory::{
-    check_update, sale_of_request, unique_id, Admission, Decision, Inventory, InventoryError,
-    OrderEvent, Outcome, Purchase, Put, RequestRecord, SaleEvent, SaleSpec, SaleStatus,
+    check_update, sale_of_request, unique_id, Admission, Decision, FeedPage, FeedQuery, Inventory,
+    InventoryError, OrderEvent, Outcome, Purchase, Put, RequestRecord, SaleEvent, SaleSpec,
+    SaleStatus,
 };
 use tokio::sync::broadcast;
 
 use crate::{describe, keys, Shared};
+
+mod feed;
 
 static PURCHASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("purchase.lua")));
 static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
@@ -61,31 +64,14 @@ fn idem_key(p: &Purchase) -> (String, &'static str) {
     }
 }
 
-/// `(status, detail)` as stored, for an outcome.
-fn encode(outcome: &Outcome) -> (&'static str, &str) {
-    let detail = match outcome {
-        Outcome::Success { order_id } => order_id.as_str(),
-        Outcome::Rejected { reason } => reason.as_str(),
-        _ => "",
-    };
-    (outcome.status(), detail)
-}
-
 /// The outcome stored as `(status, detail)`; `None` while pending.
 fn decode(status: &str, detail: &str) -> Result<Option<Outcome>, InventoryError> {
-    Ok(Some(match status {
-        "" => return Ok(None),
-        "success" => Outcome::Success {
-            order_id: detail.to_string(),
-        },
-        "sold_out" => Outcome::SoldOut,
-        "limit_exceeded" => Outcome::LimitExceeded,
-        "rejected" => Outcome::Rejected {
-            reason: detail.to_string(),
-        },
-        "expired" => Outcome::Expired,
-        other => return Err(corrupt(&format!("status {other:?}"))),
-    }))
+    match status {
+        "" => Ok(None),
+        _ => Outcome::from_parts(status, detail)
+            .map(Some)
+            .ok_or_else(|| corrupt(&format!("status {status:?}"))),
+    }
 }
 
 fn decision(status: &str, detail: &str, duplicate: i64) -> Result<Decision, InventoryError> {
@@ -197,6 +183,12 @@ impl Inventory for RedisInventory {
         };
         // The catalog set lives in another slot: a separate command, after
         // the sale exists, so a listed id always resolves (or was removed).
+        // The feed's set keeps the id after a removal, for its orders.
+        let _: i64 = self
+            .conn()
+            .sadd(keys::order_sales(self.ns()), &id)
+            .await
+            .map_err(unavailable)?;
         let _: i64 = self
             .conn()
             .sadd(keys::sales(self.ns()), &id)
@@ -392,7 +384,7 @@ impl Inventory for RedisInventory {
     }
 
     async fn settle(&self, p: &Purchase, outcome: Outcome) -> Result<Decision, InventoryError> {
-        let (status, detail) = encode(&outcome);
+        let (status, detail) = outcome.parts();
         let (status, detail, dup): (String, String, i64) = SETTLE
             .key(keys::request(&p.sale_id, &p.request_id))
             .arg(&p.user_id)
@@ -444,20 +436,17 @@ impl Inventory for RedisInventory {
                 .map_err(unavailable)?;
             let full = page.len() == ORDER_PAGE;
             for (id, fields) in &page {
-                out.push(OrderEvent {
-                    order_id: field(fields, "order_id"),
-                    request_id: field(fields, "request_id"),
-                    sale_id: sale_id.to_string(),
-                    user_id: field(fields, "user_id"),
-                    quantity: field(fields, "quantity").parse().unwrap_or(0),
-                    at_ms: field(fields, "at_ms").parse().unwrap_or(0),
-                });
+                out.push(feed::order_of(sale_id, fields));
                 start = format!("({id}");
             }
             if !full {
                 return Ok(out);
             }
         }
+    }
+
+    async fn feed(&self, query: &FeedQuery) -> Result<FeedPage, InventoryError> {
+        self.read_feed(query).await
     }
 
     fn events(&self) -> broadcast::Receiver<SaleEvent> {

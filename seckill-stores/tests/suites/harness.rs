@@ -6,11 +6,14 @@ use std::time::Duration;
 use seckill_inventory::{Purchase, SaleSpec};
 use seckill_redis::{RedisStore, StoreConfig};
 use seckill_stores::Stores;
-use seckill_test_support::{Options, RedisCluster, RedisServer};
+use seckill_test_support::{scratch_dir, Options, RedisCluster, RedisServer};
+use tempfile::TempDir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Memory,
+    /// The embedded mode's durable stores, in a data directory of the test.
+    Durable,
     Single,
     Cluster,
 }
@@ -24,6 +27,8 @@ pub struct Env {
     pub cluster: Option<Arc<RedisCluster>>,
     /// Global-key namespace of this test (tests share the cluster).
     pub namespace: String,
+    /// The data directory of a durable backend, removed with the test.
+    pub _data_dir: Option<TempDir>,
 }
 
 impl std::ops::Deref for Env {
@@ -46,7 +51,21 @@ impl Env {
                 stores: Stores::memory(Duration::from_secs(600)),
                 server: None,
                 cluster: None,
+                _data_dir: None,
             },
+            Kind::Durable => {
+                let dir = scratch_dir();
+                let stores = Stores::durable(dir.path(), Duration::from_secs(600))
+                    .expect("open the data directory");
+                Env {
+                    kind,
+                    namespace: String::new(),
+                    stores,
+                    server: None,
+                    cluster: None,
+                    _data_dir: Some(dir),
+                }
+            }
             Kind::Single => {
                 let server = tokio::task::block_in_place(|| RedisServer::start_with(options));
                 let namespace = format!("t{}", seckill_inventory::unique_id());
@@ -75,11 +94,12 @@ impl Env {
             stores: Stores::redis(store),
             server,
             cluster,
+            _data_dir: None,
         }
     }
 
     pub fn is_redis(&self) -> bool {
-        self.kind != Kind::Memory
+        matches!(self.kind, Kind::Single | Kind::Cluster)
     }
 
     /// Another connection to the same Redis (another "process").
@@ -171,6 +191,11 @@ macro_rules! each_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn memory() {
                     super::$suite(Env::new(Kind::Memory).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn durable() {
+                    super::$suite(Env::new(Kind::Durable).await).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

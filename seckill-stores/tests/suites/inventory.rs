@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use seckill_inventory::{Admission, Inventory, InventoryError, Outcome, Put, SaleEvent};
+use seckill_inventory::{
+    Admission, FeedPage, FeedQuery, Inventory, InventoryError, Outcome, Put, SaleEvent,
+};
 use tokio::sync::broadcast;
 
 use super::harness::{purchase, sale_id, spec, Env};
@@ -18,6 +20,8 @@ crate::each_backend!(
     live_changes_keep_what_was_sold,
     removal_keeps_orders_and_the_id,
     a_late_admission_records_nothing,
+    the_order_feed_resumes_without_skip_or_repeat,
+    the_order_feed_waits_for_an_order,
 );
 
 /// Waits for `want` among the events (other tests' events are skipped).
@@ -470,4 +474,162 @@ async fn a_late_admission_records_nothing(env: Env) {
     again.idempotency_key = Some("k".into());
     again.store_by_ms = seckill_inventory::now_ms() + 60_000;
     assert_eq!(inv.admit(&again).await.unwrap(), Admission::Admitted);
+}
+
+async fn page(inv: &dyn Inventory, after: &str, sale: Option<&str>, limit: usize) -> FeedPage {
+    inv.feed(&FeedQuery {
+        after: Some(after.to_string()),
+        sale_id: sale.map(str::to_string),
+        limit,
+        wait: Duration::ZERO,
+    })
+    .await
+    .unwrap()
+}
+
+/// Reads the feed from `after` to its end in pages of `limit`; the orders
+/// read and the cursor at the end.
+async fn read_to_end(
+    inv: &dyn Inventory,
+    mut after: String,
+    sale: Option<&str>,
+    limit: usize,
+) -> (Vec<seckill_inventory::OrderEvent>, String) {
+    let mut all = Vec::new();
+    for _ in 0..1000 {
+        let p = page(inv, &after, sale, limit).await;
+        if p.orders.is_empty() {
+            return (all, p.next);
+        }
+        assert!(p.orders.len() <= limit);
+        assert_ne!(p.next, after, "a page with orders moves the cursor");
+        all.extend(p.orders);
+        after = p.next;
+    }
+    panic!("no end of the feed");
+}
+
+fn order_ids(decisions: &[seckill_inventory::Decision]) -> Vec<String> {
+    decisions
+        .iter()
+        .filter_map(|d| match &d.outcome {
+            Outcome::Success { order_id } => Some(order_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Orders of several sales, bought between the reads of small pages:
+/// every order exactly once, each sale's in commit order; a filter by
+/// sale; a removed sale's orders stay; a cursor the store did not hand out
+/// is refused.
+async fn the_order_feed_resumes_without_skip_or_repeat(env: Env) {
+    let inv = &*env.inventory;
+    let (a, b) = (sale_id("feed-a"), sale_id("feed-b"));
+    inv.put_sale(spec(&a, 100, 1)).await.unwrap();
+    inv.put_sale(spec(&b, 100, 1)).await.unwrap();
+    let start = page(inv, "", None, 10_000).await.next;
+    let (mut cursor, mut read, mut bought) = (start.clone(), Vec::new(), Vec::new());
+    for round in 0..6 {
+        let batch: Vec<_> = (0..3)
+            .flat_map(|i| {
+                let user = format!("u{round}-{i}");
+                [purchase(&a, &user, 1), purchase(&b, &user, 1)]
+            })
+            .collect();
+        bought.extend(order_ids(&inv.purchase(&batch).await.unwrap()));
+        // A page of 4: a part of what was bought, so the next round's
+        // purchases land behind a cursor in the middle.
+        let p = page(inv, &cursor, None, 4).await;
+        assert_eq!(p.orders.len(), 4, "round {round}");
+        read.extend(p.orders);
+        cursor = p.next;
+    }
+    let (rest, end) = read_to_end(inv, cursor, None, 5).await;
+    read.extend(rest);
+    let read_ids: Vec<&str> = read.iter().map(|o| o.order_id.as_str()).collect();
+    let mut sorted = read_ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), read_ids.len(), "no order twice");
+    let mut want: Vec<&str> = bought.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(sorted, want, "every order once");
+    for sale in [&a, &b] {
+        let committed: Vec<String> = inv
+            .orders(sale)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.order_id)
+            .collect();
+        let in_feed: Vec<String> = read
+            .iter()
+            .filter(|o| &o.sale_id == sale)
+            .map(|o| o.order_id.clone())
+            .collect();
+        assert_eq!(in_feed, committed, "a sale's orders in commit order");
+    }
+    let o = read.iter().find(|o| o.sale_id == a).unwrap();
+    assert!(o.user_id.starts_with('u') && o.quantity == 1 && o.request_id.starts_with(&a));
+    assert!(o.at_ms > 0);
+
+    // Nothing new: the end stays the end.
+    let p = page(inv, &end, None, 10).await;
+    assert!(p.orders.is_empty());
+
+    // One sale's orders alone, from the start; then the removed sale's.
+    let (only_b, _) = read_to_end(inv, start.clone(), Some(&b), 7).await;
+    assert_eq!(only_b.len(), 18);
+    assert!(only_b.iter().all(|o| o.sale_id == b));
+    assert!(inv.remove_sale(&b).await.unwrap());
+    let (after_removal, _) = read_to_end(inv, start, None, 1000).await;
+    assert_eq!(
+        after_removal.len(),
+        36,
+        "a removed sale's orders stay in the feed"
+    );
+
+    for bad in ["not-a-cursor", "a~1", "99999999999999999999999"] {
+        let got = inv
+            .feed(&FeedQuery {
+                after: Some(bad.into()),
+                limit: 10,
+                ..FeedQuery::default()
+            })
+            .await;
+        assert!(
+            matches!(got, Err(InventoryError::BadCursor(_))),
+            "{bad}: {got:?}"
+        );
+    }
+}
+
+/// A read with a wait returns as soon as an order is committed, and an
+/// empty page at the end of its wait when none is.
+async fn the_order_feed_waits_for_an_order(env: Env) {
+    let inv = env.inventory.clone();
+    let sale = sale_id("feed-wait");
+    inv.put_sale(spec(&sale, 10, 1)).await.unwrap();
+    let head = page(&*inv, "", None, 10_000).await.next;
+    let query = |wait_ms| FeedQuery {
+        after: Some(head.clone()),
+        sale_id: Some(sale.clone()),
+        limit: 10,
+        wait: Duration::from_millis(wait_ms),
+    };
+    let empty = inv.feed(&query(300)).await.unwrap();
+    assert!(empty.orders.is_empty());
+
+    let buyer = {
+        let (inv, sale) = (inv.clone(), sale.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            inv.purchase(&[purchase(&sale, "late", 1)]).await.unwrap()
+        })
+    };
+    let woken = inv.feed(&query(20_000)).await.unwrap();
+    let bought = order_ids(&buyer.await.unwrap());
+    let got: Vec<String> = woken.orders.iter().map(|o| o.order_id.clone()).collect();
+    assert_eq!(got, bought, "the wait ends with the order");
 }

@@ -1,0 +1,264 @@
+//! The durable store across restarts, in one process: what a purchase
+//! returned is on disk when it returns, a reopened store is the store that
+//! was closed (sales, holdings, keys, results, orders, the feed's cursor),
+//! undecided requests end as expired, and one store per directory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use seckill_inventory::{
+    now_ms, request_id, Admission, FeedQuery, Inventory, InventoryError, Outcome, Purchase,
+    SaleSpec,
+};
+use seckill_sqlite::{OpenError, SqliteInventory, DB_FILE};
+use seckill_test_support::scratch_dir;
+
+const RETENTION: Duration = Duration::from_secs(600);
+
+fn purchase(sale: &str, user: &str, key: Option<&str>) -> Purchase {
+    Purchase {
+        request_id: request_id(sale),
+        sale_id: sale.into(),
+        user_id: user.into(),
+        quantity: 1,
+        idempotency_key: key.map(str::to_string),
+        deadline_ms: now_ms() + 60_000,
+        store_by_ms: 0,
+    }
+}
+
+fn order_id(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Success { order_id } => order_id.clone(),
+        other => panic!("not a success: {other:?}"),
+    }
+}
+
+/// Opens `dir`, waiting (bounded) for a store dropped just before to let
+/// go of it: its writer thread ends once the last handle is gone.
+fn reopen(dir: &Path) -> SqliteInventory {
+    for _ in 0..200 {
+        match SqliteInventory::open(dir, RETENTION) {
+            Ok(inv) => return inv,
+            Err(OpenError::Locked(_)) => std::thread::sleep(Duration::from_millis(25)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the directory stayed locked");
+}
+
+async fn feed(
+    inv: &SqliteInventory,
+    after: &str,
+) -> Result<seckill_inventory::FeedPage, InventoryError> {
+    inv.feed(&FeedQuery {
+        after: Some(after.into()),
+        limit: 1000,
+        ..FeedQuery::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_is_on_disk_when_it_returns() {
+    let dir = scratch_dir();
+    let inv = SqliteInventory::open(dir.path(), RETENTION).unwrap();
+    inv.put_sale(SaleSpec::new("disk", 10)).await.unwrap();
+    let batch: Vec<_> = (0..5)
+        .map(|u| purchase("disk", &format!("u{u}"), None))
+        .collect();
+    let decisions = inv.purchase(&batch).await.unwrap();
+    // Another connection, as an operator's sqlite3 would read the file:
+    // the batch is committed, orders and results with it.
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let orders: i64 = other
+        .query_row(
+            "SELECT count(*) FROM orders WHERE sale_id = 'disk'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orders, 5);
+    for (p, d) in batch.iter().zip(&decisions) {
+        let (status, detail): (String, String) = other
+            .query_row(
+                "SELECT status, detail FROM requests WHERE request_id = ?1",
+                [&p.request_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((status.as_str(), detail), ("success", order_id(&d.outcome)));
+    }
+    let spec: String = other
+        .query_row("SELECT spec FROM sales WHERE sale_id = 'disk'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(spec.contains("\"stock\":10"), "{spec}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_store_is_the_store_that_was_closed() {
+    let dir = scratch_dir();
+    let inv = SqliteInventory::open(dir.path(), RETENTION).unwrap();
+    inv.put_sale(SaleSpec {
+        per_user_limit: 1,
+        ..SaleSpec::new("live", 5)
+    })
+    .await
+    .unwrap();
+    inv.put_sale(SaleSpec::new("gone", 5)).await.unwrap();
+    let paused = SaleSpec {
+        paused: true,
+        token_rate: 7,
+        ..SaleSpec::new("live", 6)
+    };
+    inv.update_sale(paused.clone()).await.unwrap();
+
+    let keyed = purchase("live", "k", Some("cart-1"));
+    assert_eq!(inv.admit(&keyed).await.unwrap(), Admission::Admitted);
+    let bought = inv
+        .purchase(&[
+            keyed.clone(),
+            purchase("live", "u2", None),
+            purchase("gone", "g", None),
+        ])
+        .await
+        .unwrap();
+    let first_order = order_id(&bought[0].outcome);
+    inv.remove_sale("gone").await.unwrap();
+    let rejected = purchase("live", "r", None);
+    inv.settle(
+        &rejected,
+        Outcome::Rejected {
+            reason: "blacklisted".into(),
+        },
+    )
+    .await
+    .unwrap();
+    // Admitted, queued, never decided: the process stops here.
+    let undecided = purchase("live", "w", Some("cart-9"));
+    inv.admit(&undecided).await.unwrap();
+    let head = feed(&inv, "").await.unwrap().next;
+    drop(inv);
+
+    let inv = reopen(dir.path());
+    let live = inv.sale("live").await.unwrap().unwrap();
+    assert_eq!(
+        (live.spec.clone(), live.sold),
+        (paused, 2),
+        "definition and sold"
+    );
+    assert_eq!(inv.sale("gone").await.unwrap(), None);
+    assert!(inv.removed("gone").await.unwrap(), "the removal is kept");
+    assert!(matches!(
+        inv.put_sale(SaleSpec::new("gone", 5)).await,
+        Err(InventoryError::Removed(_))
+    ));
+
+    // Keys and results.
+    assert_eq!(
+        inv.request_of_key("live", "k", "cart-1").await.unwrap(),
+        Some(keyed.request_id.clone())
+    );
+    let again = purchase("live", "k", Some("cart-1"));
+    assert_eq!(
+        inv.admit(&again).await.unwrap(),
+        Admission::Duplicate {
+            request_id: keyed.request_id.clone()
+        }
+    );
+    let record = inv.request(&keyed.request_id).await.unwrap().unwrap();
+    assert_eq!(
+        record.outcome,
+        Some(Outcome::Success {
+            order_id: first_order.clone()
+        })
+    );
+    let record = inv.request(&rejected.request_id).await.unwrap().unwrap();
+    assert_eq!(
+        record.outcome,
+        Some(Outcome::Rejected {
+            reason: "blacklisted".into()
+        })
+    );
+    let record = inv.request(&undecided.request_id).await.unwrap().unwrap();
+    assert_eq!(
+        record.outcome,
+        Some(Outcome::Expired),
+        "undecided ends expired"
+    );
+    let late = inv
+        .purchase(std::slice::from_ref(&undecided))
+        .await
+        .unwrap();
+    assert!(
+        late[0].duplicate && late[0].outcome == Outcome::Expired,
+        "{late:?}"
+    );
+
+    // Holdings: the per-user limit still counts what was bought before.
+    inv.update_sale(SaleSpec {
+        paused: false,
+        ..live.spec.clone()
+    })
+    .await
+    .unwrap();
+    let twice = inv.purchase(&[purchase("live", "u2", None)]).await.unwrap();
+    assert_eq!(twice[0].outcome, Outcome::LimitExceeded);
+
+    // Orders, and the feed resuming from the cursor read before the stop.
+    let orders = inv.orders("live").await.unwrap();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders[0].order_id, first_order);
+    assert_eq!(
+        inv.orders("gone").await.unwrap().len(),
+        1,
+        "a removed sale's orders stay"
+    );
+    let new = inv.purchase(&[purchase("live", "u3", None)]).await.unwrap();
+    let page = feed(&inv, &head).await.unwrap();
+    let ids: Vec<String> = page.orders.iter().map(|o| o.order_id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![order_id(&new[0].outcome)],
+        "only what came after the cursor"
+    );
+    let past: u64 = page.next.parse::<u64>().unwrap() + 1;
+    assert!(matches!(
+        feed(&inv, &past.to_string()).await,
+        Err(InventoryError::BadCursor(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_store_per_directory() {
+    let dir = scratch_dir();
+    let first = SqliteInventory::open(dir.path(), RETENTION).unwrap();
+    match SqliteInventory::open(dir.path(), RETENTION) {
+        Err(e @ OpenError::Locked(_)) => assert!(e.to_string().contains("in use"), "{e}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a second store opened the same directory"),
+    }
+    first.put_sale(SaleSpec::new("s", 1)).await.unwrap();
+    drop(first);
+    let second = reopen(dir.path());
+    assert!(second.sale("s").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_another_kind_is_refused() {
+    let dir = scratch_dir();
+    {
+        let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        other.execute_batch("CREATE TABLE t (x INTEGER);").unwrap();
+    }
+    match SqliteInventory::open(dir.path(), RETENTION) {
+        Err(OpenError::Unusable { message, .. }) => {
+            assert!(message.contains("not a seckill store"), "{message}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened a database that is not a store"),
+    }
+}
