@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{Method, Request, StatusCode};
 use seckill_inventory::{
-    now_ms, rfc3339, valid_id, Admission, Outcome, Purchase, RequestRecord, SaleStatus,
+    now_ms, rfc3339, valid_id, Admission, AdmissionMode, Outcome, Purchase, RequestRecord,
+    SaleStatus,
 };
 use seckill_ops::http::{json, HttpResponse};
 use seckill_queue::{QueueError, Ticket};
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::answer::{error, Answer, Status};
 use crate::catalog::SaleEntry;
 use crate::identity::Refusal;
+use crate::line::{self, Call};
 use crate::waiters::Waiter;
 use crate::Shared;
 
@@ -89,7 +91,7 @@ struct PurchaseBody {
 }
 
 /// `POST /api/v1/sales/{sale_id}/purchase`.
-async fn purchase(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpResponse {
+async fn purchase(shared: &Arc<Shared>, sale_id: String, req: Request<Incoming>) -> HttpResponse {
     let started = Instant::now();
     let request_id = if valid_id(&sale_id) {
         seckill_inventory::request_id(&sale_id)
@@ -181,7 +183,7 @@ type Answered = (Status, HttpResponse);
 
 /// The whole purchase path; returns the status for the metrics too.
 async fn admit_and_wait(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     sale_id: &str,
     request_id: &str,
     req: Request<Incoming>,
@@ -194,12 +196,12 @@ async fn admit_and_wait(
 /// The steps of the design's request path, in order; each refuses with
 /// the answer for its failure.
 async fn purchase_steps(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     sale_id: &str,
     request_id: &str,
     req: Request<Incoming>,
 ) -> Result<Answered, Answered> {
-    let by = Deadlines::from_arrival(shared);
+    let mut by = Deadlines::from_arrival(shared);
     check_address_limit(shared, &req)?;
     let input = read_input(shared, req).await?;
     if let Some(key) = &input.idempotency_key {
@@ -209,16 +211,33 @@ async fn purchase_steps(
         check_edge_limit(shared, sale_id, &input.user_id)?;
         answer_repeat(shared, by, sale_id, &input.user_id, key, request_id).await?;
     }
-    let now = now_ms();
-    let sale = check_sale(shared, sale_id, &input, request_id, now)?;
+    let sale = find_sale(shared, sale_id, request_id, by).await?;
+    check_sale(shared, &sale, &input, request_id, now_ms())?;
     if input.idempotency_key.is_none() {
-        check_edge_limit(shared, sale_id, &input.user_id)?;
+        check_edge_limit(shared, sale_id, &input.user_id).inspect_err(|_| {
+            sale.refusals.user_limit.increment(1);
+        })?;
     }
+    let waited = match sale.spec.admission {
+        AdmissionMode::Immediate => {
+            take_token(&sale, by, request_id).await?;
+            None
+        }
+        AdmissionMode::Fifo => {
+            let waited = wait_in_line(shared, &sale, by, request_id, &input.user_id).await?;
+            if !waited.is_zero() {
+                // Admitted now: the deadline and the store's budget count
+                // from here, as for a request that found its token at once.
+                by = Deadlines::from_arrival(shared);
+            }
+            Some(waited)
+        }
+    };
+    let now = now_ms();
     let purchase = input.into_purchase(shared, sale_id, request_id, now, by.store_by_ms());
-    take_token(&sale, by, request_id).await?;
     admit(shared, by, &purchase).await?;
     let (waiter, ticket) = park_and_enqueue(shared, by, purchase, now).await?;
-    Ok(wait_for_result(&sale, by, waiter, &ticket.purchase).await)
+    Ok(wait_for_result(&sale, by, waiter, &ticket.purchase, waited).await)
 }
 
 /// A purchase request's validated input.
@@ -313,20 +332,53 @@ async fn answer_repeat(
     }
 }
 
-/// Step 2: the sale's state, from the local catalog: no I/O.
-fn check_sale(
+/// Step 2a: the sale, from the local catalog. A sale it does not hold is
+/// read from the store once before the `404` (created through another
+/// gateway a moment ago, its announcement not here yet); a miss is
+/// remembered for a moment, and such reads are bounded in number, so
+/// made-up sale ids cost the store little.
+async fn find_sale(
     shared: &Shared,
     sale_id: &str,
+    request_id: &str,
+    by: Deadlines,
+) -> Result<Arc<SaleEntry>, Answered> {
+    if let Some(sale) = shared.catalog.get(sale_id) {
+        return Ok(sale);
+    }
+    if shared.catalog.is_lost(sale_id) {
+        return Err(store_lost(Some(request_id)));
+    }
+    if !valid_id(sale_id) || shared.catalog.missed_lately(sale_id) {
+        return Err(refuse(Status::NotFound));
+    }
+    let Some(_read) = shared.catalog.read_permit() else {
+        return Err(refuse(Status::NotFound));
+    };
+    match within(by.store, shared.stores.inventory.sale(sale_id)).await {
+        Some(Ok(Some(status))) => {
+            crate::install(shared, &status).await;
+            shared
+                .catalog
+                .get(sale_id)
+                .ok_or_else(|| refuse(Status::NotFound))
+        }
+        Some(Ok(None)) => {
+            shared.catalog.note_miss(sale_id);
+            Err(refuse(Status::NotFound))
+        }
+        Some(Err(_)) | None => Err(store_unreachable(request_id)),
+    }
+}
+
+/// Step 2b: the sale's state, from the local catalog: no I/O.
+fn check_sale(
+    shared: &Shared,
+    sale: &SaleEntry,
     input: &Input,
     request_id: &str,
     now: u64,
-) -> Result<Arc<SaleEntry>, Answered> {
-    let Some(sale) = shared.catalog.get(sale_id) else {
-        if shared.catalog.is_lost(sale_id) {
-            return Err(store_lost(Some(request_id)));
-        }
-        return Err(refuse(Status::NotFound));
-    };
+) -> Result<(), Answered> {
     match seckill_inventory::window_state(&sale.spec, now) {
         Some(seckill_inventory::SaleState::Upcoming) => return Err(refuse(Status::NotStarted)),
         Some(_) => return Err(refuse(Status::Ended)),
@@ -344,7 +396,7 @@ fn check_sale(
     if shared.draining.load(Ordering::Acquire) {
         return Err(overloaded(request_id));
     }
-    Ok(sale)
+    Ok(())
 }
 
 /// Step 0: the per-address edge limit, before the body is even read: one
@@ -366,8 +418,13 @@ fn check_edge_limit(shared: &Shared, sale_id: &str, user_id: &str) -> Result<(),
     if shared.limiter.check(sale_id, user_id) {
         Ok(())
     } else {
-        Err(refuse(Status::RateLimited))
+        Err(rate_limited("user_limit"))
     }
+}
+
+fn rate_limited(reason: &str) -> Answered {
+    let s = Status::RateLimited;
+    (s, Answer::of(s).reason(reason).into_response(s))
 }
 
 /// Step 4: a token, or an immediate refusal: nothing before it touches the
@@ -375,8 +432,102 @@ fn check_edge_limit(shared: &Shared, sale_id: &str, user_id: &str) -> Result<(),
 async fn take_token(sale: &SaleEntry, by: Deadlines, request_id: &str) -> Result<(), Answered> {
     match within(by.store, sale.bucket.try_take()).await {
         Some(Ok(true)) => Ok(()),
-        Some(Ok(false)) => Err(refuse(Status::RateLimited)),
+        Some(Ok(false)) => {
+            sale.refusals.no_token.increment(1);
+            Err(rate_limited("no_token"))
+        }
         Some(Err(_)) | None => Err(store_unreachable(request_id)),
+    }
+}
+
+/// The estimated wait for the token of `position`, in ms (rounded up).
+fn eta_ms(sale: &SaleEntry, position: u64) -> u64 {
+    (position * 1000).div_ceil(u64::from(sale.spec.token_rate.max(1)))
+}
+
+/// Whether a buyer at `position` may wait: beyond the line's capacity
+/// `429 line_full`, beyond `limit_ms` of estimated wait `429
+/// wait_too_long`; both say the position and the estimate.
+fn check_wait(sale: &SaleEntry, position: u64, limit_ms: u64) -> Result<(), Answered> {
+    let eta = eta_ms(sale, position);
+    let reason = if position > u64::from(sale.spec.wait_capacity) {
+        sale.refusals.line_full.increment(1);
+        "line_full"
+    } else if eta > limit_ms {
+        sale.refusals.wait_too_long.increment(1);
+        "wait_too_long"
+    } else {
+        return Ok(());
+    };
+    let s = Status::RateLimited;
+    let answer = Answer::of(s)
+        .error("the wait for a token would be too long; try again later")
+        .reason(reason)
+        .estimate(position, eta);
+    Err((s, answer.into_response(s)))
+}
+
+/// Step 4 of a `fifo` sale: a ticket in arrival order, then the wait for
+/// its token. A buyer whose estimated wait is beyond the sale's
+/// `max_wait_ms` (or the request timeout) is refused at once, first from
+/// what this gateway knows (no store call), then from its ticket's real
+/// place. Returns how long it waited.
+async fn wait_in_line(
+    shared: &Arc<Shared>,
+    sale: &Arc<SaleEntry>,
+    by: Deadlines,
+    request_id: &str,
+    user_id: &str,
+) -> Result<Duration, Answered> {
+    let arrived = tokio::time::Instant::now();
+    let timeout = shared.config.request_timeout;
+    let limit_ms = u64::from(sale.spec.max_wait_ms).min(timeout.as_millis() as u64);
+    let line = &sale.line;
+    check_wait(sale, line.next_position(), limit_ms)?;
+    let joining = line.joining();
+    let place = match within(by.store, sale.bucket.join()).await {
+        Some(Ok(place)) => place,
+        Some(Err(_)) | None => return Err(store_unreachable(request_id)),
+    };
+    drop(joining);
+    line.observe(place.turns);
+    if place.served() {
+        return Ok(Duration::ZERO);
+    }
+    if let Err(refused) = check_wait(sale, place.position(), limit_ms) {
+        line.abandon(place.ticket);
+        return Err(refused);
+    }
+    let (mut seat, start_pump) = line.sit(place.ticket, request_id, user_id);
+    if start_pump {
+        tokio::spawn(line::pump(
+            shared.clone(),
+            sale.spec.sale_id.clone(),
+            line.clone(),
+        ));
+    }
+    // The estimate may be off (tokens taken by another gateway's buyers
+    // who came first): the wait ends at twice the limit at most.
+    let until = arrived + Duration::from_millis(limit_ms * 2).min(timeout);
+    match tokio::time::timeout_at(until, &mut seat.rx).await {
+        Ok(Ok(Call::Served)) => {
+            let waited = arrived.elapsed();
+            sale.waited.record(waited.as_secs_f64());
+            Ok(waited)
+        }
+        Ok(Ok(Call::Closed(status))) => Err(refuse(status)),
+        Ok(Err(_)) => Err(overloaded(request_id)),
+        Err(_) => {
+            let position = line.queued(request_id).map_or(1, |q| q.position);
+            drop(seat);
+            sale.refusals.wait_too_long.increment(1);
+            let s = Status::RateLimited;
+            let answer = Answer::of(s)
+                .error("no token came in time; try again later")
+                .reason("wait_too_long")
+                .estimate(position, eta_ms(sale, position));
+            Err((s, answer.into_response(s)))
+        }
     }
 }
 
@@ -442,6 +593,7 @@ async fn wait_for_result(
     by: Deadlines,
     waiter: Waiter<'_>,
     p: &Purchase,
+    waited: Option<Duration>,
 ) -> Answered {
     match waiter.wait_until(by.answer).await.map(|c| c.outcome) {
         Some(outcome) => {
@@ -449,7 +601,12 @@ async fn wait_for_result(
                 // Not even one unit left: later buyers get 410 locally.
                 sale.mark_sold_out();
             }
-            answer_outcome(&outcome, &p.request_id, &p.sale_id, &p.user_id, p.quantity)
+            let mut answered =
+                answer_outcome(&outcome, &p.request_id, &p.sale_id, &p.user_id, p.quantity);
+            if let (Some(waited), Status::Success) = (waited, answered.0) {
+                answered = answer_success_waited(&outcome, p, waited);
+            }
+            answered
         }
         None => {
             let s = Status::Timeout;
@@ -473,6 +630,17 @@ fn answer_outcome(
         answer.user_id = Some(user_id);
         answer.quantity = Some(quantity);
     }
+    (status, answer.into_response(status))
+}
+
+/// A `fifo` success: the answer of [`answer_outcome`] with `waited_ms`.
+fn answer_success_waited(outcome: &Outcome, p: &Purchase, waited: Duration) -> Answered {
+    let status = Status::Success;
+    let mut answer = Answer::outcome(outcome, &p.request_id);
+    answer.sale_id = Some(&p.sale_id);
+    answer.user_id = Some(&p.user_id);
+    answer.quantity = Some(p.quantity);
+    answer.waited_ms = Some(waited.as_millis() as u64);
     (status, answer.into_response(status))
 }
 
@@ -548,6 +716,12 @@ pub(crate) struct SaleView<'a> {
     token_capacity: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_capacity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admission: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_wait_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_capacity: Option<u32>,
 }
 
 impl<'a> SaleView<'a> {
@@ -566,6 +740,9 @@ impl<'a> SaleView<'a> {
             token_rate: admin.then_some(spec.token_rate),
             token_capacity: admin.then_some(spec.token_capacity),
             queue_capacity: admin.then_some(spec.queue_capacity),
+            admission: admin.then_some(spec.admission.as_str()),
+            max_wait_ms: admin.then_some(spec.max_wait_ms),
+            wait_capacity: admin.then_some(spec.wait_capacity),
         }
     }
 }
@@ -607,6 +784,34 @@ struct RequestView<'a> {
     order_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta_ms: Option<u64>,
+}
+
+/// A request waiting in a `fifo` line here: `queued`, with its place.
+fn queued_view(shared: &Shared, request_id: &str, viewer: Option<&str>) -> Option<HttpResponse> {
+    let sale_id = seckill_inventory::sale_of_request(request_id)?;
+    let sale = shared.catalog.get(sale_id)?;
+    let q = sale.line.queued(request_id)?;
+    if viewer.is_some_and(|v| v != q.user_id) {
+        return None;
+    }
+    let view = RequestView {
+        request_id,
+        sale_id,
+        user_id: &q.user_id,
+        status: "queued",
+        order_id: None,
+        reason: None,
+        position: Some(q.position),
+        eta_ms: Some(eta_ms(&sale, q.position)),
+    };
+    Some(json(
+        StatusCode::OK,
+        serde_json::to_vec(&view).expect("views serialize"),
+    ))
 }
 
 /// `GET /api/v1/requests/{request_id}`.
@@ -620,6 +825,10 @@ async fn get_request(shared: &Shared, request_id: &str, req: &Request<Incoming>)
     };
     if seckill_inventory::sale_of_request(request_id).is_none() || request_id.len() > 128 {
         return not_found();
+    }
+    // Waiting in line here: not in the store before its token.
+    if let Some(resp) = queued_view(shared, request_id, viewer.as_deref()) {
+        return resp;
     }
     match shared.stores.inventory.request(request_id).await {
         Ok(Some(r)) if viewer.as_ref().is_some_and(|v| *v != r.user_id) => not_found(),
@@ -636,6 +845,8 @@ async fn get_request(shared: &Shared, request_id: &str, req: &Request<Incoming>)
                 status: r.outcome.as_ref().map_or("pending", Outcome::status),
                 order_id,
                 reason,
+                position: None,
+                eta_ms: None,
             };
             json(
                 StatusCode::OK,

@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use token_bucket::{BucketConfig, BucketError, BucketFactory, TokenBucket};
+use token_bucket::{BucketConfig, BucketError, BucketFactory, Place, TokenBucket, Turns};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -35,6 +36,8 @@ use crate::{describe, keys, Shared};
 
 static TICK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bucket_tick.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lease_release.lua")));
+static LINE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("line.lua")));
+static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bucket_open.lua")));
 
 /// The first batch a gateway takes.
 const FIRST_BATCH: u32 = 4;
@@ -86,7 +89,16 @@ struct Inner {
     seen: AtomicU64,
     generating: AtomicBool,
     issued: AtomicU64,
+    /// Arrivals waiting for their tickets: one `HINCRBY` at a time serves
+    /// all who arrived while the previous one was in flight.
+    joins: Mutex<Joins>,
     metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Joins {
+    waiting: Vec<oneshot::Sender<Result<Place, BucketError>>>,
+    in_flight: bool,
 }
 
 /// Tokens this process took from Redis and may hand out until `expires`.
@@ -141,6 +153,7 @@ impl RedisBucket {
             seen: AtomicU64::new(0),
             generating: AtomicBool::new(false),
             issued: AtomicU64::new(0),
+            joins: Mutex::new(Joins::default()),
             metrics: Metrics::new(sale_id),
         });
         let generator = tokio::spawn(generate(inner.clone()));
@@ -244,6 +257,50 @@ impl Inner {
         lease.expires = Instant::now() + self.shared.config.token_lease;
         self.metrics.taken.increment(1);
         Ok(true)
+    }
+}
+
+impl Inner {
+    /// Runs the line script: `n` tickets (0 = only a look).
+    async fn line(&self, n: usize) -> Result<Turns, BucketError> {
+        let (issued, served): (u64, u64) = LINE
+            .key(keys::tokens(&self.sale))
+            .key(keys::line(&self.sale))
+            .arg(n)
+            .invoke_async(&mut self.shared.conn.clone())
+            .await
+            .map_err(|e| BucketError::Unavailable(describe(&e)))?;
+        Ok(Turns { issued, served })
+    }
+}
+
+/// Hands out tickets to the arrivals waiting for them, a batch per round
+/// trip, in the order they arrived, until none waits.
+async fn hand_out_tickets(inner: Arc<Inner>) {
+    loop {
+        let batch = {
+            let mut joins = inner.joins.lock().unwrap();
+            if joins.waiting.is_empty() {
+                joins.in_flight = false;
+                return;
+            }
+            std::mem::take(&mut joins.waiting)
+        };
+        let n = batch.len();
+        match inner.line(n).await {
+            Ok(turns) => {
+                let first = turns.issued + 1 - n as u64;
+                for (i, tx) in batch.into_iter().enumerate() {
+                    let ticket = first + i as u64;
+                    let _ = tx.send(Ok(Place { ticket, turns }));
+                }
+            }
+            Err(e) => {
+                for tx in batch {
+                    let _ = tx.send(Err(BucketError::Unavailable(e.to_string())));
+                }
+            }
+        }
     }
 }
 
@@ -356,5 +413,39 @@ impl TokenBucket for RedisBucket {
             }
         };
         local + self.inner.seen.load(Ordering::Relaxed)
+    }
+
+    async fn join(&self) -> Result<Place, BucketError> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut joins = self.inner.joins.lock().unwrap();
+            joins.waiting.push(tx);
+            !std::mem::replace(&mut joins.in_flight, true)
+        };
+        if lead {
+            // A task of its own: a caller that goes away must not strand
+            // the others of its batch.
+            tokio::spawn(hand_out_tickets(self.inner.clone()));
+        }
+        rx.await.unwrap_or_else(|_| Err(unreachable()))
+    }
+
+    async fn turn(&self) -> Result<Turns, BucketError> {
+        self.inner.line(0).await
+    }
+
+    fn turn_interval(&self) -> Duration {
+        self.inner.shared.config.generator_tick
+    }
+
+    async fn open(&self) -> Result<(), BucketError> {
+        let _: u64 = OPEN
+            .key(keys::tokens(&self.inner.sale))
+            .key(keys::generator_clock(&self.inner.sale))
+            .arg(self.inner.config.capacity)
+            .invoke_async(&mut self.inner.shared.conn.clone())
+            .await
+            .map_err(|e| BucketError::Unavailable(describe(&e)))?;
+        Ok(())
     }
 }
