@@ -41,9 +41,7 @@ pub struct Refusals {
 
 impl Refusals {
     fn new(sale_id: &str) -> Self {
-        let c = |reason: &'static str| {
-            metrics::counter!("seckill_gateway_refusals_total", "sale" => sale_id.to_string(), "reason" => reason)
-        };
+        let c = |reason: &'static str| metrics::counter!("seckill_gateway_refusals_total", "sale" => sale_id.to_string(), "reason" => reason);
         Refusals {
             no_token: c("no_token"),
             wait_too_long: c("wait_too_long"),
@@ -190,8 +188,9 @@ impl Catalog {
         // are told to come back.
         let old = self.sales.get(&spec.sale_id).map(|e| e.clone());
         let (bucket, line) = match old {
-            Some(e) if e.spec.token_rate == config.rate_per_sec
-                && e.spec.token_capacity == config.capacity =>
+            Some(e)
+                if e.spec.token_rate == config.rate_per_sec
+                    && e.spec.token_capacity == config.capacity =>
             {
                 (e.bucket.clone(), e.line.clone())
             }

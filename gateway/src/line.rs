@@ -297,7 +297,8 @@ pub async fn pump(shared: Arc<Shared>, sale_id: String, line: Arc<Line>) {
         let interval = sale.bucket.turn_interval();
         // A look that fails (store unreachable) is tried again next
         // interval; the waiters' own time limits bound the wait.
-        if let Ok(Ok(turns)) = tokio::time::timeout(Duration::from_secs(1), sale.bucket.turn()).await
+        if let Ok(Ok(turns)) =
+            tokio::time::timeout(Duration::from_secs(1), sale.bucket.turn()).await
         {
             line.observe(turns);
         }

@@ -26,7 +26,7 @@ fn harness(name: &str, gw: &Gw, args: &[&str]) -> (Option<i32>, Value, String) {
         "--admin-token",
         procs::TOKEN,
         "--connections",
-        "2048",
+        "128",
         "--timeout-ms",
         "30000",
         "--allow-invalid",
@@ -40,6 +40,10 @@ fn harness(name: &str, gw: &Gw, args: &[&str]) -> (Option<i32>, Value, String) {
     let mut lt = Process::spawn(name, &binary("loadtest"), &all, &[]);
     let status = lt.wait_exit(Duration::from_secs(120));
     let out = lt.log();
+    // The figure, for whoever runs this with --nocapture.
+    for line in out.lines().filter(|l| l.starts_with("fairness ")) {
+        eprintln!("{name}: {line}");
+    }
     let report = std::fs::read_to_string(&report)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
@@ -70,7 +74,14 @@ fn embedded_fifo_serves_the_first_buyers_first() {
         &[],
         &["--demo-sale", "none", "--request-timeout-ms", "5000"],
     );
-    let mut fifo = vec!["--sale", "fair", "--admission", "fifo", "--max-wait-ms", "1000"];
+    let mut fifo = vec![
+        "--sale",
+        "fair",
+        "--admission",
+        "fifo",
+        "--max-wait-ms",
+        "1000",
+    ];
     fifo.extend(SALE);
     fifo.extend([
         "--profile",

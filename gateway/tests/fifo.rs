@@ -54,7 +54,9 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         }
     })
     .await;
-    out.into_iter().map(|v| v.expect("every future ran")).collect()
+    out.into_iter()
+        .map(|v| v.expect("every future ran"))
+        .collect()
 }
 
 #[tokio::test]
@@ -85,7 +87,11 @@ async fn buyers_without_a_token_wait_in_order_and_say_how_long() {
                    "admission": "fifo", "max_wait_ms": 5000}),
         )
         .await;
-    assert_eq!((s, v["admission"].as_str()), (StatusCode::CREATED, Some("fifo")), "{v}");
+    assert_eq!(
+        (s, v["admission"].as_str()),
+        (StatusCode::CREATED, Some("fifo")),
+        "{v}"
+    );
     assert_eq!(gw.buy("line", "first").await.0, StatusCode::OK);
     let users: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
     let answers = buy_all(&gw, "line", &users).await;
@@ -100,9 +106,15 @@ async fn buyers_without_a_token_wait_in_order_and_say_how_long() {
         .max();
     assert!(longest.unwrap() >= 200, "{answers:?}");
     let m = gw.metrics().await;
-    assert_eq!(sample(&m, r#"seckill_waiting_buyers{sale="line"}"#), Some(0.0));
     assert_eq!(
-        sample(&m, r#"seckill_gateway_wait_duration_seconds_count{sale="line"}"#),
+        sample(&m, r#"seckill_waiting_buyers{sale="line"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"seckill_gateway_wait_duration_seconds_count{sale="line"}"#
+        ),
         Some(8.0),
         "{m}"
     );
@@ -151,7 +163,10 @@ async fn a_wait_too_long_is_refused_at_once_with_an_honest_retry_after() {
         assert!(position > last_position, "{v}");
         let actual_ms = (last_served_ms + (position - last_position) * 1000 / rate) as f64;
         let retry_after: f64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-        for (what, told_ms) in [("eta_ms", eta_ms as f64), ("Retry-After", retry_after * 1000.0)] {
+        for (what, told_ms) in [
+            ("eta_ms", eta_ms as f64),
+            ("Retry-After", retry_after * 1000.0),
+        ] {
             let off = (told_ms - actual_ms).abs() / actual_ms;
             assert!(
                 off <= 0.2,
@@ -198,7 +213,10 @@ async fn a_sell_out_answers_the_whole_line_at_once() {
     // (plus at most the one whose token came as the sale sold out).
     let enqueued = sample(&m, r#"seckill_queue_enqueued_total{sale="last"}"#).unwrap();
     assert!(enqueued <= 4.0, "{enqueued} enqueued:\n{m}");
-    assert_eq!(sample(&m, r#"seckill_waiting_buyers{sale="last"}"#), Some(0.0));
+    assert_eq!(
+        sample(&m, r#"seckill_waiting_buyers{sale="last"}"#),
+        Some(0.0)
+    );
     gw.stop().await;
 }
 
@@ -243,7 +261,10 @@ async fn admission_settings_are_checked() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
     let (s, v) = gw.put_sale("checked", json!({"stock": 1})).await;
-    assert_eq!((s, v["admission"].as_str()), (StatusCode::CREATED, Some("immediate")));
+    assert_eq!(
+        (s, v["admission"].as_str()),
+        (StatusCode::CREATED, Some("immediate"))
+    );
     let (s, _, v) = gw
         .request(
             hyper::Method::PATCH,
@@ -255,7 +276,11 @@ async fn admission_settings_are_checked() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(
-        (v["admission"].as_str(), v["max_wait_ms"].as_u64(), v["wait_capacity"].as_u64()),
+        (
+            v["admission"].as_str(),
+            v["max_wait_ms"].as_u64(),
+            v["wait_capacity"].as_u64()
+        ),
         (Some("fifo"), Some(1500), Some(50))
     );
     gw.stop().await;

@@ -242,7 +242,11 @@ async fn an_empty_bucket_answers_429_without_enqueueing() {
             .await;
         assert_eq!(
             (s, status_of(&v), v["reason"].as_str()),
-            (StatusCode::TOO_MANY_REQUESTS, "rate_limited", Some("no_token"))
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some("no_token")
+            )
         );
         assert!(h.contains_key("retry-after"));
     }

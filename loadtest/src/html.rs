@@ -584,9 +584,12 @@ fn rank_chart(r: &Report) -> Chart {
         below = top;
     }
     let x = plot.px(f.first_buyers as f64);
-    chart
-        .shapes
-        .extend(line(&[(x, plot.py(0.0)), (x, plot.py(1.0))], "#000", 1.2, true));
+    chart.shapes.extend(line(
+        &[(x, plot.py(0.0)), (x, plot.py(1.0))],
+        "#000",
+        1.2,
+        true,
+    ));
     chart
 }
 

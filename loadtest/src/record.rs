@@ -290,7 +290,11 @@ impl Recorder {
         let first_buyers = units / u64::from(quantity.max(1));
         let won = |f: &&(u64, Duration, Outcome)| f.2 == Outcome::Success;
         let winners = finals.iter().filter(won).count() as u64;
-        let early_winners = finals.iter().take(first_buyers as usize).filter(won).count() as u64;
+        let early_winners = finals
+            .iter()
+            .take(first_buyers as usize)
+            .filter(won)
+            .count() as u64;
         let latest = finals.iter().rposition(|f| f.2 == Outcome::Success);
         let (inversion_buyers, inversion_ms) = match latest {
             Some(i) if i as u64 >= first_buyers && first_buyers > 0 => {
@@ -499,7 +503,10 @@ mod tests {
         fair.buyer_done(0, t0, Outcome::Success);
         fair.buyer_done(1, t0, Outcome::SoldOut);
         let f = fair.fairness(2, 2);
-        assert_eq!((f.first_buyers, f.fairness, f.inversion_buyers), (1, 1.0, 0));
+        assert_eq!(
+            (f.first_buyers, f.fairness, f.inversion_buyers),
+            (1, 1.0, 0)
+        );
     }
 
     #[test]

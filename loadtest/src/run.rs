@@ -189,9 +189,13 @@ impl Target {
         let base = http::base_url(&cfg.target)?;
         let mut purchases = Vec::new();
         for t in std::iter::once(&cfg.target).chain(&cfg.also_targets) {
-            let purchase: Uri = format!("{}/api/v1/sales/{}/purchase", http::base_url(t)?, cfg.sale_id)
-                .parse()
-                .context("the sale id does not fit in a URL")?;
+            let purchase: Uri = format!(
+                "{}/api/v1/sales/{}/purchase",
+                http::base_url(t)?,
+                cfg.sale_id
+            )
+            .parse()
+            .context("the sale id does not fit in a URL")?;
             purchases.push(purchase);
         }
         Ok(Target {

@@ -165,7 +165,12 @@ fn write_sell_out(s: &mut String, r: &Report) {
             s,
             "fairness {:.4}: {} of {} winners among the first {} buyers; latest winner {} buyers \
              ({:.0} ms) after them",
-            f.fairness, f.early_winners, f.winners, f.first_buyers, f.inversion_buyers, f.inversion_ms
+            f.fairness,
+            f.early_winners,
+            f.winners,
+            f.first_buyers,
+            f.inversion_buyers,
+            f.inversion_ms
         );
     }
 }

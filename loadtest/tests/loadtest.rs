@@ -493,7 +493,10 @@ async fn an_honest_sale_passes_and_its_report_round_trips() {
     let back: Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back, r);
 
-    let fairness = r.fairness.as_ref().expect("an audited run reports its fairness");
+    let fairness = r
+        .fairness
+        .as_ref()
+        .expect("an audited run reports its fairness");
     assert_eq!(fairness.winners, r.buyers["success"]);
     assert!((0.0..=1.0).contains(&fairness.fairness));
 

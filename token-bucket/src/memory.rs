@@ -24,9 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::{
-    BucketConfig, BucketError, BucketFactory, BucketMetrics, Place, TokenBucket, Turns,
-};
+use crate::{BucketConfig, BucketError, BucketFactory, BucketMetrics, Place, TokenBucket, Turns};
 
 /// The embedded-mode [`TokenBucket`].
 pub struct MemoryBucket {
@@ -286,7 +284,11 @@ mod tests {
         run_for(Duration::from_secs(2)).await;
         assert_eq!(b.available(), 200);
         assert_eq!(b.issued(), 200);
-        assert_eq!(b.discarded(), 1000, "full from the start: all 2 s discarded");
+        assert_eq!(
+            b.discarded(),
+            1000,
+            "full from the start: all 2 s discarded"
+        );
         let mut taken = 0;
         while b.take() {
             taken += 1;
