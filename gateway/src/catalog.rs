@@ -200,7 +200,7 @@ impl Catalog {
                 }
                 (
                     buckets.bucket(&spec.sale_id, config),
-                    Arc::new(Line::new(&spec.sale_id)),
+                    Arc::new(Line::new(&spec.sale_id, spec.token_capacity)),
                 )
             }
         };

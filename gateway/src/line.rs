@@ -36,6 +36,8 @@ pub enum Call {
 /// The buyers of one sale waiting at this gateway.
 pub struct Line {
     state: Mutex<State>,
+    /// Most spare tokens kept: the bucket's capacity.
+    capacity: u64,
     waiting: metrics::Gauge,
 }
 
@@ -93,18 +95,27 @@ pub struct Queued {
 }
 
 impl Line {
-    pub fn new(sale_id: &str) -> Self {
+    pub fn new(sale_id: &str, capacity: u32) -> Self {
         Line {
             state: Mutex::new(State::default()),
+            capacity: u64::from(capacity),
             waiting: metrics::gauge!("seckill_waiting_buyers", "sale" => sale_id.to_string()),
         }
     }
 
     /// The position the next arrival would get, from what this gateway
     /// knows: tickets waiting as last seen, plus arrivals joining now.
-    pub fn next_position(&self) -> u64 {
+    /// `None` when nobody is known to wait: the bucket may have a token.
+    pub fn next_position(&self) -> Option<u64> {
         let s = self.state.lock().unwrap();
-        s.turns.waiting() + s.joining + 1
+        let ahead = s.turns.waiting() + s.joining;
+        (ahead > 0).then_some(ahead + 1)
+    }
+
+    /// Keeps the token of a served ticket whose holder left, up to the
+    /// bucket's capacity (as the bucket would).
+    fn add_spare(&self, s: &mut State) {
+        s.spare = (s.spare + 1).min(self.capacity);
     }
 
     /// Counts an arrival that is taking its ticket now.
@@ -130,10 +141,10 @@ impl Line {
                     self.waiting.decrement(1.0);
                     // A holder that went meanwhile: its token is spare.
                     if tx.send(Call::Served).is_err() {
-                        s.spare += 1;
+                        self.add_spare(&mut s);
                     }
                 }
-                Seat::Left => s.spare += 1,
+                Seat::Left => self.add_spare(&mut s),
             }
         }
         self.hand_on_spares(&mut s);
@@ -204,7 +215,7 @@ impl Line {
         if ticket > s.turns.served {
             s.seats.insert(ticket, Seat::Left);
         } else {
-            s.spare += 1;
+            self.add_spare(&mut s);
             self.hand_on_spares(&mut s);
         }
     }
@@ -320,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_go_to_the_oldest_and_empty_seats_pass_them_on() {
-        let line = Line::new("t");
+        let line = Line::new("t", 10);
         line.observe(turns(3, 0));
         let (mut a, start) = line.sit(1, "s.a", "ua");
         assert!(start, "the first seat starts the pump");
@@ -342,7 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_ticket_gives_its_token_to_a_later_one() {
-        let line = Line::new("t");
+        let line = Line::new("t", 10);
         line.observe(turns(2, 0));
         line.abandon(1);
         let (mut t, _) = line.sit(2, "s.x", "u");
@@ -352,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_answers_everyone() {
-        let line = Line::new("t");
+        let line = Line::new("t", 10);
         let (mut a, _) = line.sit(5, "s.a", "u");
         let (mut b, _) = line.sit(6, "s.b", "u");
         line.close(Status::SoldOut);
@@ -363,12 +374,13 @@ mod tests {
 
     #[test]
     fn next_position_counts_arrivals_joining() {
-        let line = Line::new("t");
+        let line = Line::new("t", 10);
+        assert_eq!(line.next_position(), None, "nobody waits: maybe a token");
         line.observe(turns(10, 4));
-        assert_eq!(line.next_position(), 7);
+        assert_eq!(line.next_position(), Some(7));
         let j = line.joining();
-        assert_eq!(line.next_position(), 8);
+        assert_eq!(line.next_position(), Some(8));
         drop(j);
-        assert_eq!(line.next_position(), 7);
+        assert_eq!(line.next_position(), Some(7));
     }
 }

@@ -483,7 +483,9 @@ async fn wait_in_line(
     let timeout = shared.config.request_timeout;
     let limit_ms = u64::from(sale.spec.max_wait_ms).min(timeout.as_millis() as u64);
     let line = &sale.line;
-    check_wait(sale, line.next_position(), limit_ms)?;
+    if let Some(position) = line.next_position() {
+        check_wait(sale, position, limit_ms)?;
+    }
     let joining = line.joining();
     let place = match within(by.store, sale.bucket.join()).await {
         Some(Ok(place)) => place,
