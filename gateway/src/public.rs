@@ -203,15 +203,28 @@ async fn purchase_steps(
 ) -> Result<Answered, Answered> {
     let mut by = Deadlines::from_arrival(shared);
     check_address_limit(shared, &req)?;
-    let input = read_input(shared, req).await?;
+    // Boxed, like the steps after the token: a buyer waiting in line
+    // holds none of their state.
+    let input = Box::pin(read_input(shared, req)).await?;
     if let Some(key) = &input.idempotency_key {
         // A repeat of a key is how a buyer whose connection broke recovers
         // its result, so it is answered before the sale's state refuses:
         // sold out, ended or removed, the first request's result stands.
         check_edge_limit(shared, sale_id, &input.user_id)?;
-        answer_repeat(shared, by, sale_id, &input.user_id, key, request_id).await?;
+        Box::pin(answer_repeat(
+            shared,
+            by,
+            sale_id,
+            &input.user_id,
+            key,
+            request_id,
+        ))
+        .await?;
     }
-    let sale = find_sale(shared, sale_id, request_id, by).await?;
+    let sale = match shared.catalog.get(sale_id) {
+        Some(sale) => sale,
+        None => Box::pin(find_sale(shared, sale_id, request_id, by)).await?,
+    };
     check_sale(shared, &sale, &input, request_id, now_ms())?;
     if input.idempotency_key.is_none() {
         check_edge_limit(shared, sale_id, &input.user_id).inspect_err(|_| {
@@ -235,9 +248,26 @@ async fn purchase_steps(
     };
     let now = now_ms();
     let purchase = input.into_purchase(shared, sale_id, request_id, now, by.store_by_ms());
+    // Boxed: the steps after the token are in the future's state only
+    // while they run, not in every buyer's waiting in line.
+    Box::pin(admit_park_and_wait(
+        shared, &sale, by, purchase, now, waited,
+    ))
+    .await
+}
+
+/// Steps 5 to 7: record, park, enqueue, wait for the result.
+async fn admit_park_and_wait(
+    shared: &Shared,
+    sale: &SaleEntry,
+    by: Deadlines,
+    purchase: Purchase,
+    now: u64,
+    waited: Option<Duration>,
+) -> Result<Answered, Answered> {
     admit(shared, by, &purchase).await?;
     let (waiter, ticket) = park_and_enqueue(shared, by, purchase, now).await?;
-    Ok(wait_for_result(&sale, by, waiter, &ticket.purchase, waited).await)
+    Ok(wait_for_result(sale, by, waiter, &ticket.purchase, waited).await)
 }
 
 /// A purchase request's validated input.
