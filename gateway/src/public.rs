@@ -633,12 +633,15 @@ async fn wait_for_result(
                 // Not even one unit left: later buyers get 410 locally.
                 sale.mark_sold_out();
             }
-            let mut answered =
-                answer_outcome(&outcome, &p.request_id, &p.sale_id, &p.user_id, p.quantity);
-            if let (Some(waited), Status::Success) = (waited, answered.0) {
-                answered = answer_success_waited(&outcome, p, waited);
-            }
-            answered
+            let waited_ms = waited.map(|w| w.as_millis() as u64);
+            answer_outcome(
+                &outcome,
+                &p.request_id,
+                &p.sale_id,
+                &p.user_id,
+                p.quantity,
+                waited_ms,
+            )
         }
         None => {
             let s = Status::Timeout;
@@ -647,13 +650,15 @@ async fn wait_for_result(
     }
 }
 
-/// The answer for a request's final outcome; a success names what was bought.
+/// The answer for a request's final outcome; a success names what was
+/// bought (and, in `fifo` admission, how long the buyer waited in line).
 fn answer_outcome(
     outcome: &Outcome,
     request_id: &str,
     sale_id: &str,
     user_id: &str,
     quantity: u32,
+    waited_ms: Option<u64>,
 ) -> Answered {
     let status = Status::of(outcome);
     let mut answer = Answer::outcome(outcome, request_id);
@@ -661,18 +666,8 @@ fn answer_outcome(
         answer.sale_id = Some(sale_id);
         answer.user_id = Some(user_id);
         answer.quantity = Some(quantity);
+        answer.waited_ms = waited_ms;
     }
-    (status, answer.into_response(status))
-}
-
-/// A `fifo` success: the answer of [`answer_outcome`] with `waited_ms`.
-fn answer_success_waited(outcome: &Outcome, p: &Purchase, waited: Duration) -> Answered {
-    let status = Status::Success;
-    let mut answer = Answer::outcome(outcome, &p.request_id);
-    answer.sale_id = Some(&p.sale_id);
-    answer.user_id = Some(&p.user_id);
-    answer.quantity = Some(p.quantity);
-    answer.waited_ms = Some(waited.as_millis() as u64);
     (status, answer.into_response(status))
 }
 
@@ -700,7 +695,7 @@ async fn repeat_of(shared: &Shared, by: Deadlines, first: &str) -> Answered {
             user_id,
             quantity,
             ..
-        }))) => answer_outcome(&outcome, first, &sale_id, &user_id, quantity),
+        }))) => answer_outcome(&outcome, first, &sale_id, &user_id, quantity, None),
         Some(Ok(_)) => {
             let s = Status::Pending;
             (s, Answer::of(s).request_id(first).into_response(s))

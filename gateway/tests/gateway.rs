@@ -259,7 +259,7 @@ async fn an_empty_bucket_answers_429_without_enqueueing() {
     assert_eq!(
         sample(
             &m,
-            r#"seckill_gateway_refusals_total{reason="no_token",sale="slow"}"#
+            r#"seckill_gateway_refusals_total{sale="slow",reason="no_token"}"#
         ),
         Some(3.0),
         "{m}"

@@ -295,9 +295,9 @@ async fn hand_out_tickets(inner: Arc<Inner>) {
                     let _ = tx.send(Ok(Place { ticket, turns }));
                 }
             }
-            Err(e) => {
+            Err(BucketError::Unavailable(why)) => {
                 for tx in batch {
-                    let _ = tx.send(Err(BucketError::Unavailable(e.to_string())));
+                    let _ = tx.send(Err(BucketError::Unavailable(why.clone())));
                 }
             }
         }
