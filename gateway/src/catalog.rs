@@ -11,7 +11,7 @@
 //! and does per sale is bounded.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -31,23 +31,69 @@ const MAX_MISSES: usize = 10_000;
 /// sale ids beyond it is answered `404` without any.
 const MAX_READS: usize = 16;
 
-/// Counters of the refusals of one sale, by `reason`.
-pub struct Refusals {
-    pub no_token: metrics::Counter,
-    pub wait_too_long: metrics::Counter,
-    pub line_full: metrics::Counter,
-    pub user_limit: metrics::Counter,
+/// Why a purchase of a sale was refused, as `seckill_gateway_refusals_total`
+/// counts it.
+#[derive(Clone, Copy, Debug)]
+pub enum Reason {
+    NoToken,
+    WaitTooLong,
+    LineFull,
+    UserLimit,
 }
 
-impl Refusals {
-    fn new(sale_id: &str) -> Self {
-        let c = |reason: &'static str| metrics::counter!("seckill_gateway_refusals_total", "sale" => sale_id.to_string(), "reason" => reason);
-        Refusals {
-            no_token: c("no_token"),
-            wait_too_long: c("wait_too_long"),
-            line_full: c("line_full"),
-            user_limit: c("user_limit"),
+impl Reason {
+    const ALL: [Reason; 4] = [
+        Reason::NoToken,
+        Reason::WaitTooLong,
+        Reason::LineFull,
+        Reason::UserLimit,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoToken => "no_token",
+            Reason::WaitTooLong => "wait_too_long",
+            Reason::LineFull => "line_full",
+            Reason::UserLimit => "user_limit",
         }
+    }
+}
+
+/// A sale's metric series that only some sales ever have (its refusals,
+/// its fifo waits): each is registered at its first use, so a catalog of
+/// thousands of quiet sales adds nothing to `/metrics`.
+pub struct SaleSeries {
+    sale: String,
+    refusals: [OnceLock<metrics::Counter>; Reason::ALL.len()],
+    waited: OnceLock<metrics::Histogram>,
+}
+
+impl SaleSeries {
+    fn new(sale_id: &str) -> Self {
+        SaleSeries {
+            sale: sale_id.to_string(),
+            refusals: Default::default(),
+            waited: OnceLock::new(),
+        }
+    }
+
+    /// Counts one refusal for `reason`.
+    pub fn refused(&self, reason: Reason) {
+        self.refusals[reason as usize]
+            .get_or_init(|| {
+                metrics::counter!("seckill_gateway_refusals_total",
+                    "sale" => self.sale.clone(), "reason" => reason.as_str())
+            })
+            .increment(1);
+    }
+
+    /// Records the time a buyer waited in line for its token.
+    pub fn waited(&self, seconds: f64) {
+        self.waited
+            .get_or_init(|| {
+                metrics::histogram!("seckill_gateway_wait_duration_seconds", "sale" => self.sale.clone())
+            })
+            .record(seconds);
     }
 }
 
@@ -57,9 +103,7 @@ pub struct SaleEntry {
     pub bucket: Arc<dyn TokenBucket>,
     /// Buyers waiting here for a token (`fifo` admission).
     pub line: Arc<Line>,
-    pub refusals: Refusals,
-    /// Time a buyer waited in line for its token.
-    pub waited: metrics::Histogram,
+    pub series: SaleSeries,
     sold_out: AtomicBool,
     /// Remaining stock as last read from the inventory, published as
     /// `seckill_stock_remaining` when it changes.
@@ -208,8 +252,7 @@ impl Catalog {
             metrics::gauge!("seckill_stock_remaining", "sale" => spec.sale_id.clone());
         stock_gauge.set(remaining as f64);
         let entry = SaleEntry {
-            refusals: Refusals::new(&spec.sale_id),
-            waited: metrics::histogram!("seckill_gateway_wait_duration_seconds", "sale" => spec.sale_id.clone()),
+            series: SaleSeries::new(&spec.sale_id),
             spec,
             bucket,
             line,

@@ -14,7 +14,7 @@
 //! oneshot) and its parked purchase future; nothing in the store.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use seckill_inventory::{now_ms, window_state, SaleState};
@@ -38,7 +38,10 @@ pub struct Line {
     state: Mutex<State>,
     /// Most spare tokens kept: the bucket's capacity.
     capacity: u64,
-    waiting: metrics::Gauge,
+    sale: String,
+    /// `seckill_waiting_buyers`, registered when the first buyer sits:
+    /// sales that never have a line show none.
+    gauge: OnceLock<metrics::Gauge>,
 }
 
 #[derive(Default)]
@@ -99,8 +102,14 @@ impl Line {
         Line {
             state: Mutex::new(State::default()),
             capacity: u64::from(capacity),
-            waiting: metrics::gauge!("seckill_waiting_buyers", "sale" => sale_id.to_string()),
+            sale: sale_id.to_string(),
+            gauge: OnceLock::new(),
         }
+    }
+
+    fn waiting(&self) -> &metrics::Gauge {
+        self.gauge
+            .get_or_init(|| metrics::gauge!("seckill_waiting_buyers", "sale" => self.sale.clone()))
     }
 
     /// The position the next arrival would get, from what this gateway
@@ -138,7 +147,7 @@ impl Line {
             match entry.remove() {
                 Seat::Waiting { tx, request_id, .. } => {
                     s.by_request.remove(&request_id);
-                    self.waiting.decrement(1.0);
+                    self.waiting().decrement(1.0);
                     // A holder that went meanwhile: its token is spare.
                     if tx.send(Call::Served).is_err() {
                         self.add_spare(&mut s);
@@ -168,7 +177,7 @@ impl Line {
                 unreachable!("found waiting just now");
             };
             s.by_request.remove(&request_id);
-            self.waiting.decrement(1.0);
+            self.waiting().decrement(1.0);
             if tx.send(Call::Served).is_ok() {
                 s.spare -= 1;
             }
@@ -193,7 +202,7 @@ impl Line {
                 },
             );
             s.by_request.insert(request_id.into(), ticket);
-            self.waiting.increment(1.0);
+            self.waiting().increment(1.0);
             self.hand_on_spares(&mut s);
         }
         let start = !std::mem::replace(&mut s.pumping, true);
@@ -225,7 +234,7 @@ impl Line {
         if let Some(seat) = s.seats.get_mut(&ticket) {
             if let Seat::Waiting { request_id, .. } = std::mem::replace(seat, Seat::Left) {
                 s.by_request.remove(&request_id);
-                self.waiting.decrement(1.0);
+                self.waiting().decrement(1.0);
             }
         }
     }
@@ -237,7 +246,7 @@ impl Line {
         s.by_request.clear();
         for seat in seats.into_values() {
             if let Seat::Waiting { tx, .. } = seat {
-                self.waiting.decrement(1.0);
+                self.waiting().decrement(1.0);
                 let _ = tx.send(Call::Closed(status));
             }
         }

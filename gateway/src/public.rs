@@ -24,7 +24,7 @@ use seckill_queue::{QueueError, Ticket};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{error, Answer, Status};
-use crate::catalog::SaleEntry;
+use crate::catalog::{Reason, SaleEntry};
 use crate::identity::Refusal;
 use crate::line::{self, Call};
 use crate::waiters::Waiter;
@@ -228,7 +228,7 @@ async fn purchase_steps(
     check_sale(shared, &sale, &input, request_id, now_ms())?;
     if input.idempotency_key.is_none() {
         check_edge_limit(shared, sale_id, &input.user_id).inspect_err(|_| {
-            sale.refusals.user_limit.increment(1);
+            sale.series.refused(Reason::UserLimit);
         })?;
     }
     let waited = match sale.spec.admission {
@@ -463,7 +463,7 @@ async fn take_token(sale: &SaleEntry, by: Deadlines, request_id: &str) -> Result
     match within(by.store, sale.bucket.try_take()).await {
         Some(Ok(true)) => Ok(()),
         Some(Ok(false)) => {
-            sale.refusals.no_token.increment(1);
+            sale.series.refused(Reason::NoToken);
             Err(rate_limited("no_token"))
         }
         Some(Err(_)) | None => Err(store_unreachable(request_id)),
@@ -481,10 +481,10 @@ fn eta_ms(sale: &SaleEntry, position: u64) -> u64 {
 fn check_wait(sale: &SaleEntry, position: u64, limit_ms: u64) -> Result<(), Answered> {
     let eta = eta_ms(sale, position);
     let reason = if position > u64::from(sale.spec.wait_capacity) {
-        sale.refusals.line_full.increment(1);
+        sale.series.refused(Reason::LineFull);
         "line_full"
     } else if eta > limit_ms {
-        sale.refusals.wait_too_long.increment(1);
+        sale.series.refused(Reason::WaitTooLong);
         "wait_too_long"
     } else {
         return Ok(());
@@ -544,7 +544,7 @@ async fn wait_in_line(
     match tokio::time::timeout_at(until, &mut seat.rx).await {
         Ok(Ok(Call::Served)) => {
             let waited = arrived.elapsed();
-            sale.waited.record(waited.as_secs_f64());
+            sale.series.waited(waited.as_secs_f64());
             Ok(waited)
         }
         Ok(Ok(Call::Closed(status))) => Err(refuse(status)),
@@ -552,7 +552,7 @@ async fn wait_in_line(
         Err(_) => {
             let position = line.queued(request_id).map_or(1, |q| q.position);
             drop(seat);
-            sale.refusals.wait_too_long.increment(1);
+            sale.series.refused(Reason::WaitTooLong);
             let s = Status::RateLimited;
             let answer = Answer::of(s)
                 .error("no token came in time; try again later")
