@@ -119,7 +119,7 @@ async fn two_gateways_two_services_sell_exactly_the_stock() {
         Svc::start("service-b", &store, &[]),
     ];
     // A bucket starts full: its capacity is the opening burst.
-    assert_eq!(gws[0].put_sale("big", &sale_body(1000, 5000, 500)), 201);
+    assert_eq!(gws[0].put_sale("big", &sale_body(1000, 5000, 200)), 201);
     wait_sale(&[&gws[0], &gws[1]], "big");
 
     // 20,000 distinct buyers over both gateways, and 2,000 of them click
@@ -606,7 +606,7 @@ async fn a_redis_cluster_sells_exactly_the_stock() {
     let svc = Svc::start("service", &store, &[]);
     for (sale, stock) in [("c1", 300), ("c2", 200)] {
         // A bucket starts full: its capacity is the opening burst.
-        assert_eq!(gw.put_sale(sale, &sale_body(stock, 5000, 100)), 201);
+        assert_eq!(gw.put_sale(sale, &sale_body(stock, 5000, 20)), 201);
     }
     wait_sale(&[&gw], "c1");
     wait_sale(&[&gw], "c2");
