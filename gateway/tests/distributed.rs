@@ -606,7 +606,7 @@ async fn a_redis_cluster_sells_exactly_the_stock() {
     let svc = Svc::start("service", &store, &[]);
     for (sale, stock) in [("c1", 300), ("c2", 200)] {
         // A bucket starts full: its capacity is the opening burst.
-        assert_eq!(gw.put_sale(sale, &sale_body(stock, 5000, 20)), 201);
+        assert_eq!(gw.put_sale(sale, &sale_body(stock, 5000, 100)), 201);
     }
     wait_sale(&[&gw], "c1");
     wait_sale(&[&gw], "c2");

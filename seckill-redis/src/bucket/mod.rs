@@ -82,6 +82,10 @@ struct Inner {
     lease: Mutex<Lease>,
     /// Single-flight guard of the refill.
     refill: tokio::sync::Mutex<()>,
+    /// Callers in `try_take` now: a refill takes a token for each of them
+    /// (up to the capacity), so a crowd at a full bucket is served in a
+    /// few round trips, not one small batch after another.
+    callers: AtomicU64,
     /// Refills that failed: a caller that waited for another's refill
     /// sees from it whether that one failed.
     refill_failures: AtomicU64,
@@ -149,6 +153,7 @@ impl RedisBucket {
                 empty_until: Instant::now(),
             }),
             refill: tokio::sync::Mutex::new(()),
+            callers: AtomicU64::new(0),
             refill_failures: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             generating: AtomicBool::new(false),
@@ -230,7 +235,11 @@ impl Inner {
     }
 
     async fn refill(&self) -> Result<bool, BucketError> {
-        let batch = self.next_batch();
+        let crowd = self
+            .callers
+            .load(Ordering::Relaxed)
+            .min(u64::from(self.config.capacity));
+        let batch = self.next_batch().max(crowd as u32);
         let key = keys::tokens(&self.sale);
         let (popped, len): (Option<Vec<String>>, u64) = redis::pipe()
             .cmd("LPOP")
@@ -301,6 +310,15 @@ async fn hand_out_tickets(inner: Arc<Inner>) {
                 }
             }
         }
+    }
+}
+
+/// Counts a caller of `try_take` until it returns.
+struct Caller<'a>(&'a AtomicU64);
+
+impl Drop for Caller<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -376,6 +394,8 @@ impl TokenBucket for RedisBucket {
         if self.inner.known_empty() {
             return Ok(false);
         }
+        self.inner.callers.fetch_add(1, Ordering::Relaxed);
+        let _caller = Caller(&self.inner.callers);
         let failures = self.inner.refill_failures.load(Ordering::Acquire);
         let _flight = match self.inner.refill.try_lock() {
             Ok(flight) => flight,
