@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use seckill_inventory::{
-    parse_rfc3339, rfc3339, valid_id, FeedQuery, InventoryError, Put, SaleSpec,
-    DEFAULT_PER_USER_LIMIT, DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY, DEFAULT_TOKEN_RATE,
+    parse_rfc3339, rfc3339, valid_id, AdmissionMode, FeedQuery, InventoryError, Put, SaleSpec,
+    DEFAULT_MAX_WAIT_MS, DEFAULT_PER_USER_LIMIT, DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY,
+    DEFAULT_TOKEN_RATE, DEFAULT_WAIT_CAPACITY,
 };
 use seckill_ops::http::{healthz, json, readyz, HttpResponse, LocalAddr, PeerAddr};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,21 @@ use crate::Shared;
 /// Upper bound of every flow-control setting: well past any real sale,
 /// low enough that a typo cannot make the gateway allocate gigabytes.
 const MAX_SETTING: u32 = 10_000_000;
+
+/// Longest `max_wait_ms`: a buyer's connection is held at most this long
+/// in line (on top of its request timeout once admitted).
+const MAX_WAIT_MS: u32 = 60_000;
+
+/// Checks the `fifo` settings of a sale.
+fn check_admission(spec: &SaleSpec) -> Result<(), String> {
+    if !(1..=MAX_WAIT_MS).contains(&spec.max_wait_ms) {
+        return Err(format!("max_wait_ms must be 1..={MAX_WAIT_MS}"));
+    }
+    if !(1..=MAX_SETTING).contains(&spec.wait_capacity) {
+        return Err(format!("wait_capacity must be 1..={MAX_SETTING}"));
+    }
+    Ok(())
+}
 
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path().to_string();
@@ -159,6 +175,9 @@ struct SaleBody {
     token_rate: Option<u32>,
     token_capacity: Option<u32>,
     queue_capacity: Option<u32>,
+    admission: Option<AdmissionMode>,
+    max_wait_ms: Option<u32>,
+    wait_capacity: Option<u32>,
 }
 
 /// The answer for a store error of an admin change.
@@ -216,7 +235,11 @@ fn spec_of(sale_id: String, body: SaleBody) -> Result<SaleSpec, String> {
             DEFAULT_QUEUE_CAPACITY,
         )?,
         paused: false,
+        admission: body.admission.unwrap_or_default(),
+        max_wait_ms: body.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS),
+        wait_capacity: body.wait_capacity.unwrap_or(DEFAULT_WAIT_CAPACITY),
     };
+    check_admission(&spec)?;
     if spec.stock > u64::from(u32::MAX) {
         return Err("stock must be at most 4294967295".into());
     }
@@ -456,6 +479,9 @@ struct PatchBody {
     ends_at: Option<Option<String>>,
     token_rate: Option<u32>,
     token_capacity: Option<u32>,
+    admission: Option<AdmissionMode>,
+    max_wait_ms: Option<u32>,
+    wait_capacity: Option<u32>,
 }
 
 /// Applies a patch to a sale's definition; the error is the message for the 400.
@@ -479,6 +505,10 @@ fn patched(mut spec: SaleSpec, body: PatchBody) -> Result<SaleSpec, String> {
     if let Some(n) = body.token_capacity {
         spec.token_capacity = setting("token_capacity", n)?;
     }
+    spec.admission = body.admission.unwrap_or(spec.admission);
+    spec.max_wait_ms = body.max_wait_ms.unwrap_or(spec.max_wait_ms);
+    spec.wait_capacity = body.wait_capacity.unwrap_or(spec.wait_capacity);
+    check_admission(&spec)?;
     if let Some(ends_at) = body.ends_at {
         spec.ends_at_ms = match ends_at {
             None => None,

@@ -142,6 +142,18 @@ pub struct Answer<'a> {
     pub quantity: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// `fifo`: the buyer's place in line (1 = the next token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// `fifo`: the estimated wait for that place's token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_ms: Option<u64>,
+    /// `fifo`: how long the buyer waited in line for its token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
+    /// `Retry-After` in seconds, when it is not the default 1.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl<'a> Answer<'a> {
@@ -182,14 +194,27 @@ impl<'a> Answer<'a> {
         self
     }
 
+    /// A `fifo` refusal's place in line and its estimated wait; the
+    /// client is told to come back when that wait would be over.
+    pub fn estimate(mut self, position: u64, eta_ms: u64) -> Self {
+        self.position = Some(position);
+        self.eta_ms = Some(eta_ms);
+        // Whole seconds, rounded to the nearest (at least 1).
+        self.retry_after = Some(((eta_ms + 500) / 1000).max(1));
+        self
+    }
+
     /// The HTTP response: JSON body, `Retry-After` where the client should
     /// come back, and a `WWW-Authenticate` challenge on a 401.
     pub fn into_response(self, status: Status) -> HttpResponse {
         let body = serde_json::to_vec(&self).expect("answers serialize");
         let mut resp = json(status.code(), Bytes::from(body));
         if matches!(status, Status::RateLimited | Status::Overloaded) {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            let value = match self.retry_after {
+                Some(secs) => HeaderValue::from(secs),
+                None => HeaderValue::from_static("1"),
+            };
+            resp.headers_mut().insert(RETRY_AFTER, value);
         }
         if status == Status::Unauthorized {
             resp.headers_mut()

@@ -3,21 +3,107 @@
 //! each sale's token bucket.
 //!
 //! It follows the inventory: the sale events as they come, and a periodic
-//! resynchronisation that covers missed events. It holds at most
-//! `max_sales` sales (`--max-sales`), so what a gateway keeps and does per
-//! sale is bounded.
+//! resynchronisation that covers missed events. A purchase for a sale it
+//! does not hold reads the store once before answering `404` (a sale
+//! created through another gateway a moment ago is served at once), and
+//! remembers a miss for a short while, so unknown sales stay cheap. It
+//! holds at most `max_sales` sales (`--max-sales`), so what a gateway keeps
+//! and does per sale is bounded.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use seckill_inventory::{SaleSpec, SaleStatus};
 use token_bucket::{BucketConfig, BucketFactory, TokenBucket};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::answer::Status;
+use crate::line::Line;
+
+/// How long a sale the store did not have is answered `404` without
+/// asking the store again.
+const MISS_TTL: Duration = Duration::from_millis(250);
+/// Most misses remembered (beyond it the memory starts afresh).
+const MAX_MISSES: usize = 10_000;
+/// Store reads for unknown sales in flight at once; a flood of made-up
+/// sale ids beyond it is answered `404` without any.
+const MAX_READS: usize = 16;
+
+/// Why a purchase of a sale was refused, as `seckill_gateway_refusals_total`
+/// counts it.
+#[derive(Clone, Copy, Debug)]
+pub enum Reason {
+    NoToken,
+    WaitTooLong,
+    LineFull,
+    UserLimit,
+}
+
+impl Reason {
+    const ALL: [Reason; 4] = [
+        Reason::NoToken,
+        Reason::WaitTooLong,
+        Reason::LineFull,
+        Reason::UserLimit,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoToken => "no_token",
+            Reason::WaitTooLong => "wait_too_long",
+            Reason::LineFull => "line_full",
+            Reason::UserLimit => "user_limit",
+        }
+    }
+}
+
+/// A sale's metric series that only some sales ever have (its refusals,
+/// its fifo waits): each is registered at its first use, so a catalog of
+/// thousands of quiet sales adds nothing to `/metrics`.
+pub struct SaleSeries {
+    sale: String,
+    refusals: [OnceLock<metrics::Counter>; Reason::ALL.len()],
+    waited: OnceLock<metrics::Histogram>,
+}
+
+impl SaleSeries {
+    fn new(sale_id: &str) -> Self {
+        SaleSeries {
+            sale: sale_id.to_string(),
+            refusals: Default::default(),
+            waited: OnceLock::new(),
+        }
+    }
+
+    /// Counts one refusal for `reason`.
+    pub fn refused(&self, reason: Reason) {
+        self.refusals[reason as usize]
+            .get_or_init(|| {
+                metrics::counter!("seckill_gateway_refusals_total",
+                    "sale" => self.sale.clone(), "reason" => reason.as_str())
+            })
+            .increment(1);
+    }
+
+    /// Records the time a buyer waited in line for its token.
+    pub fn waited(&self, seconds: f64) {
+        self.waited
+            .get_or_init(|| {
+                metrics::histogram!("seckill_gateway_wait_duration_seconds", "sale" => self.sale.clone())
+            })
+            .record(seconds);
+    }
+}
 
 /// One sale as the gateway sees it.
 pub struct SaleEntry {
     pub spec: SaleSpec,
     pub bucket: Arc<dyn TokenBucket>,
+    /// Buyers waiting here for a token (`fifo` admission).
+    pub line: Arc<Line>,
+    pub series: SaleSeries,
     sold_out: AtomicBool,
     /// Remaining stock as last read from the inventory, published as
     /// `seckill_stock_remaining` when it changes.
@@ -30,9 +116,12 @@ impl SaleEntry {
         self.sold_out.load(Ordering::Relaxed)
     }
 
+    /// Marks the sale sold out here; everyone waiting in line is answered
+    /// `410` at once.
     pub fn mark_sold_out(&self) {
         self.sold_out.store(true, Ordering::Relaxed);
         self.set_remaining(0);
+        self.line.close(Status::SoldOut);
     }
 
     /// Records the remaining stock; the gauge moves only on a change.
@@ -52,6 +141,9 @@ pub struct Catalog {
     /// restored or an operator acknowledges the loss.
     lost: DashMap<String, ()>,
     lost_gauge: metrics::Gauge,
+    /// Sales the store did not have when last asked, and when.
+    misses: DashMap<String, Instant>,
+    reads: Semaphore,
     max_sales: usize,
     /// Held while a sale is created through this gateway, so that
     /// concurrent creations cannot overshoot `max_sales` together.
@@ -65,6 +157,8 @@ impl Catalog {
             sales: DashMap::new(),
             lost: DashMap::new(),
             lost_gauge: metrics::gauge!("seckill_store_lost_sales"),
+            misses: DashMap::new(),
+            reads: Semaphore::new(MAX_READS),
             max_sales,
             creating: tokio::sync::Mutex::new(()),
         }
@@ -72,6 +166,27 @@ impl Catalog {
 
     pub fn get(&self, sale_id: &str) -> Option<Arc<SaleEntry>> {
         self.sales.get(sale_id).map(|e| e.clone())
+    }
+
+    /// Whether the store said a moment ago that it has no `sale_id`.
+    pub fn missed_lately(&self, sale_id: &str) -> bool {
+        self.misses
+            .get(sale_id)
+            .is_some_and(|at| at.elapsed() < MISS_TTL)
+    }
+
+    /// Remembers that the store has no `sale_id`.
+    pub fn note_miss(&self, sale_id: &str) {
+        if self.misses.len() >= MAX_MISSES {
+            self.misses.clear();
+        }
+        self.misses.insert(sale_id.to_string(), Instant::now());
+    }
+
+    /// Leave to read an unknown sale from the store; `None` while the most
+    /// such reads are in flight.
+    pub fn read_permit(&self) -> Option<SemaphorePermit<'_>> {
+        self.reads.try_acquire().ok()
     }
 
     /// Whether `sale_id` is here already or there is room for it.
@@ -105,24 +220,49 @@ impl Catalog {
         }
         // Back in the store (restored from its backup): served again.
         self.forget_lost(&status.spec.sale_id);
+        self.misses.remove(&status.spec.sale_id);
         let spec = status.spec.clone();
-        let bucket = buckets.bucket(
-            &spec.sale_id,
-            BucketConfig {
-                rate_per_sec: spec.token_rate,
-                capacity: spec.token_capacity,
-            },
-        );
+        let config = BucketConfig {
+            rate_per_sec: spec.token_rate,
+            capacity: spec.token_capacity,
+        };
+        // A change that leaves the bucket's shape keeps the bucket and the
+        // line (a pause, a new stock): no burst of fresh tokens, nobody's
+        // place lost. A new shape starts both afresh; the buyers waiting
+        // are told to come back.
+        let old = self.sales.get(&spec.sale_id).map(|e| e.clone());
+        let (bucket, line) = match old {
+            Some(e)
+                if e.spec.token_rate == config.rate_per_sec
+                    && e.spec.token_capacity == config.capacity =>
+            {
+                (e.bucket.clone(), e.line.clone())
+            }
+            old => {
+                if let Some(e) = old {
+                    e.line.close(Status::RateLimited);
+                }
+                (
+                    buckets.bucket(&spec.sale_id, config),
+                    Arc::new(Line::new(&spec.sale_id, spec.token_capacity)),
+                )
+            }
+        };
         let stock_gauge =
             metrics::gauge!("seckill_stock_remaining", "sale" => spec.sale_id.clone());
         stock_gauge.set(remaining as f64);
         let entry = SaleEntry {
+            series: SaleSeries::new(&spec.sale_id),
             spec,
             bucket,
+            line,
             sold_out: AtomicBool::new(sold_out),
             remaining: AtomicU64::new(remaining),
             stock_gauge,
         };
+        if sold_out {
+            entry.line.close(Status::SoldOut);
+        }
         self.sales
             .insert(status.spec.sale_id.clone(), Arc::new(entry));
         true

@@ -22,6 +22,7 @@ pub mod config;
 mod grpc;
 pub mod identity;
 mod limiter;
+mod line;
 mod lockout;
 mod metrics;
 mod public;
@@ -219,6 +220,13 @@ pub(crate) async fn put_sale(shared: &Shared, spec: SaleSpec) -> Result<Put, Inv
     }
     let put = shared.stores.inventory.put_sale(spec.clone()).await?;
     sync_one(shared, &spec.sale_id).await?;
+    // Full from this moment for every gateway, not after the generator's
+    // first ticks (which would fill it too, so a failure only delays it).
+    if let Some(sale) = shared.catalog.get(&spec.sale_id) {
+        if let Err(e) = sale.bucket.open().await {
+            tracing::warn!(sale = %spec.sale_id, error = %e, "cannot open the token bucket");
+        }
+    }
     Ok(put)
 }
 
@@ -235,14 +243,17 @@ pub(crate) async fn update_sale(
 /// Refreshes one sale from the inventory (installing, replacing or removing it).
 async fn sync_one(shared: &Shared, sale_id: &str) -> Result<(), InventoryError> {
     match shared.stores.inventory.sale(sale_id).await? {
-        Some(status) => {
-            if shared.catalog.upsert(&status, &*shared.stores.buckets) {
-                open_queue(shared, &status.spec).await;
-            }
-        }
+        Some(status) => install(shared, &status).await,
         None => gone_from_store(shared, sale_id).await,
     }
     Ok(())
+}
+
+/// Installs or updates one sale in the catalog from the store's status.
+pub(crate) async fn install(shared: &Shared, status: &SaleStatus) {
+    if shared.catalog.upsert(status, &*shared.stores.buckets) {
+        open_queue(shared, &status.spec).await;
+    }
 }
 
 /// A local sale the store no longer lists: removed by an operator (its

@@ -61,6 +61,19 @@ pub fn describe() {
         "seckill_store_fsyncs_total",
         "Fsyncs of the durable embedded store: one per commit, two per checkpoint."
     );
+    describe_counter!(
+        "seckill_gateway_refusals_total",
+        "Purchases refused for want of a token or a place in line, by sale and reason."
+    );
+    describe_gauge!(
+        "seckill_waiting_buyers",
+        "Buyers waiting in a fifo sale's line at this gateway, for a token."
+    );
+    describe_histogram!(
+        "seckill_gateway_wait_duration_seconds",
+        Unit::Seconds,
+        "Time a fifo buyer waited in line for its token."
+    );
 }
 
 impl GatewayMetrics {

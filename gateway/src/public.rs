@@ -16,15 +16,17 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{Method, Request, StatusCode};
 use seckill_inventory::{
-    now_ms, rfc3339, valid_id, Admission, Outcome, Purchase, RequestRecord, SaleStatus,
+    now_ms, rfc3339, valid_id, Admission, AdmissionMode, Outcome, Purchase, RequestRecord,
+    SaleStatus,
 };
 use seckill_ops::http::{json, HttpResponse};
 use seckill_queue::{QueueError, Ticket};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{error, Answer, Status};
-use crate::catalog::SaleEntry;
+use crate::catalog::{Reason, SaleEntry};
 use crate::identity::Refusal;
+use crate::line::{self, Call};
 use crate::waiters::Waiter;
 use crate::Shared;
 
@@ -89,7 +91,7 @@ struct PurchaseBody {
 }
 
 /// `POST /api/v1/sales/{sale_id}/purchase`.
-async fn purchase(shared: &Shared, sale_id: String, req: Request<Incoming>) -> HttpResponse {
+async fn purchase(shared: &Arc<Shared>, sale_id: String, req: Request<Incoming>) -> HttpResponse {
     let started = Instant::now();
     let request_id = if valid_id(&sale_id) {
         seckill_inventory::request_id(&sale_id)
@@ -110,7 +112,7 @@ fn log_decision(
     request_id: &str,
     sale_id: &str,
     status: Status,
-    elapsed: std::time::Duration,
+    elapsed: Duration,
 ) {
     let (outcome, micros) = (status.name(), elapsed.as_micros() as u64);
     if shared.config.log_requests {
@@ -197,7 +199,7 @@ type Answered = (Status, HttpResponse);
 
 /// The whole purchase path; returns the status for the metrics too.
 async fn admit_and_wait(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     sale_id: &str,
     request_id: &str,
     req: Request<Incoming>,
@@ -210,47 +212,103 @@ async fn admit_and_wait(
 /// The steps of the design's request path, in order; each refuses with
 /// the answer for its failure.
 async fn purchase_steps(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     sale_id: &str,
     request_id: &str,
     req: Request<Incoming>,
 ) -> Result<Answered, Answered> {
-    let by = Deadlines::from_arrival(shared);
+    let mut by = Deadlines::from_arrival(shared);
     check_address_limit(shared, &req)?;
     let idempotency_key = idempotency_key(&req)?;
-    let now = now_ms();
     // An unkeyed request to a sale that cannot sell now (unknown, not
-    // started, ended, paused, sold out, or no token as far as the bucket
-    // knows without I/O) is answered from the catalog, before its body is
-    // read and its buyer verified: the answer is the sale's public state,
-    // and a crowd refused costs no signature checks.
+    // started, ended, paused, sold out, or, admitting immediately, no token
+    // as far as the bucket knows without I/O) is answered before its body
+    // is read and its buyer verified: the answer is the sale's public
+    // state, and a crowd refused costs no signature checks. A keyed one may
+    // repeat a paid request: its buyer comes first.
     let early = match idempotency_key {
-        None => Some(sellable(shared, sale_id, request_id, now)?),
+        None => {
+            let sale = sale_of(shared, sale_id, request_id, by).await?;
+            check_state(shared, &sale, request_id, now_ms())?;
+            if sale.spec.admission == AdmissionMode::Immediate && sale.bucket.known_empty() {
+                sale.series.refused(Reason::NoToken);
+                return Err(rate_limited("no_token"));
+            }
+            Some(sale)
+        }
         Some(_) => None,
     };
-    let input = read_input(shared, req, idempotency_key).await?;
+    // Boxed, like the steps after the token: a buyer waiting in line
+    // holds none of their state.
+    let input = Box::pin(read_input(shared, req, idempotency_key)).await?;
     if let Some(key) = &input.idempotency_key {
         // A repeat of a key is how a buyer whose connection broke recovers
         // its result, so it is answered before the sale's state refuses:
         // sold out, ended or removed, the first request's result stands.
         check_edge_limit(shared, sale_id, &input.user_id)?;
-        answer_repeat(shared, by, sale_id, &input.user_id, key, request_id).await?;
+        Box::pin(answer_repeat(
+            shared,
+            by,
+            sale_id,
+            &input.user_id,
+            key,
+            request_id,
+        ))
+        .await?;
     }
     let sale = match early {
         Some(sale) => sale,
-        None => sellable(shared, sale_id, request_id, now)?,
+        None => {
+            let sale = sale_of(shared, sale_id, request_id, by).await?;
+            check_state(shared, &sale, request_id, now_ms())?;
+            sale
+        }
     };
     if input.quantity > sale.spec.per_user_limit {
         return Err(bad_request("quantity is over the sale's per-user limit"));
     }
     if input.idempotency_key.is_none() {
-        check_edge_limit(shared, sale_id, &input.user_id)?;
+        check_edge_limit(shared, sale_id, &input.user_id).inspect_err(|_| {
+            sale.series.refused(Reason::UserLimit);
+        })?;
     }
+    let waited = match sale.spec.admission {
+        AdmissionMode::Immediate => {
+            take_token(&sale, by, request_id).await?;
+            None
+        }
+        AdmissionMode::Fifo => {
+            let waited = wait_in_line(shared, &sale, by, request_id, &input.user_id).await?;
+            if !waited.is_zero() {
+                // Admitted now: the deadline and the store's budget count
+                // from here, as for a request that found its token at once.
+                by = Deadlines::from_arrival(shared);
+            }
+            Some(waited)
+        }
+    };
+    let now = now_ms();
     let purchase = input.into_purchase(shared, sale_id, request_id, now, by.store_by_ms());
-    take_token(&sale, by, request_id).await?;
+    // Boxed: the steps after the token are in the future's state only
+    // while they run, not in every buyer's waiting in line.
+    Box::pin(admit_park_and_wait(
+        shared, &sale, by, purchase, now, waited,
+    ))
+    .await
+}
+
+/// Steps 5 to 7: record, park, enqueue, wait for the result.
+async fn admit_park_and_wait(
+    shared: &Shared,
+    sale: &SaleEntry,
+    by: Deadlines,
+    purchase: Purchase,
+    now: u64,
+    waited: Option<Duration>,
+) -> Result<Answered, Answered> {
     admit(shared, by, &purchase).await?;
     let (waiter, ticket) = park_and_enqueue(shared, by, purchase, now).await?;
-    Ok(wait_for_result(&sale, by, waiter, &ticket.purchase).await)
+    Ok(wait_for_result(sale, by, waiter, &ticket.purchase, waited).await)
 }
 
 /// A purchase request's validated input.
@@ -351,19 +409,66 @@ async fn answer_repeat(
     }
 }
 
-/// Step 2: the sale's state, from the local catalog: no I/O.
-fn sellable(
+/// Step 2a: the sale, from the local catalog, or (boxed, off the hot
+/// path's future) [`find_sale`].
+async fn sale_of(
     shared: &Shared,
     sale_id: &str,
     request_id: &str,
-    now: u64,
+    by: Deadlines,
 ) -> Result<Arc<SaleEntry>, Answered> {
-    let Some(sale) = shared.catalog.get(sale_id) else {
-        if shared.catalog.is_lost(sale_id) {
-            return Err(store_lost(Some(request_id)));
-        }
+    match shared.catalog.get(sale_id) {
+        Some(sale) => Ok(sale),
+        None => Box::pin(find_sale(shared, sale_id, request_id, by)).await,
+    }
+}
+
+/// A sale the catalog does not hold is
+/// read from the store once before the `404` (created through another
+/// gateway a moment ago, its announcement not here yet); a miss is
+/// remembered for a moment, and such reads are bounded in number, so
+/// made-up sale ids cost the store little.
+async fn find_sale(
+    shared: &Shared,
+    sale_id: &str,
+    request_id: &str,
+    by: Deadlines,
+) -> Result<Arc<SaleEntry>, Answered> {
+    if let Some(sale) = shared.catalog.get(sale_id) {
+        return Ok(sale);
+    }
+    if shared.catalog.is_lost(sale_id) {
+        return Err(store_lost(Some(request_id)));
+    }
+    if !valid_id(sale_id) || shared.catalog.missed_lately(sale_id) {
+        return Err(refuse(Status::NotFound));
+    }
+    let Some(_read) = shared.catalog.read_permit() else {
         return Err(refuse(Status::NotFound));
     };
+    match within(by.store, shared.stores.inventory.sale(sale_id)).await {
+        Some(Ok(Some(status))) => {
+            crate::install(shared, &status).await;
+            shared
+                .catalog
+                .get(sale_id)
+                .ok_or_else(|| refuse(Status::NotFound))
+        }
+        Some(Ok(None)) => {
+            shared.catalog.note_miss(sale_id);
+            Err(refuse(Status::NotFound))
+        }
+        Some(Err(_)) | None => Err(store_unreachable(request_id)),
+    }
+}
+
+/// Step 2b: the sale's state, from the local catalog: no I/O.
+fn check_state(
+    shared: &Shared,
+    sale: &SaleEntry,
+    request_id: &str,
+    now: u64,
+) -> Result<(), Answered> {
     match seckill_inventory::window_state(&sale.spec, now) {
         Some(seckill_inventory::SaleState::Upcoming) => return Err(refuse(Status::NotStarted)),
         Some(_) => return Err(refuse(Status::Ended)),
@@ -378,10 +483,7 @@ fn sellable(
     if shared.draining.load(Ordering::Acquire) {
         return Err(overloaded(request_id));
     }
-    if sale.bucket.known_empty() {
-        return Err(refuse(Status::RateLimited));
-    }
-    Ok(sale)
+    Ok(())
 }
 
 /// Step 0: the per-address edge limit, before the body is even read: one
@@ -403,8 +505,13 @@ fn check_edge_limit(shared: &Shared, sale_id: &str, user_id: &str) -> Result<(),
     if shared.limiter.check(sale_id, user_id) {
         Ok(())
     } else {
-        Err(refuse(Status::RateLimited))
+        Err(rate_limited("user_limit"))
     }
+}
+
+fn rate_limited(reason: &str) -> Answered {
+    let s = Status::RateLimited;
+    (s, Answer::of(s).reason(reason).into_response(s))
 }
 
 /// Step 4: a token, or an immediate refusal: nothing before it touches the
@@ -412,8 +519,104 @@ fn check_edge_limit(shared: &Shared, sale_id: &str, user_id: &str) -> Result<(),
 async fn take_token(sale: &SaleEntry, by: Deadlines, request_id: &str) -> Result<(), Answered> {
     match within(by.store, sale.bucket.try_take()).await {
         Some(Ok(true)) => Ok(()),
-        Some(Ok(false)) => Err(refuse(Status::RateLimited)),
+        Some(Ok(false)) => {
+            sale.series.refused(Reason::NoToken);
+            Err(rate_limited("no_token"))
+        }
         Some(Err(_)) | None => Err(store_unreachable(request_id)),
+    }
+}
+
+/// The estimated wait for the token of `position`, in ms (rounded up).
+fn eta_ms(sale: &SaleEntry, position: u64) -> u64 {
+    (position * 1000).div_ceil(u64::from(sale.spec.token_rate.max(1)))
+}
+
+/// Whether a buyer at `position` may wait: beyond the line's capacity
+/// `429 line_full`, beyond `limit_ms` of estimated wait `429
+/// wait_too_long`; both say the position and the estimate.
+fn check_wait(sale: &SaleEntry, position: u64, limit_ms: u64) -> Result<(), Answered> {
+    let eta = eta_ms(sale, position);
+    let reason = if position > u64::from(sale.spec.wait_capacity) {
+        sale.series.refused(Reason::LineFull);
+        "line_full"
+    } else if eta > limit_ms {
+        sale.series.refused(Reason::WaitTooLong);
+        "wait_too_long"
+    } else {
+        return Ok(());
+    };
+    let s = Status::RateLimited;
+    let answer = Answer::of(s)
+        .error("the wait for a token would be too long; try again later")
+        .reason(reason)
+        .estimate(position, eta);
+    Err((s, answer.into_response(s)))
+}
+
+/// Step 4 of a `fifo` sale: a ticket in arrival order, then the wait for
+/// its token. A buyer whose estimated wait is beyond the sale's
+/// `max_wait_ms` (or the request timeout) is refused at once, first from
+/// what this gateway knows (no store call), then from its ticket's real
+/// place. Returns how long it waited.
+async fn wait_in_line(
+    shared: &Arc<Shared>,
+    sale: &Arc<SaleEntry>,
+    by: Deadlines,
+    request_id: &str,
+    user_id: &str,
+) -> Result<Duration, Answered> {
+    let arrived = tokio::time::Instant::now();
+    let timeout = shared.config.request_timeout;
+    let limit_ms = u64::from(sale.spec.max_wait_ms).min(timeout.as_millis() as u64);
+    let line = &sale.line;
+    if let Some(position) = line.next_position() {
+        check_wait(sale, position, limit_ms)?;
+    }
+    let joining = line.joining();
+    let place = match within(by.store, sale.bucket.join()).await {
+        Some(Ok(place)) => place,
+        Some(Err(_)) | None => return Err(store_unreachable(request_id)),
+    };
+    drop(joining);
+    line.observe(place.turns);
+    if place.served() {
+        return Ok(Duration::ZERO);
+    }
+    if let Err(refused) = check_wait(sale, place.position(), limit_ms) {
+        line.abandon(place.ticket);
+        return Err(refused);
+    }
+    let (mut seat, start_pump) = line.sit(place.ticket, request_id, user_id);
+    if start_pump {
+        tokio::spawn(line::pump(
+            shared.clone(),
+            sale.spec.sale_id.clone(),
+            line.clone(),
+        ));
+    }
+    // The estimate may be off (tokens taken by another gateway's buyers
+    // who came first): the wait ends at twice the limit at most.
+    let until = arrived + Duration::from_millis(limit_ms * 2).min(timeout);
+    match tokio::time::timeout_at(until, &mut seat.rx).await {
+        Ok(Ok(Call::Served)) => {
+            let waited = arrived.elapsed();
+            sale.series.waited(waited.as_secs_f64());
+            Ok(waited)
+        }
+        Ok(Ok(Call::Closed(status))) => Err(refuse(status)),
+        Ok(Err(_)) => Err(overloaded(request_id)),
+        Err(_) => {
+            let position = line.queued(request_id).map_or(1, |q| q.position);
+            drop(seat);
+            sale.series.refused(Reason::WaitTooLong);
+            let s = Status::RateLimited;
+            let answer = Answer::of(s)
+                .error("no token came in time; try again later")
+                .reason("wait_too_long")
+                .estimate(position, eta_ms(sale, position));
+            Err((s, answer.into_response(s)))
+        }
     }
 }
 
@@ -479,6 +682,7 @@ async fn wait_for_result(
     by: Deadlines,
     waiter: Waiter<'_>,
     p: &Purchase,
+    waited: Option<Duration>,
 ) -> Answered {
     match waiter.wait_until(by.answer).await.map(|c| c.outcome) {
         Some(outcome) => {
@@ -486,7 +690,15 @@ async fn wait_for_result(
                 // Not even one unit left: later buyers get 410 locally.
                 sale.mark_sold_out();
             }
-            answer_outcome(&outcome, &p.request_id, &p.sale_id, &p.user_id, p.quantity)
+            let waited_ms = waited.map(|w| w.as_millis() as u64);
+            answer_outcome(
+                &outcome,
+                &p.request_id,
+                &p.sale_id,
+                &p.user_id,
+                p.quantity,
+                waited_ms,
+            )
         }
         None => {
             let s = Status::Timeout;
@@ -495,13 +707,15 @@ async fn wait_for_result(
     }
 }
 
-/// The answer for a request's final outcome; a success names what was bought.
+/// The answer for a request's final outcome; a success names what was
+/// bought (and, in `fifo` admission, how long the buyer waited in line).
 fn answer_outcome(
     outcome: &Outcome,
     request_id: &str,
     sale_id: &str,
     user_id: &str,
     quantity: u32,
+    waited_ms: Option<u64>,
 ) -> Answered {
     let status = Status::of(outcome);
     let mut answer = Answer::outcome(outcome, request_id);
@@ -509,6 +723,7 @@ fn answer_outcome(
         answer.sale_id = Some(sale_id);
         answer.user_id = Some(user_id);
         answer.quantity = Some(quantity);
+        answer.waited_ms = waited_ms;
     }
     (status, answer.into_response(status))
 }
@@ -537,7 +752,7 @@ async fn repeat_of(shared: &Shared, by: Deadlines, first: &str) -> Answered {
             user_id,
             quantity,
             ..
-        }))) => answer_outcome(&outcome, first, &sale_id, &user_id, quantity),
+        }))) => answer_outcome(&outcome, first, &sale_id, &user_id, quantity, None),
         Some(Ok(_)) => {
             let s = Status::Pending;
             (s, Answer::of(s).request_id(first).into_response(s))
@@ -585,6 +800,12 @@ pub(crate) struct SaleView<'a> {
     token_capacity: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_capacity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admission: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_wait_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_capacity: Option<u32>,
 }
 
 impl<'a> SaleView<'a> {
@@ -603,6 +824,9 @@ impl<'a> SaleView<'a> {
             token_rate: admin.then_some(spec.token_rate),
             token_capacity: admin.then_some(spec.token_capacity),
             queue_capacity: admin.then_some(spec.queue_capacity),
+            admission: admin.then_some(spec.admission.as_str()),
+            max_wait_ms: admin.then_some(spec.max_wait_ms),
+            wait_capacity: admin.then_some(spec.wait_capacity),
         }
     }
 }
@@ -644,6 +868,34 @@ struct RequestView<'a> {
     order_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta_ms: Option<u64>,
+}
+
+/// A request waiting in a `fifo` line here: `queued`, with its place.
+fn queued_view(shared: &Shared, request_id: &str, viewer: Option<&str>) -> Option<HttpResponse> {
+    let sale_id = seckill_inventory::sale_of_request(request_id)?;
+    let sale = shared.catalog.get(sale_id)?;
+    let q = sale.line.queued(request_id)?;
+    if viewer.is_some_and(|v| v != q.user_id) {
+        return None;
+    }
+    let view = RequestView {
+        request_id,
+        sale_id,
+        user_id: &q.user_id,
+        status: "queued",
+        order_id: None,
+        reason: None,
+        position: Some(q.position),
+        eta_ms: Some(eta_ms(&sale, q.position)),
+    };
+    Some(json(
+        StatusCode::OK,
+        serde_json::to_vec(&view).expect("views serialize"),
+    ))
 }
 
 /// `GET /api/v1/requests/{request_id}`.
@@ -657,6 +909,10 @@ async fn get_request(shared: &Shared, request_id: &str, req: &Request<Incoming>)
     };
     if seckill_inventory::sale_of_request(request_id).is_none() || request_id.len() > 128 {
         return not_found();
+    }
+    // Waiting in line here: not in the store before its token.
+    if let Some(resp) = queued_view(shared, request_id, viewer.as_deref()) {
+        return resp;
     }
     match shared.stores.inventory.request(request_id).await {
         Ok(Some(r)) if viewer.as_ref().is_some_and(|v| *v != r.user_id) => not_found(),
@@ -673,6 +929,8 @@ async fn get_request(shared: &Shared, request_id: &str, req: &Request<Incoming>)
                 status: r.outcome.as_ref().map_or("pending", Outcome::status),
                 order_id,
                 reason,
+                position: None,
+                eta_ms: None,
             };
             json(
                 StatusCode::OK,

@@ -118,7 +118,8 @@ async fn two_gateways_two_services_sell_exactly_the_stock() {
         Svc::start("service-a", &store, &[]),
         Svc::start("service-b", &store, &[]),
     ];
-    assert_eq!(gws[0].put_sale("big", &sale_body(1000, 5000, 2000)), 201);
+    // A bucket starts full: its capacity is the opening burst.
+    assert_eq!(gws[0].put_sale("big", &sale_body(1000, 5000, 200)), 201);
     wait_sale(&[&gws[0], &gws[1]], "big");
 
     // 20,000 distinct buyers over both gateways, and 2,000 of them click
@@ -546,6 +547,10 @@ fn token_generator_fails_over_at_the_same_rate() {
     );
     wait_sale(&[&gws[0], &gws[1]], "gen");
     let tokens = || int(redis.command(&["LLEN", &keys::tokens("gen")]));
+    // A new sale's bucket is full from the start; empty it to watch the
+    // generator refill it.
+    assert!(tokens() >= 100_000 - 10, "a new bucket holds its capacity");
+    int(redis.command(&["DEL", &keys::tokens("gen")]));
     let rate_over = |window: Duration| {
         let (n0, t0) = (tokens(), Instant::now());
         std::thread::sleep(window);
@@ -600,7 +605,8 @@ async fn a_redis_cluster_sells_exactly_the_stock() {
     let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "30000"]);
     let svc = Svc::start("service", &store, &[]);
     for (sale, stock) in [("c1", 300), ("c2", 200)] {
-        assert_eq!(gw.put_sale(sale, &sale_body(stock, 5000, 2000)), 201);
+        // A bucket starts full: its capacity is the opening burst.
+        assert_eq!(gw.put_sale(sale, &sale_body(stock, 5000, 100)), 201);
     }
     wait_sale(&[&gw], "c1");
     wait_sale(&[&gw], "c2");

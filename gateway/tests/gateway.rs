@@ -227,7 +227,7 @@ async fn a_body_over_4_kib_is_413_and_changes_nothing() {
 #[tokio::test]
 async fn an_empty_bucket_answers_429_without_enqueueing() {
     let gw = TestGateway::start().await;
-    // One token per second, none issued yet.
+    // One token per second; the full bucket holds one.
     let (s, v) = gw
         .put_sale(
             "slow",
@@ -235,29 +235,42 @@ async fn an_empty_bucket_answers_429_without_enqueueing() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(gw.buy("slow", "first").await.0, StatusCode::OK);
     for i in 0..3 {
         let (s, h, v) = gw
             .purchase("slow", &format!(r#"{{"user_id":"u{i}"}}"#))
             .await;
         assert_eq!(
-            (s, status_of(&v)),
-            (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            (s, status_of(&v), v["reason"].as_str()),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some("no_token")
+            )
         );
         assert!(h.contains_key("retry-after"));
     }
     let m = gw.metrics().await;
     assert_eq!(
         sample(&m, r#"seckill_queue_enqueued_total{sale="slow"}"#),
-        Some(0.0),
-        "the queue's counter exists and nothing was enqueued:\n{m}"
+        Some(1.0),
+        "only the purchase with a token was enqueued:\n{m}"
     );
-    assert_eq!(sold(&gw, "slow").await, (0, 100));
-    // The first token arrives after a second; then the purchase goes through.
+    assert_eq!(
+        sample(
+            &m,
+            r#"seckill_gateway_refusals_total{sale="slow",reason="no_token"}"#
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(sold(&gw, "slow").await, (1, 99));
+    // The next token arrives after a second; then the purchase goes through.
     assert_eq!(buy_admitted(&gw, "slow", "late").await.0, StatusCode::OK);
     let m = gw.metrics().await;
     assert_eq!(
         sample(&m, r#"seckill_queue_enqueued_total{sale="slow"}"#),
-        Some(1.0)
+        Some(2.0)
     );
     gw.stop().await;
 }

@@ -14,6 +14,9 @@
 //! - audit: `oversell`, `missing`, `over_limit`, `unrecorded`, `sold`,
 //!   `remaining`, `orders` (distinct orders buyers were told of; repeats
 //!   of one idempotency key count once, unlike `count(success)`).
+//! - fairness: `fairness` (the share of the winners among the first
+//!   `stock` buyers by arrival), `inversion` (arrival ranks the latest
+//!   winner came past them), `inversion_ms`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -79,6 +82,9 @@ enum Metric {
     Sold,
     Remaining,
     Orders,
+    Fairness,
+    Inversion,
+    InversionMs,
 }
 
 impl Metric {
@@ -202,6 +208,9 @@ fn parse_metric(m: &str) -> Result<Metric, String> {
         ("sold", None) => Metric::Sold,
         ("remaining", None) => Metric::Remaining,
         ("orders", None) => Metric::Orders,
+        ("fairness", None) => Metric::Fairness,
+        ("inversion", None) => Metric::Inversion,
+        ("inversion_ms", None) => Metric::InversionMs,
         _ => return Err(format!("unknown metric '{m}'")),
     })
 }
@@ -330,6 +339,17 @@ impl Assertion {
             Metric::Sold => audit()?.sold_after as f64,
             Metric::Remaining => audit()?.remaining_after as f64,
             Metric::Orders => audit()?.orders as f64,
+            Metric::Fairness | Metric::Inversion | Metric::InversionMs => {
+                let f = r
+                    .fairness
+                    .as_ref()
+                    .ok_or_else(|| "no fairness (needs the audit)".to_string())?;
+                match self.metric {
+                    Metric::Fairness => f.fairness,
+                    Metric::Inversion => f.inversion_buyers as f64,
+                    _ => f.inversion_ms,
+                }
+            }
         })
     }
 }
@@ -376,6 +396,9 @@ mod tests {
             "time_to_sell_out < 2s",
             "valid == 1",
             "orders == 1000",
+            "fairness>0.95",
+            "inversion <= 10",
+            "inversion_ms < 100",
         ] {
             let a: Assertion = s.parse().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(a.expr(), s.trim());
@@ -398,6 +421,21 @@ mod tests {
         }
         let a: Assertion = "share(success)>5%".parse().unwrap();
         assert!((a.value - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fairness_needs_the_audit() {
+        let a: Assertion = "fairness>0.95".parse().unwrap();
+        let mut r = Report::default();
+        let missing = a.check(&r);
+        assert!(!missing.passed && missing.actual.contains("no fairness"));
+        r.fairness = Some(crate::model::Fairness {
+            fairness: 0.97,
+            ..Default::default()
+        });
+        assert!(a.check(&r).passed);
+        r.fairness.as_mut().unwrap().fairness = 0.5;
+        assert!(!a.check(&r).passed);
     }
 
     #[test]

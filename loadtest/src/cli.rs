@@ -61,6 +61,10 @@ struct RunArgs {
     /// Base URL of the gateway's public API.
     #[arg(long, env = "LOADTEST_TARGET", default_value = "http://127.0.0.1:8080")]
     target: String,
+    /// Public API of another gateway of the same sale (repeatable): buyers
+    /// are spread over the targets in turn; the audit reads --target.
+    #[arg(long)]
+    also_target: Vec<String>,
     /// The sale to buy from.
     #[arg(long, env = "LOADTEST_SALE", default_value = "demo")]
     sale: String,
@@ -164,6 +168,15 @@ struct RunArgs {
     /// [default: the gateway's].
     #[arg(long, env = "LOADTEST_QUEUE_CAPACITY", value_parser = value_parser!(u32).range(1..))]
     queue_capacity: Option<u32>,
+    /// For --create-sale: `immediate` or `fifo` [default: the gateway's].
+    #[arg(long)]
+    admission: Option<String>,
+    /// For --create-sale (`fifo`): the longest estimated wait in line.
+    #[arg(long, value_parser = value_parser!(u32).range(1..))]
+    max_wait_ms: Option<u32>,
+    /// For --create-sale (`fifo`): the most buyers in line.
+    #[arg(long, value_parser = value_parser!(u32).range(1..))]
+    wait_capacity: Option<u32>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -316,8 +329,10 @@ async fn run(mut a: RunArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    if let Err(e) = http::base_url(&a.target) {
-        return fail(EXIT_CONFIG, &format!("--target: {e}"));
+    for t in std::iter::once(&a.target).chain(&a.also_target) {
+        if let Err(e) = http::base_url(t) {
+            return fail(EXIT_CONFIG, &format!("--target: {e}"));
+        }
     }
     let admin = match &a.admin_token {
         Some(token) => match http::base_url(&a.admin_url) {
@@ -342,6 +357,9 @@ async fn run(mut a: RunArgs) -> ExitCode {
             token_rate: a.token_rate,
             token_capacity: a.token_capacity,
             queue_capacity: a.queue_capacity,
+            admission: a.admission.clone(),
+            max_wait_ms: a.max_wait_ms,
+            wait_capacity: a.wait_capacity,
         };
         let client = http::client(4);
         if let Err(e) = http::put_sale(&client, &admin.url, &admin.token, &a.sale, &setup).await {
@@ -350,6 +368,7 @@ async fn run(mut a: RunArgs) -> ExitCode {
     }
 
     let mut cfg = RunConfig::new(a.target.clone(), a.sale.clone(), a.profile.clone());
+    cfg.also_targets = a.also_target.clone();
     cfg.connections = a.connections;
     cfg.timeout = Duration::from_millis(a.timeout_ms);
     cfg.quantity = a.quantity;

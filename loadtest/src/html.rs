@@ -44,6 +44,7 @@ struct Page<'a> {
     throughput: Chart,
     latency: Chart,
     distribution: Chart,
+    by_rank: Chart,
     rows: Vec<OutcomeRow>,
     all_cells: Vec<String>,
     lag: LagNote,
@@ -67,6 +68,7 @@ impl<'a> Page<'a> {
             throughput: throughput_chart(r),
             latency: latency_chart(r),
             distribution: distribution_chart(r),
+            by_rank: rank_chart(r),
             rows: outcome_rows(r),
             all_cells: all_cells(r),
             lag: LagNote::of(r),
@@ -131,6 +133,12 @@ fn cards(r: &Report) -> Vec<(&'static str, String)> {
         ("p99 all", fmt_us(r.all.p99_us)),
         ("schedule lag p99", fmt_us(r.schedule.start_lag.p99_us)),
         ("audit", audit),
+        (
+            "fairness",
+            r.fairness
+                .as_ref()
+                .map_or("-".to_string(), |f| format!("{:.3}", f.fairness)),
+        ),
     ]
 }
 
@@ -528,6 +536,60 @@ fn throughput_chart(r: &Report) -> Chart {
         offered_line.push((plot.px((i + 1) as f64 * width_s), plot.py(*v)));
     }
     chart.shapes.extend(line(&offered_line, "#000", 1.2, true));
+    chart
+}
+
+/// Buyers' final outcomes by arrival rank, stacked shares per group of
+/// ranks; a dashed line where the first `stock` buyers end.
+fn rank_chart(r: &Report) -> Chart {
+    let Some(f) = r.fairness.as_ref().filter(|f| !f.by_rank.is_empty()) else {
+        return Chart::empty();
+    };
+    let outcomes = present(r);
+    let end = f.by_rank.last().map_or(1, |g| g.last + 1) as f64;
+    let plot = Plot {
+        x0: 0.0,
+        x1: end,
+        y0: 0.0,
+        y1: 1.0,
+        log_y: false,
+    };
+    let mut chart = plot.chart(
+        &linear_ticks(end, |v| format!("{v:.0}")),
+        &linear_ticks(1.0, |v| format!("{:.0}%", v * 100.0)),
+        "arrival rank (intended)",
+    );
+    let mut below = vec![0.0; f.by_rank.len()];
+    for o in &outcomes {
+        let mut top = below.clone();
+        for (i, g) in f.by_rank.iter().enumerate() {
+            let total: u64 = g.outcomes.values().sum();
+            let n = *g.outcomes.get(o.name()).unwrap_or(&0);
+            top[i] += n as f64 / total.max(1) as f64;
+        }
+        let mut pts = Vec::with_capacity(4 * f.by_rank.len());
+        for (g, t) in f.by_rank.iter().zip(&top) {
+            pts.push((plot.px(g.first as f64), plot.py(*t)));
+            pts.push((plot.px((g.last + 1) as f64), plot.py(*t)));
+        }
+        for (g, b) in f.by_rank.iter().zip(&below).rev() {
+            pts.push((plot.px((g.last + 1) as f64), plot.py(*b)));
+            pts.push((plot.px(g.first as f64), plot.py(*b)));
+        }
+        chart.shapes.push(Shape::Area {
+            color: color(*o),
+            points: points(&pts),
+            title: o.name(),
+        });
+        below = top;
+    }
+    let x = plot.px(f.first_buyers as f64);
+    chart.shapes.extend(line(
+        &[(x, plot.py(0.0)), (x, plot.py(1.0))],
+        "#000",
+        1.2,
+        true,
+    ));
     chart
 }
 

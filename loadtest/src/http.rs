@@ -150,6 +150,12 @@ pub struct SaleSetup {
     pub token_capacity: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_capacity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_capacity: Option<u32>,
 }
 
 /// Creates (or replaces) a sale through the admin API.

@@ -149,8 +149,41 @@ pub struct Report {
     pub timeline: Timeline,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Audit>,
+    /// Whether the buyers who came first won (needs the audit's stock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<Fairness>,
     #[serde(default)]
     pub assertions: Vec<AssertionResult>,
+}
+
+/// Did the buyers who came first get the goods: winners against their
+/// intended arrival order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fairness {
+    /// The first buyers by intended arrival who could all have won: the
+    /// units on sale at the start over the quantity each buys.
+    pub first_buyers: u64,
+    /// Buyers whose final outcome was a success.
+    pub winners: u64,
+    /// Winners among the first buyers.
+    pub early_winners: u64,
+    /// `early_winners / winners` (1 when nobody won).
+    pub fairness: f64,
+    /// How late the latest winner came: arrival ranks past the first
+    /// buyers, and its intended arrival after the last of them, in ms.
+    pub inversion_buyers: u64,
+    pub inversion_ms: f64,
+    /// Final outcomes by arrival rank, in groups of equal size.
+    pub by_rank: Vec<RankGroup>,
+}
+
+/// Buyers of consecutive arrival ranks and their final outcomes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankGroup {
+    /// Ranks `first..=last` (0 = the first buyer to arrive).
+    pub first: u64,
+    pub last: u64,
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 /// The options a run was made with.

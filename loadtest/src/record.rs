@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::model::{
-    LatencyStats, Outcome, OutcomeStats, PercentilePoint, SellOut, Timeline, TimelineBucket,
+    Fairness, LatencyStats, Outcome, OutcomeStats, PercentilePoint, RankGroup, SellOut, Timeline,
+    TimelineBucket,
 };
 
 /// Highest latency a histogram tracks (values above are clamped): one hour.
@@ -82,6 +83,28 @@ pub fn distribution(h: &Histogram<u64>) -> Vec<PercentilePoint> {
     points
 }
 
+/// Most groups of the outcome-by-arrival-rank plot.
+const RANK_GROUPS: usize = 100;
+
+/// Final outcomes in up to [`RANK_GROUPS`] groups of consecutive ranks.
+fn rank_groups(finals: &[(u64, Duration, Outcome)]) -> Vec<RankGroup> {
+    let size = finals.len().div_ceil(RANK_GROUPS).max(1);
+    finals
+        .chunks(size)
+        .map(|chunk| {
+            let mut outcomes = BTreeMap::new();
+            for f in chunk {
+                *outcomes.entry(f.2.name().to_string()).or_insert(0) += 1;
+            }
+            RankGroup {
+                first: chunk[0].0,
+                last: chunk[chunk.len() - 1].0,
+                outcomes,
+            }
+        })
+        .collect()
+}
+
 /// A success as the client saw it.
 #[derive(Clone, Debug)]
 pub struct Order {
@@ -128,6 +151,8 @@ pub struct Recorder {
     conn_wait: Histogram<u64>,
     buckets: Vec<Bucket>,
     buyers: [u64; Outcome::COUNT],
+    /// Each buyer's rank, intended arrival after `t0` and final outcome.
+    finals: Vec<(u64, Duration, Outcome)>,
     errors: BTreeMap<String, u64>,
     /// Distinct orders by order id (or request id when there is none).
     pub orders: HashMap<String, Order>,
@@ -157,6 +182,7 @@ impl Recorder {
             conn_wait: histogram(),
             buckets: Vec::new(),
             buyers: [0; Outcome::COUNT],
+            finals: Vec::new(),
             errors: BTreeMap::new(),
             orders: HashMap::new(),
             success_answers: 0,
@@ -248,9 +274,49 @@ impl Recorder {
         }
     }
 
-    /// A buyer is done: its last attempt ended with `outcome`.
-    pub fn buyer_done(&mut self, outcome: Outcome) {
+    /// Buyer `n` (its arrival rank), due at `intended`, is done: its last
+    /// attempt ended with `outcome`.
+    pub fn buyer_done(&mut self, n: u64, intended: Instant, outcome: Outcome) {
         self.buyers[outcome.index()] += 1;
+        let at = intended.saturating_duration_since(self.t0);
+        self.finals.push((n, at, outcome));
+    }
+
+    /// Winners against arrival order, when `units` were on sale at the
+    /// start and each buyer asked for `quantity`.
+    pub fn fairness(&self, units: u64, quantity: u32) -> Fairness {
+        let mut finals = self.finals.clone();
+        finals.sort_unstable_by_key(|f| f.0);
+        let first_buyers = units / u64::from(quantity.max(1));
+        let won = |f: &&(u64, Duration, Outcome)| f.2 == Outcome::Success;
+        let winners = finals.iter().filter(won).count() as u64;
+        let early_winners = finals
+            .iter()
+            .take(first_buyers as usize)
+            .filter(won)
+            .count() as u64;
+        let latest = finals.iter().rposition(|f| f.2 == Outcome::Success);
+        let (inversion_buyers, inversion_ms) = match latest {
+            Some(i) if i as u64 >= first_buyers && first_buyers > 0 => {
+                let last_early = finals[first_buyers as usize - 1].1;
+                let late = finals[i].1.saturating_sub(last_early);
+                (i as u64 + 1 - first_buyers, late.as_secs_f64() * 1e3)
+            }
+            _ => (0, 0.0),
+        };
+        Fairness {
+            first_buyers,
+            winners,
+            early_winners,
+            fairness: if winners == 0 {
+                1.0
+            } else {
+                early_winners as f64 / winners as f64
+            },
+            inversion_buyers,
+            inversion_ms: (inversion_ms * 1e3).round() / 1e3,
+            by_rank: rank_groups(&finals),
+        }
     }
 
     /// Answers so far by outcome (for the progress line).
@@ -407,6 +473,40 @@ mod tests {
         assert_eq!(tl.buckets[4].answers["sold_out"], 1);
         // Latency is filed under the intended send time (30 ms → bucket 3).
         assert!(tl.buckets[3].p50_us["sold_out"] >= 11_000);
+    }
+
+    #[test]
+    fn fairness_counts_winners_against_arrival_order() {
+        let t0 = Instant::now();
+        let mut r = Recorder::new(t0, Duration::from_millis(10));
+        // Ten buyers 10 ms apart, finishing out of order; 3 units on sale.
+        let won = [0, 2, 7];
+        for n in (0..10u64).rev() {
+            let o = if won.contains(&n) {
+                Outcome::Success
+            } else {
+                Outcome::SoldOut
+            };
+            r.buyer_done(n, t0 + Duration::from_millis(10 * n), o);
+        }
+        let f = r.fairness(3, 1);
+        assert_eq!((f.first_buyers, f.winners, f.early_winners), (3, 3, 2));
+        assert!((f.fairness - 2.0 / 3.0).abs() < 1e-9);
+        // The latest winner is rank 7: 5 ranks and 50 ms after rank 2.
+        assert_eq!(f.inversion_buyers, 5);
+        assert!((f.inversion_ms - 50.0).abs() < 1e-6);
+        let grouped: u64 = f.by_rank.iter().flat_map(|g| g.outcomes.values()).sum();
+        assert_eq!(grouped, 10);
+        assert_eq!(f.by_rank[0].first, 0);
+        // In order: fair, no inversion; two units each: the first buyer.
+        let mut fair = Recorder::new(t0, Duration::from_millis(10));
+        fair.buyer_done(0, t0, Outcome::Success);
+        fair.buyer_done(1, t0, Outcome::SoldOut);
+        let f = fair.fairness(2, 2);
+        assert_eq!(
+            (f.first_buyers, f.fairness, f.inversion_buyers),
+            (1, 1.0, 0)
+        );
     }
 
     #[test]

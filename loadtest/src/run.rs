@@ -38,6 +38,9 @@ use crate::summary::fmt_us;
 pub struct RunConfig {
     /// Base URL of the gateway's public API.
     pub target: String,
+    /// Other gateways of the same sale: buyers go to the targets in turn
+    /// (buyer `n` to target `n mod count`).
+    pub also_targets: Vec<String>,
     pub sale_id: String,
     pub profile: Profile,
     /// Requests in flight at most (each holds one connection).
@@ -81,6 +84,7 @@ impl RunConfig {
     pub fn new(target: impl Into<String>, sale_id: impl Into<String>, profile: Profile) -> Self {
         RunConfig {
             target: target.into(),
+            also_targets: Vec::new(),
             sale_id: sale_id.into(),
             profile,
             connections: 256,
@@ -111,7 +115,8 @@ impl RunConfig {
 /// What every buyer task shares.
 struct Ctx {
     client: HttpClient,
-    uri: Uri,
+    /// The purchase URL of each target.
+    uris: Vec<Uri>,
     /// The start of the schedule: arrivals are offsets from it.
     t0: Instant,
     rec: Mutex<Recorder>,
@@ -179,20 +184,28 @@ fn check(cfg: &RunConfig) -> anyhow::Result<()> {
 struct Target {
     /// Base URL of the public API.
     base: String,
-    /// The sale's purchase endpoint.
-    purchase: Uri,
+    /// The sale's purchase endpoint on each target (the first is `base`'s).
+    purchases: Vec<Uri>,
     client: HttpClient,
 }
 
 impl Target {
     fn of(cfg: &RunConfig) -> anyhow::Result<Target> {
         let base = http::base_url(&cfg.target)?;
-        let purchase: Uri = format!("{base}/api/v1/sales/{}/purchase", cfg.sale_id)
+        let mut purchases = Vec::new();
+        for t in std::iter::once(&cfg.target).chain(&cfg.also_targets) {
+            let purchase: Uri = format!(
+                "{}/api/v1/sales/{}/purchase",
+                http::base_url(t)?,
+                cfg.sale_id
+            )
             .parse()
             .context("the sale id does not fit in a URL")?;
+            purchases.push(purchase);
+        }
         Ok(Target {
             base,
-            purchase,
+            purchases,
             client: http::client(cfg.connections),
         })
     }
@@ -223,7 +236,7 @@ fn buyers_context(cfg: &RunConfig, target: &Target, stop: Arc<AtomicBool>) -> Ar
     let bucket = bucket_for(cfg.profile.duration() + cfg.timeout.min(Duration::from_secs(1)));
     Arc::new(Ctx {
         client: target.client.clone(),
-        uri: target.purchase.clone(),
+        uris: target.purchases.clone(),
         t0,
         rec: Mutex::new(Recorder::new(t0, bucket)),
         sent: AtomicU64::new(0),
@@ -386,6 +399,10 @@ fn build_report(
     let (total, planned) = (cfg.profile.arrivals_total(), cfg.profile.duration());
     let duration = r.last_answer().max(Duration::from_millis(1));
     let sold_out_now = audit.as_ref().is_some_and(|a| a.remaining_after == 0);
+    // The units on sale when the run began; each buyer asks for `quantity`.
+    let fairness = audit
+        .as_ref()
+        .map(|a| r.fairness(a.stock.saturating_sub(a.sold_before), cfg.quantity));
     Report {
         version: REPORT_VERSION,
         generator: format!("loadtest {}", env!("CARGO_PKG_VERSION")),
@@ -416,6 +433,7 @@ fn build_report(
         sell_out: r.sell_out(sold_out_now),
         timeline: r.timeline(),
         audit,
+        fairness,
         assertions: Vec::new(),
     }
 }
@@ -479,7 +497,7 @@ async fn buyer(ctx: Arc<Ctx>, n: u64, intended: Instant) {
     } else {
         attempts(&ctx, n, key, intended, rng.random()).await
     };
-    ctx.rec().buyer_done(outcome);
+    ctx.rec().buyer_done(n, intended, outcome);
 }
 
 /// Sends until the answer is final or the retries are spent, pausing
@@ -548,7 +566,8 @@ async fn send(ctx: &Ctx, n: u64, key: Option<&str>, intended: Instant) -> Outcom
         r#"{{"user_id":"{}{n}","quantity":{}}}"#,
         ctx.user_prefix, ctx.quantity
     );
-    let mut req = Request::post(ctx.uri.clone()).header(CONTENT_TYPE, "application/json");
+    let uri = ctx.uris[(n % ctx.uris.len() as u64) as usize].clone();
+    let mut req = Request::post(uri).header(CONTENT_TYPE, "application/json");
     if let Some(k) = key {
         req = req.header("idempotency-key", k);
     }

@@ -160,6 +160,19 @@ fn write_sell_out(s: &mut String, r: &Report) {
         fmt_s(so.time_to_sell_out_s)
     );
     let _ = writeln!(s, "buyers by final outcome: {}", counted(&r.buyers, " "));
+    if let Some(f) = &r.fairness {
+        let _ = writeln!(
+            s,
+            "fairness {:.4}: {} of {} winners among the first {} buyers; latest winner {} buyers \
+             ({:.0} ms) after them",
+            f.fairness,
+            f.early_winners,
+            f.winners,
+            f.first_buyers,
+            f.inversion_buyers,
+            f.inversion_ms
+        );
+    }
 }
 
 /// Each assertion with its measured value (only when any).

@@ -497,8 +497,16 @@ async fn an_honest_sale_passes_and_its_report_round_trips() {
     let back: Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back, r);
 
+    let fairness = r
+        .fairness
+        .as_ref()
+        .expect("an audited run reports its fairness");
+    assert_eq!(fairness.winners, r.buyers["success"]);
+    assert!((0.0..=1.0).contains(&fairness.fairness));
+
     let html = loadtest::html::render(&r);
-    assert_eq!(html.matches("<svg").count(), 3);
+    // Throughput, latency, distribution, and outcome by arrival rank.
+    assert_eq!(html.matches("<svg").count(), 4);
     assert!(!html.contains("<script"));
     assert!(!html.contains("src=") && !html.contains("<link"));
 }

@@ -10,6 +10,39 @@ pub const DEFAULT_TOKEN_RATE: u32 = 2000;
 pub const DEFAULT_TOKEN_CAPACITY: u32 = 500;
 /// Default capacity of a sale's request queue.
 pub const DEFAULT_QUEUE_CAPACITY: u32 = 10_000;
+/// Default longest estimated wait a `fifo` sale lets a buyer wait in line.
+pub const DEFAULT_MAX_WAIT_MS: u32 = 1000;
+/// Default most buyers waiting in a `fifo` sale's line.
+pub const DEFAULT_WAIT_CAPACITY: u32 = 10_000;
+
+/// How a sale admits a purchase that finds no token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionMode {
+    /// Refused at once (`429 no_token`).
+    #[default]
+    Immediate,
+    /// Waits in line, in arrival order, for the next token.
+    Fifo,
+}
+
+impl AdmissionMode {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionMode::Immediate => "immediate",
+            AdmissionMode::Fifo => "fifo",
+        }
+    }
+}
+
+fn default_max_wait_ms() -> u32 {
+    DEFAULT_MAX_WAIT_MS
+}
+
+fn default_wait_capacity() -> u32 {
+    DEFAULT_WAIT_CAPACITY
+}
 
 /// The definition of a sale, as the admin API sets it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +67,16 @@ pub struct SaleSpec {
     /// paused`); what was queued before is still decided.
     #[serde(default)]
     pub paused: bool,
+    /// What a purchase without a token gets: a refusal or a place in line.
+    #[serde(default)]
+    pub admission: AdmissionMode,
+    /// `fifo`: the longest estimated wait a buyer is let wait; beyond it
+    /// `429 wait_too_long`.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u32,
+    /// `fifo`: the most buyers in line; beyond it `429 line_full`.
+    #[serde(default = "default_wait_capacity")]
+    pub wait_capacity: u32,
 }
 
 impl SaleSpec {
@@ -49,6 +92,9 @@ impl SaleSpec {
             token_capacity: DEFAULT_TOKEN_CAPACITY,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             paused: false,
+            admission: AdmissionMode::Immediate,
+            max_wait_ms: DEFAULT_MAX_WAIT_MS,
+            wait_capacity: DEFAULT_WAIT_CAPACITY,
         }
     }
 }
@@ -341,6 +387,16 @@ mod tests {
         assert_eq!(s.state(99), SaleState::Paused);
         assert_eq!(s.state(150), SaleState::Paused);
         assert_eq!(s.state(200), SaleState::Ended, "ended wins over paused");
+    }
+
+    #[test]
+    fn specs_without_admission_fields_read_as_immediate() {
+        let old = r#"{"sale_id":"s","stock":1,"per_user_limit":1,"starts_at_ms":null,
+            "ends_at_ms":null,"token_rate":1,"token_capacity":1,"queue_capacity":1}"#;
+        let spec: SaleSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.admission, AdmissionMode::Immediate);
+        assert_eq!(spec.max_wait_ms, DEFAULT_MAX_WAIT_MS);
+        assert_eq!(spec.wait_capacity, DEFAULT_WAIT_CAPACITY);
     }
 
     #[test]

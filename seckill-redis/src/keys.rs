@@ -85,6 +85,12 @@ pub fn generator_clock(sale_id: &str) -> String {
     format!("{}:genclock", tag(sale_id))
 }
 
+/// Hash of fair admission's line: `issued` (the last ticket handed out)
+/// and `served` (the last ticket that has its token).
+pub fn line(sale_id: &str) -> String {
+    format!("{}:line", tag(sale_id))
+}
+
 /// Stream of queued requests (field `t`: the ticket as JSON).
 pub fn queue(sale_id: &str) -> String {
     format!("{}:q", tag(sale_id))
@@ -115,6 +121,7 @@ mod tests {
             tokens("s1"),
             generator("s1"),
             generator_clock("s1"),
+            line("s1"),
             queue("s1"),
             queue_config("s1"),
             dead_letters("s1"),

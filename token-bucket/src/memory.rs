@@ -12,13 +12,19 @@
 //! leaves the same tokens and the same issued and discarded counts as one
 //! capped push of their sum, so this is the ticking generator without its
 //! ticks: an idle sale costs no wake-ups, however many sales there are.
+//!
+//! A bucket starts full, so a sale is served at its full burst from its
+//! first moment. Fair admission keeps its line as two numbers under a
+//! lock (the last ticket handed out, the last one served): tokens move to
+//! the oldest tickets in the same step that looks at them.
 
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::{BucketConfig, BucketError, BucketFactory, BucketMetrics, TokenBucket};
+use crate::{BucketConfig, BucketError, BucketFactory, BucketMetrics, Place, TokenBucket, Turns};
 
 /// The embedded-mode [`TokenBucket`].
 pub struct MemoryBucket {
@@ -34,21 +40,27 @@ struct Shared {
     generated: AtomicU64,
     issued: AtomicU64,
     discarded: AtomicU64,
+    /// The fair-admission line; its lock also serialises the grants.
+    turns: Mutex<Turns>,
     metrics: BucketMetrics,
 }
 
 impl MemoryBucket {
-    /// A bucket that starts empty and fills at `config.rate_per_sec`.
+    /// A bucket that starts full and refills at `config.rate_per_sec`.
     pub fn start(sale_id: &str, config: BucketConfig) -> Self {
+        let metrics = BucketMetrics::new(sale_id);
+        let capacity = u64::from(config.capacity);
+        metrics.issued.increment(capacity);
         let shared = Arc::new(Shared {
-            tokens: AtomicU64::new(0),
+            tokens: AtomicU64::new(capacity),
             capacity: u64::from(config.capacity),
             rate: u64::from(config.rate_per_sec),
             start: Instant::now(),
             generated: AtomicU64::new(0),
-            issued: AtomicU64::new(0),
+            issued: AtomicU64::new(capacity),
             discarded: AtomicU64::new(0),
-            metrics: BucketMetrics::new(sale_id),
+            turns: Mutex::new(Turns::default()),
+            metrics,
         });
         MemoryBucket { shared }
     }
@@ -66,6 +78,24 @@ impl MemoryBucket {
         }
         self.shared.show_available();
         taken
+    }
+
+    /// Hands out the next ticket (see [`TokenBucket::join`]).
+    pub fn join_line(&self) -> Place {
+        let mut turns = self.shared.turns.lock().unwrap();
+        turns.issued += 1;
+        self.shared.grant(&mut turns);
+        Place {
+            ticket: turns.issued,
+            turns: *turns,
+        }
+    }
+
+    /// Grants what is due (see [`TokenBucket::turn`]).
+    pub fn turn_line(&self) -> Turns {
+        let mut turns = self.shared.turns.lock().unwrap();
+        self.shared.grant(&mut turns);
+        *turns
     }
 
     /// Tokens issued into the queue since start (discarded ones excluded).
@@ -119,6 +149,25 @@ impl Shared {
         self.metrics.discarded.increment(n - fitted);
     }
 
+    /// Moves tokens to the waiting tickets, oldest first.
+    fn grant(&self, turns: &mut Turns) {
+        self.refill();
+        let want = turns.waiting();
+        if want == 0 {
+            return;
+        }
+        let mut got = 0;
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                got = cur.min(want);
+                Some(cur - got)
+            });
+        turns.served += got;
+        self.metrics.taken.increment(got);
+        self.show_available();
+    }
+
     fn show_available(&self) {
         self.metrics
             .available
@@ -141,6 +190,24 @@ impl TokenBucket for MemoryBucket {
     fn known_empty(&self) -> bool {
         self.shared.refill();
         self.shared.tokens.load(Ordering::Relaxed) == 0
+    }
+
+    async fn join(&self) -> Result<Place, BucketError> {
+        Ok(self.join_line())
+    }
+
+    async fn turn(&self) -> Result<Turns, BucketError> {
+        Ok(self.turn_line())
+    }
+
+    fn turn_interval(&self) -> Duration {
+        let between = Duration::from_nanos(1_000_000_000 / self.shared.rate.max(1));
+        between.clamp(Duration::from_millis(1), Duration::from_millis(20))
+    }
+
+    async fn open(&self) -> Result<(), BucketError> {
+        // Full from its start already.
+        Ok(())
     }
 }
 
@@ -178,9 +245,16 @@ mod tests {
         tokio::task::yield_now().await;
     }
 
+    /// A started bucket, emptied of its initial burst.
+    fn drained(rate: u32, capacity: u32) -> MemoryBucket {
+        let b = MemoryBucket::start("t", config(rate, capacity));
+        while b.take() {}
+        b
+    }
+
     #[tokio::test(start_paused = true)]
     async fn issues_exactly_the_rate_while_drained() {
-        let b = MemoryBucket::start("t", config(1000, 1_000_000));
+        let b = drained(1000, 1_000_000);
         tokio::task::yield_now().await;
         let mut taken = 0;
         for _ in 0..100 {
@@ -189,23 +263,23 @@ mod tests {
                 taken += 1;
             }
         }
-        // 100 ticks of 10 ms = 1 s at 1000/s.
+        // 100 ticks of 10 ms = 1 s at 1000/s (after the initial capacity).
         assert_eq!(taken, 1000);
-        assert_eq!(b.issued(), 1000);
+        assert_eq!(b.issued(), 1_000_000 + 1000);
         assert_eq!(b.discarded(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn fractional_rates_do_not_drift() {
-        let b = MemoryBucket::start("t", config(3, 100));
+        let b = drained(3, 100);
         tokio::task::yield_now().await;
         run_for(Duration::from_millis(10_000)).await;
-        assert_eq!(b.issued(), 30);
+        assert_eq!(b.issued(), 100 + 30);
         run_for(Duration::from_millis(330)).await;
-        assert_eq!(b.issued(), 30, "the 31st token is due at 10.333 s");
+        assert_eq!(b.issued(), 100 + 30, "the 31st token is due at 10.333 s");
         // It goes out with the first tick after it is due.
         run_for(TICK).await;
-        assert_eq!(b.issued(), 31);
+        assert_eq!(b.issued(), 100 + 31);
     }
 
     #[tokio::test(start_paused = true)]
@@ -215,7 +289,11 @@ mod tests {
         run_for(Duration::from_secs(2)).await;
         assert_eq!(b.available(), 200);
         assert_eq!(b.issued(), 200);
-        assert_eq!(b.discarded(), 800);
+        assert_eq!(
+            b.discarded(),
+            1000,
+            "full from the start: all 2 s discarded"
+        );
         let mut taken = 0;
         while b.take() {
             taken += 1;
@@ -227,6 +305,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn empty_bucket_refuses_immediately() {
         let b = MemoryBucket::start("t", config(1, 1));
+        assert!(b.try_take().await.unwrap(), "a new bucket is full");
         assert!(!b.try_take().await.unwrap());
         run_for(Duration::from_secs(1)).await;
         assert!(b.try_take().await.unwrap());
@@ -255,9 +334,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_untouched_bucket_is_full_at_its_first_look() {
         let b = MemoryBucket::start("t", config(100, 50));
+        assert_eq!(b.available(), 50, "full at once, before any refill");
         run_for(Duration::from_secs(3)).await;
         assert_eq!(b.available(), 50);
         assert_eq!(b.issued(), 50);
-        assert_eq!(b.discarded(), 250);
+        assert_eq!(b.discarded(), 300);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tickets_get_tokens_in_order_at_the_rate() {
+        let b = MemoryBucket::start("t", config(100, 2));
+        // The full bucket serves the first two at once.
+        assert!(b.join_line().served());
+        assert!(b.join_line().served());
+        let third = b.join_line();
+        let fourth = b.join_line();
+        assert!(!third.served());
+        assert_eq!((third.position(), fourth.position()), (1, 2));
+        run_for(Duration::from_millis(10)).await;
+        assert_eq!(b.turn_line().served, 3);
+        run_for(Duration::from_millis(10)).await;
+        let turns = b.turn_line();
+        assert_eq!((turns.issued, turns.served), (4, 4));
+        // With nobody waiting, tokens pile up to the capacity again.
+        run_for(Duration::from_secs(1)).await;
+        assert_eq!(b.available(), 2);
+        assert!(b.join_line().served());
     }
 }

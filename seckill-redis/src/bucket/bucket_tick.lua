@@ -26,25 +26,29 @@ local len = redis.call('LLEN', KEYS[1])
 local clock = redis.call('HMGET', KEYS[3], 's', 'us', 'rem')
 -- The clock outlives a short gap between holders, not a long one.
 redis.call('PEXPIRE', KEYS[3], 60000)
+local due
 if not clock[1] then
+  -- A schedule that starts now starts with a full bucket (as
+  -- bucket_open.lua, whichever of the two comes first).
   redis.call('HSET', KEYS[3], 's', s, 'us', us, 'rem', 0)
   redis.call('PEXPIRE', KEYS[3], 60000)
-  return {0, 0, len}
+  due = cap
+else
+  local elapsed = (s - tonumber(clock[1])) * 1000000 + (us - tonumber(clock[2]))
+  local rem = tonumber(clock[3]) or 0
+  if elapsed < 0 then
+    elapsed = 0
+  end
+  -- At most one second of catch-up (keeps the arithmetic exact in doubles).
+  if elapsed > 1000000 then
+    elapsed = 1000000
+    rem = 0
+  end
+  local acc = elapsed * rate + rem
+  due = math.floor(acc / 1000000)
+  rem = acc - due * 1000000
+  redis.call('HSET', KEYS[3], 's', s, 'us', us, 'rem', rem)
 end
-local elapsed = (s - tonumber(clock[1])) * 1000000 + (us - tonumber(clock[2]))
-local rem = tonumber(clock[3]) or 0
-if elapsed < 0 then
-  elapsed = 0
-end
--- At most one second of catch-up (keeps the arithmetic exact in doubles).
-if elapsed > 1000000 then
-  elapsed = 1000000
-  rem = 0
-end
-local acc = elapsed * rate + rem
-local due = math.floor(acc / 1000000)
-rem = acc - due * 1000000
-redis.call('HSET', KEYS[3], 's', s, 'us', us, 'rem', rem)
 
 local fit = cap - len
 if fit < 0 then fit = 0 end

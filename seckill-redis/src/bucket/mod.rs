@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use token_bucket::{BucketConfig, BucketError, BucketFactory, TokenBucket};
+use token_bucket::{BucketConfig, BucketError, BucketFactory, Place, TokenBucket, Turns};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -35,6 +36,8 @@ use crate::{describe, keys, Shared};
 
 static TICK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bucket_tick.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lease_release.lua")));
+static LINE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("line.lua")));
+static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bucket_open.lua")));
 
 /// The first batch a gateway takes.
 const FIRST_BATCH: u32 = 4;
@@ -79,6 +82,10 @@ struct Inner {
     lease: Mutex<Lease>,
     /// Single-flight guard of the refill.
     refill: tokio::sync::Mutex<()>,
+    /// Callers in `try_take` now: a refill takes a token for each of them
+    /// (up to the capacity), so a crowd at a full bucket is served in a
+    /// few round trips, not one small batch after another.
+    callers: AtomicU64,
     /// Refills that failed: a caller that waited for another's refill
     /// sees from it whether that one failed.
     refill_failures: AtomicU64,
@@ -86,7 +93,16 @@ struct Inner {
     seen: AtomicU64,
     generating: AtomicBool,
     issued: AtomicU64,
+    /// Arrivals waiting for their tickets: one `HINCRBY` at a time serves
+    /// all who arrived while the previous one was in flight.
+    joins: Mutex<Joins>,
     metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Joins {
+    waiting: Vec<oneshot::Sender<Result<Place, BucketError>>>,
+    in_flight: bool,
 }
 
 /// Tokens this process took from Redis and may hand out until `expires`.
@@ -137,10 +153,12 @@ impl RedisBucket {
                 empty_until: Instant::now(),
             }),
             refill: tokio::sync::Mutex::new(()),
+            callers: AtomicU64::new(0),
             refill_failures: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             generating: AtomicBool::new(false),
             issued: AtomicU64::new(0),
+            joins: Mutex::new(Joins::default()),
             metrics: Metrics::new(sale_id),
         });
         let generator = tokio::spawn(generate(inner.clone()));
@@ -217,7 +235,11 @@ impl Inner {
     }
 
     async fn refill(&self) -> Result<bool, BucketError> {
-        let batch = self.next_batch();
+        let crowd = self
+            .callers
+            .load(Ordering::Relaxed)
+            .min(u64::from(self.config.capacity));
+        let batch = self.next_batch().max(crowd as u32);
         let key = keys::tokens(&self.sale);
         let (popped, len): (Option<Vec<String>>, u64) = redis::pipe()
             .cmd("LPOP")
@@ -244,6 +266,59 @@ impl Inner {
         lease.expires = Instant::now() + self.shared.config.token_lease;
         self.metrics.taken.increment(1);
         Ok(true)
+    }
+}
+
+impl Inner {
+    /// Runs the line script: `n` tickets (0 = only a look).
+    async fn line(&self, n: usize) -> Result<Turns, BucketError> {
+        let (issued, served): (u64, u64) = LINE
+            .key(keys::tokens(&self.sale))
+            .key(keys::line(&self.sale))
+            .arg(n)
+            .invoke_async(&mut self.shared.conn.clone())
+            .await
+            .map_err(|e| BucketError::Unavailable(describe(&e)))?;
+        Ok(Turns { issued, served })
+    }
+}
+
+/// Hands out tickets to the arrivals waiting for them, a batch per round
+/// trip, in the order they arrived, until none waits.
+async fn hand_out_tickets(inner: Arc<Inner>) {
+    loop {
+        let batch = {
+            let mut joins = inner.joins.lock().unwrap();
+            if joins.waiting.is_empty() {
+                joins.in_flight = false;
+                return;
+            }
+            std::mem::take(&mut joins.waiting)
+        };
+        let n = batch.len();
+        match inner.line(n).await {
+            Ok(turns) => {
+                let first = turns.issued + 1 - n as u64;
+                for (i, tx) in batch.into_iter().enumerate() {
+                    let ticket = first + i as u64;
+                    let _ = tx.send(Ok(Place { ticket, turns }));
+                }
+            }
+            Err(BucketError::Unavailable(why)) => {
+                for tx in batch {
+                    let _ = tx.send(Err(BucketError::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Counts a caller of `try_take` until it returns.
+struct Caller<'a>(&'a AtomicU64);
+
+impl Drop for Caller<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -319,6 +394,8 @@ impl TokenBucket for RedisBucket {
         if self.inner.known_empty() {
             return Ok(false);
         }
+        self.inner.callers.fetch_add(1, Ordering::Relaxed);
+        let _caller = Caller(&self.inner.callers);
         let failures = self.inner.refill_failures.load(Ordering::Acquire);
         let _flight = match self.inner.refill.try_lock() {
             Ok(flight) => flight,
@@ -365,5 +442,39 @@ impl TokenBucket for RedisBucket {
         let now = Instant::now();
         let leased = lease.tokens > 0 && now < lease.expires;
         !leased && now < lease.empty_until
+    }
+
+    async fn join(&self) -> Result<Place, BucketError> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut joins = self.inner.joins.lock().unwrap();
+            joins.waiting.push(tx);
+            !std::mem::replace(&mut joins.in_flight, true)
+        };
+        if lead {
+            // A task of its own: a caller that goes away must not strand
+            // the others of its batch.
+            tokio::spawn(hand_out_tickets(self.inner.clone()));
+        }
+        rx.await.unwrap_or_else(|_| Err(unreachable()))
+    }
+
+    async fn turn(&self) -> Result<Turns, BucketError> {
+        self.inner.line(0).await
+    }
+
+    fn turn_interval(&self) -> Duration {
+        self.inner.shared.config.generator_tick
+    }
+
+    async fn open(&self) -> Result<(), BucketError> {
+        let _: u64 = OPEN
+            .key(keys::tokens(&self.inner.sale))
+            .key(keys::generator_clock(&self.inner.sale))
+            .arg(self.inner.config.capacity)
+            .invoke_async(&mut self.inner.shared.conn.clone())
+            .await
+            .map_err(|e| BucketError::Unavailable(describe(&e)))?;
+        Ok(())
     }
 }

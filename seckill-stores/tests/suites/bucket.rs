@@ -1,5 +1,7 @@
 //! The token-bucket suite: rate and capacity with real time and generous
-//! bounds; for Redis, one generator per sale and its failover.
+//! bounds; a bucket full from its start; fair admission's tickets in
+//! arrival order; for Redis, one generator per sale and its failover, and
+//! tickets shared by every process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +15,9 @@ crate::each_backend!(
     issues_at_the_configured_rate,
     capacity_caps_the_burst,
     empty_bucket_refuses_at_once,
+    an_opened_bucket_is_full,
+    tickets_get_tokens_in_arrival_order,
+    tickets_are_one_sequence_across_processes,
     one_generator_and_failover,
     dead_generator_is_replaced,
 );
@@ -77,6 +82,11 @@ async fn capacity_caps_the_burst(env: Env) {
 
 async fn empty_bucket_refuses_at_once(env: Env) {
     let b = env.buckets.bucket(&sale_id("empty"), config(1, 1));
+    b.open().await.unwrap();
+    assert!(
+        b.try_take().await.unwrap(),
+        "a new bucket holds its capacity"
+    );
     let started = Instant::now();
     assert!(!b.try_take().await.unwrap());
     assert!(started.elapsed() < Duration::from_millis(500));
@@ -181,4 +191,83 @@ async fn dead_generator_is_replaced(env: Env) {
     assert!(started.elapsed() >= Duration::from_millis(1100));
     let b: Arc<dyn TokenBucket> = Arc::new(b);
     warm_up(&b).await;
+}
+
+async fn an_opened_bucket_is_full(env: Env) {
+    // One token a second: only the opening fill serves a burst at once.
+    let b = env.buckets.bucket(&sale_id("full"), config(1, 20));
+    b.open().await.unwrap();
+    let mut burst = 0;
+    while b.try_take().await.unwrap() {
+        burst += 1;
+        assert!(burst <= 100, "the bucket never ran dry");
+    }
+    assert!((20..=21).contains(&burst), "burst {burst} (capacity 20)");
+    // Opening again (another gateway, a restart) adds nothing.
+    b.open().await.unwrap();
+    assert!(!b.try_take().await.unwrap());
+}
+
+async fn tickets_get_tokens_in_arrival_order(env: Env) {
+    let b = env.buckets.bucket(&sale_id("line"), config(20, 2));
+    b.open().await.unwrap();
+    // The full bucket serves the first two at once.
+    let first = b.join().await.unwrap();
+    let second = b.join().await.unwrap();
+    assert!(first.served() && second.served(), "{first:?} {second:?}");
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        waiting.push(b.join().await.unwrap());
+    }
+    let tickets: Vec<u64> = waiting.iter().map(|p| p.ticket).collect();
+    assert!(tickets.windows(2).all(|w| w[1] == w[0] + 1), "{tickets:?}");
+    assert_eq!(tickets[0], second.ticket + 1);
+    let last = *tickets.last().unwrap();
+    // Five tokens at 20/s come within about 250 ms, to the tickets in order.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut seen = 0;
+    loop {
+        let turns = b.turn().await.unwrap();
+        assert!(turns.served >= seen, "served went back");
+        assert!(turns.served <= turns.issued);
+        seen = turns.served;
+        if turns.served >= last {
+            break;
+        }
+        assert!(Instant::now() < until, "tickets not served: {turns:?}");
+        tokio::time::sleep(b.turn_interval()).await;
+    }
+}
+
+async fn tickets_are_one_sequence_across_processes(env: Env) {
+    if !env.is_redis() {
+        return;
+    }
+    let sale = sale_id("shared-line");
+    let other = env.second_store().await;
+    let a: Arc<dyn TokenBucket> = Arc::new(env.store().buckets().start(&sale, config(1, 1)));
+    let b: Arc<dyn TokenBucket> = Arc::new(other.buckets().start(&sale, config(1, 1)));
+    // A crowd at both: every ticket once, and arrivals at one process
+    // share round trips.
+    let conn = env.store().conn();
+    let before = conn.round_trips();
+    let crowd: Vec<_> = (0..400)
+        .map(|i| {
+            let bucket = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { bucket.join().await.unwrap().ticket })
+        })
+        .collect();
+    let mut tickets = Vec::new();
+    for c in crowd {
+        tickets.push(c.await.unwrap());
+    }
+    let trips = conn.round_trips() - before;
+    tickets.sort_unstable();
+    let first = tickets[0];
+    assert_eq!(
+        tickets,
+        (first..first + 400).collect::<Vec<_>>(),
+        "tickets are distinct and gapless"
+    );
+    assert!(trips < 200, "{trips} round trips for 200 tickets");
 }
