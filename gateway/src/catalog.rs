@@ -96,6 +96,8 @@ impl Catalog {
                 if sold_out {
                     e.mark_sold_out();
                 } else {
+                    // Units came back (a cancelled order): sell again.
+                    e.sold_out.store(false, Ordering::Relaxed);
                     e.set_remaining(remaining);
                 }
                 return false;

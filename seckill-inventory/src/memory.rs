@@ -45,6 +45,8 @@ struct Book {
     sold: u64,
     held: HashMap<String, u32>,
     orders: Vec<OrderEvent>,
+    /// Order id → its index in `orders` and, once cancelled, when.
+    placed: HashMap<String, (usize, Option<u64>)>,
     /// Removed from the catalog after it sold: kept for its orders, and so
     /// that its id is never sold again.
     removed: bool,
@@ -166,7 +168,9 @@ impl MemoryInventory {
         } else {
             book.sold += u64::from(p.quantity);
             *book.held.entry(p.user_id.clone()).or_insert(0) += p.quantity;
-            let order_id = format!("o-{}", unique_id());
+            let order_id = order_id(&p.sale_id);
+            let index = book.orders.len();
+            book.placed.insert(order_id.clone(), (index, None));
             book.orders.push(OrderEvent {
                 order_id: order_id.clone(),
                 request_id: p.request_id.clone(),
@@ -174,6 +178,7 @@ impl MemoryInventory {
                 user_id: p.user_id.clone(),
                 quantity: p.quantity,
                 at_ms: now,
+                kind: OrderEventKind::Placed,
             });
             if book.sold == book.spec.stock {
                 let _ = self
@@ -230,10 +235,13 @@ impl Inventory for MemoryInventory {
             match sales.get(&id) {
                 Some(book) => {
                     let mut book = book.lock().unwrap();
-                    if book.removed && book.sold > 0 {
+                    // Orders, cancelled or not, are never dropped: a sale
+                    // that ever sold keeps its id.
+                    let sold = !book.orders.is_empty();
+                    if book.removed && sold {
                         return Err(InventoryError::Removed(id));
                     }
-                    if book.sold > 0 {
+                    if sold {
                         return Err(InventoryError::HasSales(id));
                     }
                     let put = if book.removed {
@@ -251,6 +259,7 @@ impl Inventory for MemoryInventory {
                         sold: 0,
                         held: HashMap::new(),
                         orders: Vec::new(),
+                        placed: HashMap::new(),
                         removed: false,
                     };
                     sales.insert(id.clone(), Arc::new(Mutex::new(book)));
@@ -417,6 +426,50 @@ impl Inventory for MemoryInventory {
             .book(sale_id)
             .map(|b| b.lock().unwrap().orders.clone())
             .unwrap_or_default())
+    }
+
+    async fn cancel_order(&self, order_id: &str) -> Result<Cancellation, InventoryError> {
+        let not_found = || InventoryError::NotFound(order_id.to_string());
+        let book = sale_of_order(order_id)
+            .and_then(|sale| self.book(sale))
+            .ok_or_else(not_found)?;
+        // Under the sale's lock, like a purchase: the release is one step.
+        let mut book = book.lock().unwrap();
+        let (index, cancelled) = *book.placed.get(order_id).ok_or_else(not_found)?;
+        let order = book.orders[index].clone();
+        if let Some(at) = cancelled {
+            return Ok(Cancellation {
+                order,
+                cancelled_at_ms: at,
+                repeat: true,
+            });
+        }
+        let now = now_ms();
+        let sold_out = book.sold >= book.spec.stock;
+        book.sold -= u64::from(order.quantity);
+        if let Some(held) = book.held.get_mut(&order.user_id) {
+            *held = held.saturating_sub(order.quantity);
+            if *held == 0 {
+                book.held.remove(&order.user_id);
+            }
+        }
+        book.placed.insert(order_id.to_string(), (index, Some(now)));
+        book.orders.push(OrderEvent {
+            at_ms: now,
+            kind: OrderEventKind::Cancelled,
+            ..order.clone()
+        });
+        if sold_out {
+            let _ = self
+                .inner
+                .events
+                .send(SaleEvent::Changed(order.sale_id.clone()));
+        }
+        Ok(Cancellation {
+            order,
+            cancelled_at_ms: now,
+            repeat: false,
+        })
     }
 
     fn events(&self) -> broadcast::Receiver<SaleEvent> {
