@@ -72,11 +72,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
     /// First pause between webhook attempts, ms; doubles each time, with jitter.
-    #[arg(long, env = "SECKILL_WEBHOOK_RETRY_MIN_MS", default_value_t = 200,
+    #[arg(long = "webhook-retry-min-ms", env = "SECKILL_WEBHOOK_RETRY_MIN_MS", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub retry_min_ms: u64,
     /// Longest pause between webhook attempts, ms.
-    #[arg(long, env = "SECKILL_WEBHOOK_RETRY_MAX_MS", default_value_t = 30_000,
+    #[arg(long = "webhook-retry-max-ms", env = "SECKILL_WEBHOOK_RETRY_MAX_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub retry_max_ms: u64,
     /// Deadline of one webhook request, ms.

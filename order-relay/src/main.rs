@@ -100,6 +100,8 @@ async fn run(args: Args, source: Source, kind: SinkKind) -> ExitCode {
         }
     });
     let health = Arc::new(Health::default());
+    // The sink answered when it was opened; the source says so once read.
+    health.sink(true);
     let admin_task = tokio::spawn(order_relay::serve_admin(
         admin,
         health.clone(),

@@ -96,7 +96,11 @@ impl Sink {
 // === impl Postgres ===
 
 /// The table of the contract, and the relay's feed cursors.
+/// Relays starting together serialise on an advisory lock: concurrent
+/// `CREATE TABLE IF NOT EXISTS` can still collide in the catalog. The
+/// statements run as one implicit transaction, which releases the lock.
 const SCHEMA: &str = "
+SELECT pg_advisory_xact_lock(7215200416);
 CREATE TABLE IF NOT EXISTS seckill_orders (
     order_id     text PRIMARY KEY,
     sale_id      text NOT NULL,
@@ -146,7 +150,10 @@ pub struct Postgres {
 }
 
 fn pg_error(e: tokio_postgres::Error) -> SinkError {
-    SinkError::Failed(format!("postgres: {e}"))
+    match e.as_db_error() {
+        Some(db) => SinkError::Failed(format!("postgres: {}: {}", db.code().code(), db.message())),
+        None => SinkError::Failed(format!("postgres: {e}")),
+    }
 }
 
 impl Postgres {
