@@ -174,7 +174,7 @@ async fn open_sink(args: &Args, kind: &SinkKind) -> Result<Sink, Result<String, 
             w.retry_min = std::time::Duration::from_millis(args.retry_min_ms);
             w.retry_max = std::time::Duration::from_millis(args.retry_max_ms);
             w.timeout = std::time::Duration::from_millis(args.webhook_timeout_ms);
-            Ok(Sink::Webhook(w))
+            Ok(Sink::Webhook(Box::new(w)))
         }
         SinkKind::Stdout => Ok(Sink::Stdout(Stdout {
             cursor_file: args.cursor_file.clone(),

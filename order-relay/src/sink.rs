@@ -39,7 +39,7 @@ pub enum SinkError {
 /// One of the sinks.
 pub enum Sink {
     Postgres(Postgres),
-    Webhook(Webhook),
+    Webhook(Box<Webhook>),
     Stdout(Stdout),
 }
 

@@ -17,6 +17,9 @@ use seckill_test_support::{free_port, scratch_dir, PostgresServer, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// An entry as `XREADGROUP` returns it: id and fields.
+type StreamEntry = (String, Vec<(String, redis::Value)>);
+
 fn relay(name: &str, args: &[String]) -> Process {
     Process::spawn(
         name,
@@ -296,7 +299,7 @@ async fn a_stream_keeps_what_a_registered_group_has_not_acknowledged() {
     .await;
     // The slow group takes and acknowledges the first 10 by hand.
     let mut conn = store(&redis).await.conn();
-    let read: Vec<(String, Vec<(String, Vec<(String, redis::Value)>)>)> = redis::cmd("XREADGROUP")
+    let read: Vec<(String, Vec<StreamEntry>)> = redis::cmd("XREADGROUP")
         .arg(&[
             "GROUP",
             "slow",

@@ -575,7 +575,7 @@ async fn cancels_racing_a_spike_sell_exactly_the_released_units(env: Env) {
     assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, STOCK as u64);
 
     let mut tasks = tokio::task::JoinSet::new();
-    for oid in orders.iter().take(CANCELS).cloned() {
+    for oid in orders.into_iter().take(CANCELS) {
         let inv = inv.clone();
         // Each cancel twice, concurrently: one of the two releases.
         tasks.spawn(async move {
