@@ -144,8 +144,8 @@ pub trait Inventory: Send + Sync + 'static {
     /// sale's stock and to the buyer's per-user allowance, and a
     /// `Cancelled` event follows on the order topic. Once: a repeat
     /// returns the first cancellation with `repeat` set and changes
-    /// nothing. A sale that had sold out is announced as changed, so every
-    /// gateway sells again. [`InventoryError::NotFound`] for an order id the
+    /// nothing. A sale that had sold out is announced
+    /// ([`SaleEvent::Released`]), so every gateway sells again. [`InventoryError::NotFound`] for an order id the
     /// store does not know.
     async fn cancel_order(&self, order_id: &str) -> Result<Cancellation, InventoryError>;
 

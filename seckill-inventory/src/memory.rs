@@ -463,7 +463,7 @@ impl Inventory for MemoryInventory {
             let _ = self
                 .inner
                 .events
-                .send(SaleEvent::Changed(order.sale_id.clone()));
+                .send(SaleEvent::Released(order.sale_id.clone()));
         }
         Ok(Cancellation {
             order,

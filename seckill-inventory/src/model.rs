@@ -306,6 +306,9 @@ pub enum SaleEvent {
     Changed(String),
     Removed(String),
     SoldOut(String),
+    /// Units came back (a cancelled order): a sale marked sold out sells
+    /// again if the store now has units left.
+    Released(String),
 }
 
 /// Formats Unix ms as RFC 3339 (UTC, second precision unless sub-second).

@@ -1,6 +1,6 @@
 -- Cancels an order, once: its units go back to the sale's stock and to the
 -- buyer's holding, and a `cancelled` event follows on the order stream. A
--- sale that had sold out is announced as changed, so every gateway sells
+-- sale that had sold out is announced as released, so every gateway sells
 -- again. The order is found in the order index, never in the stream
 -- (which subscribers' acknowledgements trim).
 --
@@ -35,6 +35,6 @@ redis.call('HSET', KEYS[4], ARGV[1], cjson.encode(o))
 redis.call('XADD', KEYS[3], '*', 'event', 'cancelled', 'order_id', ARGV[1],
   'request_id', o.rid, 'user_id', o.user, 'quantity', qty, 'at_ms', now)
 if sold >= stock then
-  redis.call('PUBLISH', ARGV[2], 'changed:' .. ARGV[3])
+  redis.call('PUBLISH', ARGV[2], 'released:' .. ARGV[3])
 end
 return {o.rid, o.user, qty, o.at, now, 0}

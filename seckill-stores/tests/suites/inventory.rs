@@ -507,7 +507,7 @@ async fn cancelling_releases_the_units_once(env: Env) {
         1,
         "units back"
     );
-    expect_event(&mut events, SaleEvent::Changed(sale.clone())).await;
+    expect_event(&mut events, SaleEvent::Released(sale.clone())).await;
 
     // A repeat answers the same and changes nothing.
     let again = inv.cancel_order(&first).await.unwrap();
