@@ -57,6 +57,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
         (_, ["admin", ..]) if refused.is_some() => refused.expect("a refusal"),
         (&Method::GET, ["admin", "v1", "sales"]) => list(&shared).await,
         (&Method::GET, ["admin", "v1", "orders"]) => orders(&shared, req.uri().query()).await,
+        (&Method::POST, ["admin", "v1", "orders", id, "cancel"]) => cancel(&shared, id).await,
         (&Method::PUT, ["admin", "v1", "sales", id]) => {
             let id = id.to_string();
             put(&shared, id, req).await
@@ -349,6 +350,8 @@ struct OrderView<'a> {
     quantity: u32,
     request_id: &'a str,
     at: String,
+    /// `placed`, or `cancelled` for the event a cancellation appends.
+    event: &'static str,
 }
 
 /// Parses `[after=CURSOR][&limit=N][&wait_ms=W][&sale_id=ID]`
@@ -411,6 +414,7 @@ async fn orders(shared: &Shared, query: Option<&str>) -> HttpResponse {
             quantity: o.quantity,
             request_id: &o.request_id,
             at: rfc3339(o.at_ms),
+            event: o.kind.as_str(),
         })
         .collect();
     json(
@@ -418,6 +422,40 @@ async fn orders(shared: &Shared, query: Option<&str>) -> HttpResponse {
         serde_json::to_vec(&serde_json::json!({ "orders": views, "next": page.next }))
             .expect("views serialize"),
     )
+}
+
+/// `POST /admin/v1/orders/{order_id}/cancel`: releases the order's units,
+/// once; a repeat answers the same.
+async fn cancel(shared: &Shared, order_id: &str) -> HttpResponse {
+    // Order ids are `o-<sale>.<hex>`: anything else is no order of ours.
+    if order_id.len() > 128 || seckill_inventory::sale_of_order(order_id).is_none() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such order");
+    }
+    match shared.stores.inventory.cancel_order(order_id).await {
+        Ok(c) => {
+            if !c.repeat {
+                tracing::info!(sale = %c.order.sale_id, order = %order_id, "order cancelled");
+            }
+            json(
+                StatusCode::OK,
+                serde_json::to_vec(&serde_json::json!({
+                    "order_id": c.order.order_id,
+                    "sale_id": c.order.sale_id,
+                    "user_id": c.order.user_id,
+                    "quantity": c.order.quantity,
+                    "request_id": c.order.request_id,
+                    "at": rfc3339(c.order.at_ms),
+                    "status": "cancelled",
+                    "cancelled_at": rfc3339(c.cancelled_at_ms),
+                }))
+                .expect("views serialize"),
+            )
+        }
+        Err(InventoryError::NotFound(_)) => {
+            error(StatusCode::NOT_FOUND, "not_found", "no such order")
+        }
+        Err(_) => unavailable(),
+    }
 }
 
 #[cfg(test)]

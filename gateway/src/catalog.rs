@@ -116,6 +116,13 @@ impl SaleEntry {
         self.sold_out.load(Ordering::Relaxed)
     }
 
+    /// Sells again after units came back: only on a read of the store made
+    /// after the release (a periodic read may predate a sell-out).
+    pub fn mark_available(&self, remaining: u64) {
+        self.sold_out.store(false, Ordering::Relaxed);
+        self.set_remaining(remaining);
+    }
+
     /// Marks the sale sold out here; everyone waiting in line is answered
     /// `410` at once.
     pub fn mark_sold_out(&self) {

@@ -285,6 +285,20 @@ async fn gone_from_store(shared: &Shared, sale_id: &str) {
 /// per sale only what changed (a new or changed definition, the stock
 /// gauge when the stock moved). Queue depths need nothing here: the queues
 /// publish their own.
+/// Units of a sale came back: read it now (after the release) and sell
+/// again if units are left.
+async fn released(shared: &Shared, sale_id: &str) -> Result<(), InventoryError> {
+    if let (Some(entry), Some(status)) = (
+        shared.catalog.get(sale_id),
+        shared.stores.inventory.sale(sale_id).await?,
+    ) {
+        if status.remaining() > 0 && entry.spec == status.spec {
+            entry.mark_available(status.remaining());
+        }
+    }
+    Ok(())
+}
+
 async fn sync_all(shared: &Shared) -> Result<(), InventoryError> {
     let sales = shared.stores.inventory.sales().await?;
     let mut refused = 0usize;
@@ -377,6 +391,7 @@ async fn sync_loop(shared: Arc<Shared>, stop: CancellationToken) {
                     Ok(())
                 }
                 Ok(SaleEvent::Changed(id) | SaleEvent::Removed(id)) => sync_one(&shared, &id).await,
+                Ok(SaleEvent::Released(id)) => released(&shared, &id).await,
                 Err(RecvError::Lagged(_)) => sync_all(&shared).await,
                 Err(RecvError::Closed) => {
                     events = shared.stores.inventory.events();

@@ -817,3 +817,50 @@ async fn the_redis_order_feed_resumes_from_its_cursor_on_any_gateway() {
         assert_eq!(s, 400, "{bad}: {body}");
     }
 }
+
+#[test]
+fn a_cancel_on_one_gateway_reopens_a_sold_out_sale_on_every_gateway() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let (a, b) = (
+        Gw::start("gateway-a", &store, &[]),
+        Gw::start("gateway-b", &store, &[]),
+    );
+    let _svc = Svc::start("service", &store, &[]);
+    assert_eq!(a.put_sale("one", &sale_body(1, 1000, 100)), 201);
+    wait_sale(&[&a, &b], "one");
+    let (s, v) = a.buy("one", "u1");
+    assert_eq!(s, 200, "{v}");
+    let order = v["order_id"].as_str().unwrap().to_string();
+    // Gateway b learns of the sell-out from the broadcast.
+    assert!(wait_until(Duration::from_secs(5), || b.buy("one", "u2").0 == 410));
+
+    let auth = format!("Bearer {}", procs::TOKEN);
+    let cancel = |gw: &Gw| {
+        http(
+            gw.admin,
+            "POST",
+            &format!("/admin/v1/orders/{order}/cancel"),
+            &[("authorization", &auth)],
+            "",
+        )
+        .unwrap()
+    };
+    let (s, first) = cancel(&a);
+    assert_eq!(s, 200, "{first}");
+    // A repeat, through the other gateway, answers the same.
+    assert_eq!(cancel(&b), (200, first));
+    // b sells the released unit (its flag cleared by the release), once.
+    assert!(
+        wait_until(Duration::from_secs(5), || b.buy("one", "u3").0 == 200),
+        "the released unit sells on the other gateway"
+    );
+    assert_eq!(a.buy("one", "u4").0, 410);
+    assert_eq!(b.sold("one"), (1, 0));
+    let events: Vec<String> = b
+        .orders("one")
+        .iter()
+        .map(|o| o["event"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(events, ["placed", "cancelled", "placed"]);
+}

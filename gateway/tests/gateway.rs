@@ -1294,3 +1294,84 @@ async fn results_travel_over_grpc_and_unknown_ones_are_counted() {
     assert_eq!(sold(&gw, "g").await, (1, 1));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancelled_order_sells_its_units_again_once() {
+    use hyper::Method;
+    let gw = TestGateway::start().await;
+    gw.open_sale("cxl", 1, 1).await;
+    let (s, v) = gw.buy("cxl", "u1").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let order = v["order_id"].as_str().unwrap().to_string();
+    assert_eq!(gw.buy("cxl", "u2").await.0, StatusCode::GONE, "sold out");
+
+    let path = format!("/admin/v1/orders/{order}/cancel");
+    let (s, first) = admin(&gw, Method::POST, &path, Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    assert_eq!(first["status"], "cancelled");
+    assert_eq!(first["order_id"], order.as_str());
+    assert_eq!(first["user_id"], "u1");
+    let (s, again) = admin(&gw, Method::POST, &path, Value::Null).await;
+    assert_eq!(
+        (s, &again),
+        (StatusCode::OK, &first),
+        "a repeat is the same"
+    );
+    assert_eq!(sold(&gw, "cxl").await, (0, 1));
+
+    // The sold-out flag is gone: the unit sells again, once.
+    let bought = process_wait(|| async { gw.buy("cxl", "u2").await.0 == StatusCode::OK }).await;
+    assert!(bought, "the released unit sells again");
+    assert_eq!(gw.buy("cxl", "u3").await.0, StatusCode::GONE);
+    let (_, feed) = gw.get_authorized("/admin/v1/orders?sale_id=cxl").await;
+    let events: Vec<_> = feed["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, ["placed", "cancelled", "placed"], "{feed}");
+
+    let long = format!("o-cxl.{}", "a".repeat(200));
+    for bad in [
+        "nope",
+        "o-cxl.ffff",
+        "o-a%2Fb.ff",
+        "o-.ff",
+        long.as_str(),
+        "o-nosuchsale.ab",
+    ] {
+        let (s, v) = admin(
+            &gw,
+            Method::POST,
+            &format!("/admin/v1/orders/{bad}/cancel"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (s, status_of(&v)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{bad}"
+        );
+    }
+    let (s, _) = admin(&gw, Method::GET, &path, Value::Null).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (s, _, _) = gw.request(Method::POST, gw.admin, &path, &[], "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "cancel needs the admin token");
+    gw.stop().await;
+}
+
+/// Polls an async check for up to 3 s.
+async fn process_wait<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..60 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -400,6 +400,7 @@ mod tests {
                 quantity,
                 request_id: None,
                 at: None,
+                event: None,
             });
         }
         t.pages = 2;

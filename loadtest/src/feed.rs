@@ -40,6 +40,10 @@ pub struct FeedOrder {
     /// RFC 3339; read, not checked.
     #[serde(default)]
     pub at: Option<String>,
+    /// `placed` (or absent) for an order, `cancelled` for the event a
+    /// cancellation appends: its units went back on sale.
+    #[serde(default)]
+    pub event: Option<String>,
 }
 
 /// One page of the feed.
@@ -67,8 +71,15 @@ pub struct FeedTally {
 }
 
 impl FeedTally {
-    /// Counts one order of the sale.
+    /// Counts one order of the sale; a cancellation takes its units back.
     pub fn add(&mut self, o: FeedOrder) {
+        if o.event.as_deref() == Some("cancelled") {
+            self.units = self.units.saturating_sub(o.quantity);
+            if let Some(u) = self.units_by_user.get_mut(&o.user_id) {
+                *u = u.saturating_sub(o.quantity);
+            }
+            return;
+        }
         self.orders += 1;
         self.units += o.quantity;
         *self.units_by_user.entry(o.user_id).or_default() += o.quantity;
@@ -227,7 +238,21 @@ mod tests {
             quantity,
             request_id: None,
             at: None,
+            event: None,
         }
+    }
+
+    #[test]
+    fn a_cancellation_takes_its_units_back() {
+        let mut t = FeedTally::default();
+        t.add(order("o1", "u1", 2));
+        t.add(FeedOrder {
+            event: Some("cancelled".into()),
+            ..order("o1", "u1", 2)
+        });
+        t.add(order("o2", "u1", 1));
+        assert_eq!((t.orders, t.units, t.duplicate_order_ids), (2, 1, 0));
+        assert_eq!(t.users_over(1), 0);
     }
 
     #[test]

@@ -125,6 +125,7 @@ mod tests {
                     user_id: "u".into(),
                     quantity: 1,
                     at_ms: 0,
+                    kind: crate::OrderEventKind::Placed,
                 })
                 .collect(),
             next: n.to_string(),

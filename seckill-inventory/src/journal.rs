@@ -38,7 +38,8 @@ pub enum Change {
         key: String,
         request_id: String,
     },
-    /// An order: a unit (or several) sold.
+    /// An order event: a unit (or several) sold (`Placed`), or given back
+    /// by a cancellation (`Cancelled`, sent after its order's `Placed`).
     Order(OrderEvent),
 }
 
@@ -46,18 +47,28 @@ pub enum Change {
 /// purchase batch, an admission, a sale change), to be kept together or not
 /// at all. A sale's [`Change::Sale`]s arrive in the order they took effect;
 /// every other change commutes with the other steps' (orders only add,
-/// records and keys are per request). It must not block.
+/// and an order's cancellation follows the step that placed it; records
+/// and keys are per request). It must not block.
 pub trait Journal: Send + Sync + 'static {
     fn record(&self, changes: Vec<Change>);
 }
 
-/// A sale as kept: its definition, whether it was removed, and the units
-/// each buyer holds (its `sold` is their sum).
+/// A sale as kept: its definition, whether it was removed, the units each
+/// buyer holds (its `sold` is their sum: placed minus cancelled), and its
+/// orders by id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SavedSale {
     pub spec: SaleSpec,
     pub removed: bool,
     pub held: HashMap<String, u32>,
+    pub placed: HashMap<String, Placed>,
+}
+
+/// An order of a sale as placed and, once cancelled, when (Unix ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub order: OrderEvent,
+    pub cancelled_at_ms: Option<u64>,
 }
 
 /// A claimed idempotency key as kept.

@@ -20,7 +20,7 @@ mod model;
 
 pub use feed::{check_head, seq_cursor, wait_for_orders, FeedPage, FeedQuery};
 pub use ids::{now_ms, unique_id};
-pub use journal::{Change, Journal, SavedKey, SavedSale, Snapshot};
+pub use journal::{Change, Journal, Placed, SavedKey, SavedSale, Snapshot};
 pub use memory::{MemoryInventory, DEFAULT_RETENTION};
 pub use model::*;
 
@@ -144,13 +144,23 @@ pub trait Inventory: Send + Sync + 'static {
     /// The recorded state of a request, while within the result retention.
     async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, InventoryError>;
 
-    /// The order events of a sale, oldest first (the audit trail).
+    /// The order events of a sale, oldest first (the audit trail): each
+    /// order as placed, and a `Cancelled` event for each cancellation.
     async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError>;
 
     /// A page of the order feed: every sale's orders in commit order after
     /// `query.after`, waiting up to `query.wait` when there is none yet;
     /// [`InventoryError::BadCursor`] for a cursor it did not hand out.
     async fn feed(&self, query: &FeedQuery) -> Result<FeedPage, InventoryError>;
+
+    /// Cancels an order in one atomic step: its units go back to the
+    /// sale's stock and to the buyer's per-user allowance, and a
+    /// `Cancelled` event follows on the order topic. Once: a repeat
+    /// returns the first cancellation with `repeat` set and changes
+    /// nothing. A sale that had sold out is announced
+    /// ([`SaleEvent::Released`]), so every gateway sells again. [`InventoryError::NotFound`] for an order id the
+    /// store does not know.
+    async fn cancel_order(&self, order_id: &str) -> Result<Cancellation, InventoryError>;
 
     /// Sale changes, for gateways that keep a local copy of the catalog.
     fn events(&self) -> broadcast::Receiver<SaleEvent>;

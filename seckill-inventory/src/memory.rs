@@ -54,6 +54,9 @@ struct Book {
     spec: SaleSpec,
     sold: u64,
     held: HashMap<String, u32>,
+    /// Every order of the sale, by id: as placed and, once cancelled,
+    /// when (what a cancellation needs; with a journal, the log is empty).
+    placed: HashMap<String, Placed>,
     /// Removed from the catalog after it sold: kept for its orders, and so
     /// that its id is never sold again.
     removed: bool,
@@ -134,6 +137,7 @@ impl MemoryInventory {
                     sold: s.held.values().map(|&h| u64::from(h)).sum(),
                     spec: s.spec,
                     held: s.held,
+                    placed: s.placed,
                     removed: s.removed,
                 };
                 (book.spec.sale_id.clone(), Arc::new(Mutex::new(book)))
@@ -258,7 +262,7 @@ impl MemoryInventory {
         } else {
             book.sold += u64::from(p.quantity);
             *book.held.entry(p.user_id.clone()).or_insert(0) += p.quantity;
-            let order_id = format!("o-{}", unique_id());
+            let order_id = order_id(&p.sale_id);
             let order = OrderEvent {
                 order_id: order_id.clone(),
                 request_id: p.request_id.clone(),
@@ -266,14 +270,16 @@ impl MemoryInventory {
                 user_id: p.user_id.clone(),
                 quantity: p.quantity,
                 at_ms: now,
+                kind: OrderEventKind::Placed,
             };
-            if step.journaled() {
-                step.push(|| Change::Order(order));
-            } else {
-                let mut log = self.inner.log.lock().unwrap();
-                log.push(order);
-                self.inner.committed.send_replace(log.len() as u64);
-            }
+            book.placed.insert(
+                order_id.clone(),
+                Placed {
+                    order: order.clone(),
+                    cancelled_at_ms: None,
+                },
+            );
+            self.append(order, step);
             if book.sold == book.spec.stock {
                 let _ = self
                     .inner
@@ -283,6 +289,19 @@ impl MemoryInventory {
             Outcome::Success { order_id }
         };
         self.finish(p, outcome, step)
+    }
+
+    /// Appends an order event to the global log: through the journal's
+    /// step when there is one (its store keeps the orders then), else to
+    /// the memory log.
+    fn append(&self, order: OrderEvent, step: &mut Step) {
+        if step.journaled() {
+            step.push(|| Change::Order(order));
+        } else {
+            let mut log = self.inner.log.lock().unwrap();
+            log.push(order);
+            self.inner.committed.send_replace(log.len() as u64);
+        }
     }
 
     fn finish(&self, p: &Purchase, outcome: Outcome, step: &mut Step) -> Decision {
@@ -357,10 +376,13 @@ impl Inventory for MemoryInventory {
             let put = match sales.get(&id) {
                 Some(book) => {
                     let mut book = book.lock().unwrap();
-                    if book.removed && book.sold > 0 {
+                    // Orders, cancelled or not, are never dropped: a sale
+                    // that ever sold keeps its id.
+                    let sold = !book.placed.is_empty();
+                    if book.removed && sold {
                         return Err(InventoryError::Removed(id));
                     }
-                    if book.sold > 0 {
+                    if sold {
                         return Err(InventoryError::HasSales(id));
                     }
                     let put = if book.removed {
@@ -378,6 +400,7 @@ impl Inventory for MemoryInventory {
                         spec,
                         sold: 0,
                         held: HashMap::new(),
+                        placed: HashMap::new(),
                         removed: false,
                     };
                     step.push(|| book.change());
@@ -610,6 +633,60 @@ impl Inventory for MemoryInventory {
             self.page(after, sale_id, limit)
         })
         .await
+    }
+
+    async fn cancel_order(&self, order_id: &str) -> Result<Cancellation, InventoryError> {
+        let not_found = || InventoryError::NotFound(order_id.to_string());
+        let book = sale_of_order(order_id)
+            .and_then(|sale| self.book(sale))
+            .ok_or_else(not_found)?;
+        // Under the sale's lock, like a purchase: the release is one step,
+        // and the journal gets its event before the lock is let go.
+        let mut book = book.lock().unwrap();
+        let placed = book.placed.get(order_id).ok_or_else(not_found)?;
+        let order = placed.order.clone();
+        if let Some(at) = placed.cancelled_at_ms {
+            return Ok(Cancellation {
+                order,
+                cancelled_at_ms: at,
+                repeat: true,
+            });
+        }
+        let now = now_ms();
+        let sold_out = book.sold >= book.spec.stock;
+        book.sold -= u64::from(order.quantity);
+        if let Some(held) = book.held.get_mut(&order.user_id) {
+            *held = held.saturating_sub(order.quantity);
+            if *held == 0 {
+                book.held.remove(&order.user_id);
+            }
+        }
+        if let Some(placed) = book.placed.get_mut(order_id) {
+            placed.cancelled_at_ms = Some(now);
+        }
+        let mut step = Step::new(&self.inner);
+        self.append(
+            OrderEvent {
+                at_ms: now,
+                kind: OrderEventKind::Cancelled,
+                ..order.clone()
+            },
+            &mut step,
+        );
+        step.send(&self.inner);
+        // Under the lock too, like a sell-out: a sale's events in the order
+        // its steps took effect.
+        if sold_out {
+            let _ = self
+                .inner
+                .events
+                .send(SaleEvent::Released(order.sale_id.clone()));
+        }
+        Ok(Cancellation {
+            order,
+            cancelled_at_ms: now,
+            repeat: false,
+        })
     }
 
     fn events(&self) -> broadcast::Receiver<SaleEvent> {

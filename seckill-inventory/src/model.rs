@@ -314,7 +314,9 @@ pub struct RequestRecord {
     pub outcome: Option<Outcome>,
 }
 
-/// An order, appended to the sale's order stream by a successful purchase.
+/// An event of the order topic: a successful purchase appends an order
+/// (`Placed`), and cancelling it appends the same order again as
+/// `Cancelled`, with the time of the cancellation as `at_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderEvent {
     pub order_id: String,
@@ -323,6 +325,53 @@ pub struct OrderEvent {
     pub user_id: String,
     pub quantity: u32,
     pub at_ms: u64,
+    #[serde(default)]
+    pub kind: OrderEventKind,
+}
+
+/// What an [`OrderEvent`] says of its order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderEventKind {
+    /// A purchase made the order.
+    #[default]
+    Placed,
+    /// An operator cancelled it: its units went back to the sale.
+    Cancelled,
+}
+
+impl OrderEventKind {
+    /// The name the order feed and the relay's sinks use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderEventKind::Placed => "placed",
+            OrderEventKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Builds an order id for `sale_id`: `o-<sale_id>.<random>`, so a store can
+/// find the order's sale from the id alone (see [`sale_of_order`]).
+pub fn order_id(sale_id: &str) -> String {
+    format!("o-{sale_id}.{}", crate::unique_id())
+}
+
+/// The sale an order id belongs to (see [`order_id`]).
+pub fn sale_of_order(order_id: &str) -> Option<&str> {
+    let (sale, rest) = order_id.strip_prefix("o-")?.split_once('.')?;
+    (valid_id(sale) && !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then_some(sale)
+}
+
+/// Result of [`crate::Inventory::cancel_order`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cancellation {
+    /// The order as it was placed.
+    pub order: OrderEvent,
+    /// When it was cancelled (the first time), Unix ms.
+    pub cancelled_at_ms: u64,
+    /// It had been cancelled before: nothing changed this time.
+    pub repeat: bool,
 }
 
 /// A change to the catalog of sales.
@@ -332,6 +381,9 @@ pub enum SaleEvent {
     Changed(String),
     Removed(String),
     SoldOut(String),
+    /// Units came back (a cancelled order): a sale marked sold out sells
+    /// again if the store now has units left.
+    Released(String),
 }
 
 /// Formats Unix ms as RFC 3339 (UTC, second precision unless sub-second).
@@ -368,6 +420,11 @@ mod tests {
         assert_eq!(sale_of_request(&rid), Some("flash-1"));
         assert_eq!(sale_of_request("nodot"), None);
         assert_eq!(sale_of_request("bad/.x"), None);
+        let oid = order_id("flash-1");
+        assert_eq!(sale_of_order(&oid), Some("flash-1"));
+        for bad in ["", "o-", "o-s", "o-s.", "x-s.ab", "o-a/b.ab", "o-s.a:b"] {
+            assert_eq!(sale_of_order(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -118,6 +118,31 @@ pub fn init_logging(args: &LogArgs) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// As [`init_logging`], with the log lines on stderr: for a program whose
+/// stdout carries data (`order-relay --stdout`).
+pub fn init_logging_stderr(filter: &str) -> Result<(), ConfigError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| ConfigError(format!("--log: {e}")))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(LossyStderr)
+        .log_internal_errors(false)
+        .init();
+    Ok(())
+}
+
+/// The log writer of [`init_logging_stderr`].
+#[derive(Clone, Copy, Debug)]
+struct LossyStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LossyStderr {
+    type Writer = Lossy<io::StderrLock<'a>>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Lossy(io::stderr().lock())
+    }
+}
+
 /// The log writer: stdout, with write errors swallowed.
 #[derive(Clone, Copy, Debug)]
 struct LossyStdout;

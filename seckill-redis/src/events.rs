@@ -114,7 +114,7 @@ async fn forward(
     }
 }
 
-/// `changed:ID`, `removed:ID`, `sold_out:ID`.
+/// `changed:ID`, `removed:ID`, `sold_out:ID`, `released:ID`.
 pub(crate) fn parse(payload: &str) -> Option<SaleEvent> {
     let (kind, id) = payload.split_once(':')?;
     let id = id.to_string();
@@ -122,6 +122,7 @@ pub(crate) fn parse(payload: &str) -> Option<SaleEvent> {
         "changed" => Some(SaleEvent::Changed(id)),
         "removed" => Some(SaleEvent::Removed(id)),
         "sold_out" => Some(SaleEvent::SoldOut(id)),
+        "released" => Some(SaleEvent::Released(id)),
         _ => None,
     }
 }
@@ -135,6 +136,7 @@ mod tests {
         assert_eq!(parse("changed:a"), Some(SaleEvent::Changed("a".into())));
         assert_eq!(parse("removed:b"), Some(SaleEvent::Removed("b".into())));
         assert_eq!(parse("sold_out:c"), Some(SaleEvent::SoldOut("c".into())));
+        assert_eq!(parse("released:d"), Some(SaleEvent::Released("d".into())));
         assert_eq!(parse("other:c"), None);
         assert_eq!(parse("nocolon"), None);
     }

@@ -58,6 +58,13 @@ pub fn orders(sale_id: &str) -> String {
     format!("{}:orders", tag(sale_id))
 }
 
+/// Hash: order id → the order as placed (JSON `rid`, `user`, `qty`, `at`,
+/// and `cancelled` ms once cancelled). Never trimmed, unlike the stream:
+/// a cancellation finds its order here.
+pub fn order_index(sale_id: &str) -> String {
+    format!("{}:order_index", tag(sale_id))
+}
+
 /// Hash of a request's record: `user`, `qty`, `status` (empty while
 /// pending), `detail` (order id or reason). Expires after the retention.
 pub fn request(sale_id: &str, request_id: &str) -> String {
@@ -116,6 +123,7 @@ mod tests {
             sale("s1"),
             users("s1"),
             orders("s1"),
+            order_index("s1"),
             request("s1", "s1.00ab"),
             idempotency("s1", "u:1", "k"),
             tokens("s1"),

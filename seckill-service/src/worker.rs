@@ -332,6 +332,12 @@ mod tests {
         async fn orders(&self, sale_id: &str) -> Result<Vec<OrderEvent>, InventoryError> {
             self.inventory.orders(sale_id).await
         }
+        async fn cancel_order(
+            &self,
+            order_id: &str,
+        ) -> Result<seckill_inventory::Cancellation, InventoryError> {
+            self.inventory.cancel_order(order_id).await
+        }
         fn events(&self) -> broadcast::Receiver<SaleEvent> {
             self.inventory.events()
         }

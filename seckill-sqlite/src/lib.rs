@@ -10,8 +10,8 @@
 //! transaction (group commit): one fsync of the write-ahead log for a
 //! whole worker batch, or for several. Whatever must be durable before it
 //! is answered waits for that commit (a barrier): a purchase batch's
-//! decisions, a settled result, a sale change from the admin API, and a
-//! final result read back. Admissions do not wait: a request is only
+//! decisions, a settled result, a sale change from the admin API, a
+//! cancellation, and a final result read back. Admissions do not wait: a request is only
 //! answered once decided, and its decision's commit carries every change
 //! queued before it.
 //!
@@ -39,9 +39,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use seckill_inventory::{
-    check_head, seq_cursor, wait_for_orders, Admission, Decision, FeedPage, FeedQuery, Inventory,
-    InventoryError, MemoryInventory, OrderEvent, Outcome, Purchase, Put, RequestRecord, SaleEvent,
-    SaleSpec, SaleStatus,
+    check_head, seq_cursor, wait_for_orders, Admission, Cancellation, Decision, FeedPage,
+    FeedQuery, Inventory, InventoryError, MemoryInventory, OrderEvent, OrderEventKind, Outcome,
+    Purchase, Put, RequestRecord, SaleEvent, SaleSpec, SaleStatus,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -193,10 +193,16 @@ fn order_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderEvent> {
         quantity: row.get(3)?,
         request_id: row.get(4)?,
         at_ms: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
+        // The schema allows only the two.
+        kind: if row.get_ref(6)?.as_str()? == "cancelled" {
+            OrderEventKind::Cancelled
+        } else {
+            OrderEventKind::Placed
+        },
     })
 }
 
-const ORDER_COLUMNS: &str = "order_id, sale_id, user_id, quantity, request_id, at_ms";
+const ORDER_COLUMNS: &str = "order_id, sale_id, user_id, quantity, request_id, at_ms, kind";
 
 /// One page of committed orders after `after`, read in one transaction so
 /// the head and the rows agree.
@@ -221,7 +227,7 @@ fn feed_page(
         let rows = stmt
             .query_map(
                 rusqlite::params![after as i64, head as i64, sale_id, limit as i64],
-                |row| Ok((row.get::<_, i64>(6)? as u64, order_of(row)?)),
+                |row| Ok((row.get::<_, i64>(7)? as u64, order_of(row)?)),
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok((head, rows))
@@ -346,6 +352,13 @@ impl Inventory for SqliteInventory {
             }
         })
         .await
+    }
+
+    async fn cancel_order(&self, order_id: &str) -> Result<Cancellation, InventoryError> {
+        let cancellation = self.mem()?.cancel_order(order_id).await?;
+        // A repeat too: the first cancellation may still be on its way.
+        self.durable().await?;
+        Ok(cancellation)
     }
 
     fn events(&self) -> broadcast::Receiver<SaleEvent> {

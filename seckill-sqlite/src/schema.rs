@@ -9,7 +9,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use seckill_inventory::{now_ms, Outcome, RequestRecord, SaleSpec, SavedKey, SavedSale, Snapshot};
+use seckill_inventory::{
+    now_ms, OrderEventKind, Outcome, Placed, RequestRecord, SaleSpec, SavedKey, SavedSale, Snapshot,
+};
+
+use crate::{order_of, ORDER_COLUMNS};
 
 /// The schema this build writes and reads.
 const SCHEMA_VERSION: &str = "1";
@@ -22,16 +26,20 @@ CREATE TABLE sales (
     spec TEXT NOT NULL,
     removed INTEGER NOT NULL
 );
--- Every order, never deleted; seq is the commit order (the feed's cursor).
--- A sale's sold count and each buyer's total are sums over it.
+-- Every order event, never deleted; seq is the commit order (the feed's
+-- cursor). kind 'placed' is a purchase, 'cancelled' its cancellation (the
+-- same order again, at_ms the time it was cancelled). A sale's sold count
+-- and each buyer's total are placed minus cancelled quantities.
 CREATE TABLE orders (
     seq INTEGER PRIMARY KEY,
-    order_id TEXT NOT NULL UNIQUE,
+    order_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('placed', 'cancelled')),
     sale_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
     quantity INTEGER NOT NULL,
     request_id TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
+    at_ms INTEGER NOT NULL,
+    UNIQUE (order_id, kind)
 );
 CREATE INDEX orders_by_sale ON orders (sale_id, seq);
 -- Request records within the result retention; status NULL = pending.
@@ -173,11 +181,15 @@ fn snapshot(conn: &Connection, cutoff: u64) -> rusqlite::Result<Result<Snapshot,
                 spec,
                 removed,
                 held: HashMap::new(),
+                placed: HashMap::new(),
             },
         );
     }
-    let mut stmt = conn
-        .prepare("SELECT sale_id, user_id, sum(quantity) FROM orders GROUP BY sale_id, user_id")?;
+    let mut stmt = conn.prepare(
+        "SELECT sale_id, user_id, \
+         sum(CASE kind WHEN 'cancelled' THEN -quantity ELSE quantity END) AS held \
+         FROM orders GROUP BY sale_id, user_id HAVING held > 0",
+    )?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let sale: String = row.get(0)?;
@@ -187,6 +199,40 @@ fn snapshot(conn: &Connection, cutoff: u64) -> rusqlite::Result<Result<Snapshot,
             )));
         };
         s.held.insert(row.get(1)?, row.get(2)?);
+    }
+    // Every order by id, for cancellations: as placed, with when it was
+    // cancelled (in seq order, a cancellation follows its order).
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY seq");
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let order = order_of(row)?;
+        let Some(s) = sales.get_mut(&order.sale_id) else {
+            return Ok(Err(format!(
+                "orders of sale {}, which has no definition",
+                order.sale_id
+            )));
+        };
+        match order.kind {
+            OrderEventKind::Placed => {
+                s.placed.insert(
+                    order.order_id.clone(),
+                    Placed {
+                        order,
+                        cancelled_at_ms: None,
+                    },
+                );
+            }
+            OrderEventKind::Cancelled => match s.placed.get_mut(&order.order_id) {
+                Some(p) => p.cancelled_at_ms = Some(order.at_ms),
+                None => {
+                    return Ok(Err(format!(
+                        "order {} is cancelled but was never placed",
+                        order.order_id
+                    )))
+                }
+            },
+        }
     }
 
     let mut requests = Vec::new();

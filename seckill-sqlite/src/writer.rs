@@ -314,12 +314,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: Change, seq: &mut u64) -> rusql
         Change::Order(o) => {
             *seq += 1;
             tx.prepare_cached(
-                "INSERT INTO orders (seq, order_id, sale_id, user_id, quantity, request_id, at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO orders \
+                 (seq, order_id, kind, sale_id, user_id, quantity, request_id, at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 *seq as i64,
                 o.order_id,
+                o.kind.as_str(),
                 o.sale_id,
                 o.user_id,
                 o.quantity,

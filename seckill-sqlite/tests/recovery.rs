@@ -262,3 +262,70 @@ async fn a_database_of_another_kind_is_refused() {
         Ok(_) => panic!("opened a database that is not a store"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_survives_a_reopen() {
+    let dir = scratch_dir();
+    let inv = SqliteInventory::open(dir.path(), RETENTION).unwrap();
+    let spec = SaleSpec {
+        per_user_limit: 1,
+        ..SaleSpec::new("undo", 2)
+    };
+    inv.put_sale(spec).await.unwrap();
+    let batch = [purchase("undo", "u1", None), purchase("undo", "u2", None)];
+    let decisions = inv.purchase(&batch).await.unwrap();
+    let first = order_id(&decisions[0].outcome);
+    let second = order_id(&decisions[1].outcome);
+    let cancelled = inv.cancel_order(&first).await.unwrap();
+    assert!(!cancelled.repeat);
+    // On disk when it returns.
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let kind: String = other
+        .query_row(
+            "SELECT kind FROM orders WHERE order_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [&first],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kind, "cancelled");
+    drop(other);
+    drop(inv);
+
+    let inv = reopen(dir.path());
+    let sale = inv.sale("undo").await.unwrap().unwrap();
+    assert_eq!(sale.sold, 1, "placed minus cancelled");
+    // The cancelled order is known as cancelled: a repeat, same time.
+    let again = inv.cancel_order(&first).await.unwrap();
+    assert!(again.repeat);
+    assert_eq!(again.cancelled_at_ms, cancelled.cancelled_at_ms);
+    // u2 still holds its unit; u1 has its allowance back and buys the
+    // released one.
+    let d = inv
+        .purchase(&[purchase("undo", "u2", None), purchase("undo", "u1", None)])
+        .await
+        .unwrap();
+    assert_eq!(d[0].outcome, Outcome::LimitExceeded);
+    let third = order_id(&d[1].outcome);
+    assert_eq!(inv.sale("undo").await.unwrap().unwrap().sold, 2);
+    // A sale that ever sold keeps its id, cancelled orders or not.
+    assert!(matches!(
+        inv.put_sale(SaleSpec::new("undo", 5)).await,
+        Err(InventoryError::HasSales(_))
+    ));
+    let events: Vec<(String, &str)> = feed(&inv, "0")
+        .await
+        .unwrap()
+        .orders
+        .iter()
+        .map(|o| (o.order_id.clone(), o.kind.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (first.clone(), "placed"),
+            (second, "placed"),
+            (first, "cancelled"),
+            (third, "placed"),
+        ]
+    );
+}

@@ -1,5 +1,6 @@
 //! Private `redis-server` processes for tests: a single server or a
 //! three-master cluster, on free loopback ports, in temporary directories;
+//! a private PostgreSQL ([`PostgresServer`]);
 //! the project's own binaries as child processes ([`process`]); a reader of
 //! Prometheus text ([`metrics`]); one polling schedule for every wait
 //! ([`backoff`]); and a crowd of concurrent clients ([`crowd()`]).
@@ -15,9 +16,11 @@
 pub mod backoff;
 mod crowd;
 pub mod metrics;
+pub mod postgres;
 pub mod process;
 
 pub use crowd::crowd;
+pub use postgres::PostgresServer;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
-//! What Prometheus and Grafana are told to query exists: a real gateway and
-//! a real seckill service on a private Redis serve a sale, then
+//! What Prometheus and Grafana are told to query exists: a real gateway, a
+//! real seckill service and an order relay on a private Redis serve a sale,
+//! then
 //!
-//! * `promtool check metrics` lints both `/metrics` pages;
+//! * `promtool check metrics` lints the three `/metrics` pages;
 //! * every metric the Grafana dashboard and the Prometheus rules select
 //!   is exposed by one of them (or recorded by a rule), with the labels and
 //!   label values the selectors name.
@@ -29,8 +30,9 @@ const TARGET_LABELS: &[&str] = &["job", "instance"];
 struct Live {
     gateway: String,
     service: String,
+    relay: String,
     // Kept alive until the checks are done.
-    _procs: (RedisServer, Process, Process),
+    _procs: (RedisServer, Process, Process, Process),
 }
 
 /// `n` distinct free loopback addresses.
@@ -72,8 +74,8 @@ const CALLBACK_TOKEN: &str = "live-metrics-callback-token";
 
 fn live() -> Live {
     let redis = RedisServer::start();
-    let a = addrs(4);
-    let (public, admin, grpc, service_admin) = (a[0], a[1], a[2], a[3]);
+    let a = addrs(5);
+    let (public, admin, grpc, service_admin, relay_admin) = (a[0], a[1], a[2], a[3], a[4]);
     let args = |a: &[String]| a.to_vec();
     let mut gateway = Process::spawn(
         "gateway",
@@ -108,8 +110,24 @@ fn live() -> Live {
             ("SECKILL_LOG", "warn"),
         ],
     );
+    // The order relay, into JSON lines (every sink has the same series).
+    let mut relay = Process::spawn(
+        "order-relay",
+        &binary("order-relay"),
+        &args(&[
+            "--redis-url".into(),
+            redis.url(),
+            "--stdout".into(),
+            "--admin-listen".into(),
+            relay_admin.to_string(),
+            "--maintain-every-ms".into(),
+            "100".into(),
+        ]),
+        &[("SECKILL_LOG", "warn")],
+    );
     up(admin, &mut gateway);
     up(service_admin, &mut service);
+    up(relay_admin, &mut relay);
 
     let auth = format!("Bearer {TOKEN}");
     let (status, body) = http(
@@ -155,10 +173,21 @@ fn live() -> Live {
         }),
         "no seckill_stock_remaining for the sold-out sale:\n{gateway_page}"
     );
+    // The relay delivered the order (its delivery histogram has samples).
+    let mut relay_page = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            relay_page = metrics(relay_admin);
+            relay_page.contains("seckill_orders_relayed_total{sink=\"stdout\",result=\"ok\"} 1")
+        }),
+        "the relay did not deliver the order:\n{relay_page}\n{}",
+        relay.log()
+    );
     Live {
         gateway: gateway_page,
         service: metrics(service_admin),
-        _procs: (redis, gateway, service),
+        relay: relay_page,
+        _procs: (redis, gateway, service, relay),
     }
 }
 
@@ -166,7 +195,11 @@ fn live() -> Live {
 fn live_metrics_pass_promtool_and_cover_dashboard_and_rules() {
     let live = live();
 
-    for (who, page) in [("gateway", &live.gateway), ("service", &live.service)] {
+    for (who, page) in [
+        ("gateway", &live.gateway),
+        ("service", &live.service),
+        ("relay", &live.relay),
+    ] {
         let out = run_with_input(
             &format!("promtool check metrics < {who} /metrics"),
             Command::new(promtool()).args(["check", "metrics"]),
@@ -184,6 +217,9 @@ fn live_metrics_pass_promtool_and_cover_dashboard_and_rules() {
     exposed
         .add(&live.service)
         .expect("the seckill service's /metrics");
+    exposed
+        .add(&live.relay)
+        .expect("the order relay's /metrics");
     // The API's metric table is what the dashboard and rules build on.
     for name in [
         "seckill_gateway_requests_total",
@@ -201,6 +237,11 @@ fn live_metrics_pass_promtool_and_cover_dashboard_and_rules() {
         "seckill_service_process_duration_seconds_bucket",
         "seckill_callback_total",
         "seckill_stock_remaining",
+        "seckill_orders_relayed_total",
+        "seckill_orders_lag",
+        "seckill_orders_lag_seconds",
+        "seckill_orders_dead_letters",
+        "seckill_orders_delivery_seconds_bucket",
     ] {
         assert!(exposed.has(name), "{name} is not exposed");
     }

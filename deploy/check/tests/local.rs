@@ -29,6 +29,7 @@ const PROCESSES: &[(&str, &str)] = &[
     ("gateway-2", "gateway"),
     ("seckill-service-1", "seckill-service"),
     ("seckill-service-2", "seckill-service"),
+    ("order-relay", "order-relay"),
 ];
 
 /// The ports `up` is given, by its variable.
@@ -42,6 +43,7 @@ const PORTS: &[&str] = &[
     "SECKILL_LOCAL_GATEWAY2_GRPC",
     "SECKILL_LOCAL_SERVICE1_ADMIN",
     "SECKILL_LOCAL_SERVICE2_ADMIN",
+    "SECKILL_LOCAL_RELAY_ADMIN",
     "SECKILL_LOCAL_PROMETHEUS_PORT",
     "SECKILL_LOCAL_BLACKBOX_PORT",
 ];
@@ -78,8 +80,8 @@ impl Topology {
 
     /// Runs `deploy/local/<script>` with this topology's settings.
     fn script(&self, script: &str, args: &[&str]) -> Output {
-        // `up` starts all three; build whichever is missing first.
-        let bin_dir = ["gateway", "seckill-service", "loadtest"]
+        // `up` starts these; build whichever is missing first.
+        let bin_dir = ["gateway", "seckill-service", "loadtest", "order-relay"]
             .map(binary)
             .first()
             .and_then(|b| b.parent())

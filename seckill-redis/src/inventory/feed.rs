@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::{AsyncCommands, Value};
-use seckill_inventory::{valid_id, FeedPage, FeedQuery, InventoryError, OrderEvent};
+use seckill_inventory::{
+    valid_id, FeedPage, FeedQuery, InventoryError, OrderEvent, OrderEventKind,
+};
 
 use super::{field, unavailable, RedisInventory};
 use crate::keys;
@@ -89,6 +91,11 @@ pub(super) fn order_of(sale_id: &str, fields: &[(String, Value)]) -> OrderEvent 
         user_id: field(fields, "user_id"),
         quantity: field(fields, "quantity").parse().unwrap_or(0),
         at_ms: field(fields, "at_ms").parse().unwrap_or(0),
+        kind: if field(fields, "event") == "cancelled" {
+            OrderEventKind::Cancelled
+        } else {
+            OrderEventKind::Placed
+        },
     }
 }
 

@@ -15,9 +15,9 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script, Value};
 use seckill_inventory::{
-    check_update, sale_of_request, unique_id, Admission, Decision, FeedPage, FeedQuery, Inventory,
-    InventoryError, OrderEvent, Outcome, Purchase, Put, RequestRecord, SaleEvent, SaleSpec,
-    SaleStatus,
+    check_update, order_id, sale_of_order, sale_of_request, Admission, Cancellation, Decision,
+    FeedPage, FeedQuery, Inventory, InventoryError, OrderEvent, OrderEventKind, Outcome, Purchase,
+    Put, RequestRecord, SaleEvent, SaleSpec, SaleStatus,
 };
 use tokio::sync::broadcast;
 
@@ -34,6 +34,9 @@ static REMOVE_SALE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("remove_sale.lua")));
 /// How long the removal of a sale that sold nothing is remembered.
 const UNSOLD_REMOVAL_RECORD: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+static CANCEL_ORDER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("cancel_order.lua")));
 
 static UPDATE_SALE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("update_sale.lua")));
@@ -110,6 +113,7 @@ impl RedisInventory {
         inv.key(keys::sale(sale))
             .key(keys::users(sale))
             .key(keys::orders(sale))
+            .key(keys::order_index(sale))
             .arg(self.retention_ms())
             .arg(sale)
             .arg(keys::events(self.ns()))
@@ -123,7 +127,7 @@ impl RedisInventory {
                 .arg(p.quantity)
                 .arg(p.deadline_ms)
                 .arg(keyed)
-                .arg(format!("o-{}", unique_id()));
+                .arg(order_id(sale));
         }
         let rows: Vec<(String, String, i64)> = inv
             .invoke_async(&mut self.conn())
@@ -167,6 +171,7 @@ impl Inventory for RedisInventory {
             .key(keys::sale(&id))
             .key(keys::users(&id))
             .key(keys::orders(&id))
+            .key(keys::order_index(&id))
             .arg(json)
             .arg(spec.stock)
             .arg(spec.per_user_limit)
@@ -261,6 +266,7 @@ impl Inventory for RedisInventory {
             .key(keys::sale(sale_id))
             .key(keys::users(sale_id))
             .key(keys::tokens(sale_id))
+            .key(keys::order_index(sale_id))
             .arg(UNSOLD_REMOVAL_RECORD.as_millis() as u64)
             .invoke_async(&mut self.conn())
             .await
@@ -447,6 +453,52 @@ impl Inventory for RedisInventory {
 
     async fn feed(&self, query: &FeedQuery) -> Result<FeedPage, InventoryError> {
         self.read_feed(query).await
+    }
+
+    async fn cancel_order(&self, order_id: &str) -> Result<Cancellation, InventoryError> {
+        let Some(sale) = sale_of_order(order_id) else {
+            return Err(InventoryError::NotFound(order_id.to_string()));
+        };
+        let reply: Vec<Value> = CANCEL_ORDER
+            .key(keys::sale(sale))
+            .key(keys::users(sale))
+            .key(keys::orders(sale))
+            .key(keys::order_index(sale))
+            .arg(order_id)
+            .arg(keys::events(self.ns()))
+            .arg(sale)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if reply.is_empty() {
+            return Err(InventoryError::NotFound(order_id.to_string()));
+        }
+        let text = |i: usize| -> Result<String, InventoryError> {
+            reply
+                .get(i)
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .ok_or_else(|| corrupt("cancel_order reply"))
+        };
+        // Lua numbers come back as integer replies.
+        let number = |i: usize| -> Result<u64, InventoryError> {
+            reply
+                .get(i)
+                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+                .ok_or_else(|| corrupt("cancel_order reply"))
+        };
+        Ok(Cancellation {
+            order: OrderEvent {
+                order_id: order_id.to_string(),
+                request_id: text(0)?,
+                sale_id: sale.to_string(),
+                user_id: text(1)?,
+                quantity: u32::try_from(number(2)?).map_err(|_| corrupt("quantity"))?,
+                at_ms: number(3)?,
+                kind: OrderEventKind::Placed,
+            },
+            cancelled_at_ms: number(4)?,
+            repeat: number(5)? == 1,
+        })
     }
 
     fn events(&self) -> broadcast::Receiver<SaleEvent> {

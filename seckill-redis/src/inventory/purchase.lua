@@ -1,8 +1,8 @@
 -- The atomic purchase step for a batch of requests of one sale.
 --
--- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] order stream, then per
--- request i: KEYS[2+2i] its record, KEYS[3+2i] its idempotency key (its
--- record again when it has none).
+-- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] order stream, KEYS[4]
+-- order index, then per request i: KEYS[3+2i] its record, KEYS[4+2i] its
+-- idempotency key (its record again when it has none).
 -- ARGV[1] retention ms, ARGV[2] sale id, ARGV[3] event channel, ARGV[4] n,
 -- then per request 6 values: request id, user, quantity, deadline ms,
 -- has key ("1"/"0"), order id to use on success.
@@ -33,8 +33,8 @@ for i = 1, n do
   local a = 4 + (i - 1) * 6
   local rid, user, qty, deadline, keyed, oid =
     ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6]
-  local req = KEYS[2 + 2 * i]
-  local idem = KEYS[3 + 2 * i]
+  local req = KEYS[3 + 2 * i]
+  local idem = KEYS[4 + 2 * i]
   local status, detail, dup = nil, '', 0
 
   -- Decided before (a redelivery): the stored outcome, nothing changes.
@@ -82,6 +82,8 @@ for i = 1, n do
         end
         redis.call('XADD', KEYS[3], '*', 'order_id', oid, 'request_id', rid,
           'user_id', user, 'quantity', qty, 'at_ms', now)
+        redis.call('HSET', KEYS[4], oid,
+          cjson.encode({rid = rid, user = user, qty = qty, at = now}))
         status, detail = 'success', oid
         if sold == stock then
           redis.call('PUBLISH', ARGV[3], 'sold_out:' .. sale)

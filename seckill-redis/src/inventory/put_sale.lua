@@ -1,5 +1,6 @@
 -- Creates a sale, or replaces one that has sold nothing.
--- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] order stream.
+-- KEYS[1] sale hash, KEYS[2] users hash, KEYS[3] order stream, KEYS[4]
+-- order index (a sale whose orders were all cancelled sold all the same).
 -- ARGV: spec JSON, stock, per-user limit, starts_at_ms, ends_at_ms ("" = unset).
 -- Returns 1 created, 0 replaced, -1 has sales already, -2 removed with its
 -- orders kept (the id can never sell again).
@@ -7,6 +8,7 @@ local created = 1
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local removed = redis.call('HGET', KEYS[1], 'removed') == '1'
   local sold = tonumber(redis.call('HGET', KEYS[1], 'sold')) or 0
+  sold = sold + redis.call('HLEN', KEYS[4])
   if removed and sold > 0 then
     return -2
   end

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use seckill_inventory::{
-    Admission, FeedPage, FeedQuery, Inventory, InventoryError, Outcome, Put, SaleEvent,
+    Admission, FeedPage, FeedQuery, Inventory, InventoryError, OrderEventKind, Outcome, Put,
+    SaleEvent,
 };
 use tokio::sync::broadcast;
 
@@ -22,6 +23,8 @@ crate::each_backend!(
     a_late_admission_records_nothing,
     the_order_feed_resumes_without_skip_or_repeat,
     the_order_feed_waits_for_an_order,
+    cancelling_releases_the_units_once,
+    cancels_racing_a_spike_sell_exactly_the_released_units,
 );
 
 /// Waits for `want` among the events (other tests' events are skipped).
@@ -632,4 +635,160 @@ async fn the_order_feed_waits_for_an_order(env: Env) {
     let bought = order_ids(&buyer.await.unwrap());
     let got: Vec<String> = woken.orders.iter().map(|o| o.order_id.clone()).collect();
     assert_eq!(got, bought, "the wait ends with the order");
+}
+
+fn order_of(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Success { order_id } => order_id.clone(),
+        other => panic!("not a success: {other:?}"),
+    }
+}
+
+async fn cancelling_releases_the_units_once(env: Env) {
+    let inv = &env.inventory;
+    let sale = sale_id("cancel");
+    inv.put_sale(spec(&sale, 3, 2)).await.unwrap();
+    let mut events = inv.events();
+    let got = inv
+        .purchase(&[purchase(&sale, "u1", 2), purchase(&sale, "u2", 1)])
+        .await
+        .unwrap();
+    let first = order_of(&got[0].outcome);
+    order_of(&got[1].outcome);
+    expect_event(&mut events, SaleEvent::SoldOut(sale.clone())).await;
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, 3);
+
+    let c = inv.cancel_order(&first).await.unwrap();
+    assert!(!c.repeat);
+    assert_eq!((c.order.user_id.as_str(), c.order.quantity), ("u1", 2));
+    assert_eq!(c.order.sale_id, sale);
+    assert!(c.cancelled_at_ms >= c.order.at_ms);
+    assert_eq!(
+        inv.sale(&sale).await.unwrap().unwrap().sold,
+        1,
+        "units back"
+    );
+    expect_event(&mut events, SaleEvent::Released(sale.clone())).await;
+
+    // A repeat answers the same and changes nothing.
+    let again = inv.cancel_order(&first).await.unwrap();
+    assert!(again.repeat);
+    assert_eq!(again.cancelled_at_ms, c.cancelled_at_ms);
+    assert_eq!(again.order, c.order);
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, 1);
+
+    // The buyer's allowance is back: u1 can buy 2 again, and no more.
+    let rebuy = inv
+        .purchase(&[purchase(&sale, "u1", 2), purchase(&sale, "u1", 1)])
+        .await
+        .unwrap();
+    order_of(&rebuy[0].outcome);
+    assert_eq!(rebuy[1].outcome, Outcome::LimitExceeded);
+
+    // The topic: two orders, the cancellation, the new order.
+    let orders = inv.orders(&sale).await.unwrap();
+    let kinds: Vec<_> = orders.iter().map(|o| o.kind).collect();
+    use OrderEventKind::{Cancelled, Placed};
+    assert_eq!(kinds, [Placed, Placed, Cancelled, Placed]);
+    assert_eq!(orders[2].order_id, first);
+    assert_eq!(orders[2].quantity, 2);
+
+    for unknown in [
+        "nope".to_string(),
+        format!("o-{sale}.ffff"),
+        format!("o-missing-{}.ab", seckill_inventory::unique_id()),
+    ] {
+        let r = inv.cancel_order(&unknown).await;
+        assert!(matches!(r, Err(InventoryError::NotFound(_))), "{r:?}");
+    }
+
+    // A sale whose orders were all cancelled sold all the same: its orders
+    // stay and it cannot be replaced.
+    let sale2 = sale_id("cancelall");
+    inv.put_sale(spec(&sale2, 1, 1)).await.unwrap();
+    let got = inv.purchase(&[purchase(&sale2, "u1", 1)]).await.unwrap();
+    inv.cancel_order(&order_of(&got[0].outcome)).await.unwrap();
+    let put = inv.put_sale(spec(&sale2, 1, 1)).await;
+    assert!(matches!(put, Err(InventoryError::HasSales(_))), "{put:?}");
+    assert!(inv.remove_sale(&sale2).await.unwrap());
+    let put = inv.put_sale(spec(&sale2, 1, 1)).await;
+    assert!(matches!(put, Err(InventoryError::Removed(_))), "{put:?}");
+    assert_eq!(inv.orders(&sale2).await.unwrap().len(), 2);
+}
+
+/// 100 cancels racing a spike on a sold-out sale: exactly the 100
+/// released units sell again, never more, and repeats change nothing.
+async fn cancels_racing_a_spike_sell_exactly_the_released_units(env: Env) {
+    const STOCK: usize = 200;
+    const CANCELS: usize = 100;
+    let inv = env.inventory.clone();
+    let sale = sale_id("race");
+    inv.put_sale(spec(&sale, STOCK as u64, 1)).await.unwrap();
+    let first: Vec<_> = (0..STOCK)
+        .map(|i| purchase(&sale, &format!("u{i}"), 1))
+        .collect();
+    let mut orders = Vec::new();
+    for chunk in first.chunks(50) {
+        for d in inv.purchase(chunk).await.unwrap() {
+            orders.push(order_of(&d.outcome));
+        }
+    }
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, STOCK as u64);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for oid in orders.into_iter().take(CANCELS) {
+        let inv = inv.clone();
+        // Each cancel twice, concurrently: one of the two releases.
+        tasks.spawn(async move {
+            let (a, b) = tokio::join!(inv.cancel_order(&oid), inv.cancel_order(&oid));
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(a.repeat != b.repeat, "exactly one of two cancels releases");
+            0usize
+        });
+    }
+    // The spike: 3 * CANCELS new buyers, in small batches, racing them.
+    for w in 0..6 {
+        let inv = inv.clone();
+        let sale = sale.clone();
+        tasks.spawn(async move {
+            let mut won = 0;
+            for round in 0..10 {
+                let batch: Vec<_> = (0..5)
+                    .map(|i| purchase(&sale, &format!("n{w}-{round}-{i}"), 1))
+                    .collect();
+                let decisions = inv.purchase(&batch).await.unwrap();
+                won += decisions
+                    .iter()
+                    .filter(|d| matches!(d.outcome, Outcome::Success { .. }))
+                    .count();
+                tokio::task::yield_now().await;
+            }
+            won
+        });
+    }
+    let mut won = 0;
+    while let Some(r) = tasks.join_next().await {
+        won += r.unwrap();
+    }
+    // Whatever the spike missed, a second wave takes.
+    let rest: Vec<_> = (0..CANCELS + 10)
+        .map(|i| purchase(&sale, &format!("late{i}"), 1))
+        .collect();
+    won += inv
+        .purchase(&rest)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|d| matches!(d.outcome, Outcome::Success { .. }))
+        .count();
+    assert_eq!(won, CANCELS, "exactly the released units sold again");
+    let status = inv.sale(&sale).await.unwrap().unwrap();
+    assert_eq!(status.sold, STOCK as u64);
+    let all = inv.orders(&sale).await.unwrap();
+    let cancelled = all
+        .iter()
+        .filter(|o| o.kind == OrderEventKind::Cancelled)
+        .count();
+    assert_eq!(cancelled, CANCELS, "one cancelled event per order");
+    assert_eq!(all.len(), STOCK + CANCELS + CANCELS);
 }
