@@ -169,13 +169,13 @@ struct RunArgs {
     #[arg(long, env = "LOADTEST_QUEUE_CAPACITY", value_parser = value_parser!(u32).range(1..))]
     queue_capacity: Option<u32>,
     /// For --create-sale: `immediate` or `fifo` [default: the gateway's].
-    #[arg(long)]
+    #[arg(long, env = "LOADTEST_ADMISSION")]
     admission: Option<String>,
     /// For --create-sale (`fifo`): the longest estimated wait in line.
-    #[arg(long, value_parser = value_parser!(u32).range(1..))]
+    #[arg(long, env = "LOADTEST_MAX_WAIT_MS", value_parser = value_parser!(u32).range(1..))]
     max_wait_ms: Option<u32>,
     /// For --create-sale (`fifo`): the most buyers in line.
-    #[arg(long, value_parser = value_parser!(u32).range(1..))]
+    #[arg(long, env = "LOADTEST_WAIT_CAPACITY", value_parser = value_parser!(u32).range(1..))]
     wait_capacity: Option<u32>,
     #[command(flatten)]
     output: OutputArgs,
