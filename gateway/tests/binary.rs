@@ -6,9 +6,8 @@
 
 mod procs;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use procs::Gw;
@@ -159,64 +158,6 @@ fn sigterm_answers_the_waiting_buyer_then_exits() {
     assert!(http(public, "GET", "/api/v1/sales/demo", &[], "").is_err());
 }
 
-/// A child whose stdout and stderr are pipes the test closes once the
-/// first line has arrived, as in `gateway 2>&1 | head -1`: every later
-/// write of the child fails with EPIPE. Killed when dropped.
-struct Headless(Child);
-
-impl Headless {
-    fn spawn(program: &str, args: &[String]) -> Headless {
-        let mut child = Command::new(program)
-            .args(args)
-            // Info level, so the shutdown itself logs.
-            .env("SECKILL_LOG", "info")
-            .env("SECKILL_CALLBACK_TOKEN", procs::CALLBACK_TOKEN)
-            // Memory only: no data directory in the source tree.
-            .env("SECKILL_DATA_DIR", "none")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {program}: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let mut first = String::new();
-        let read = BufReader::new(stdout).read_line(&mut first);
-        assert!(
-            read.is_ok_and(|n| n > 0),
-            "{program} printed nothing before it stopped"
-        );
-        // The reader goes away; so do both read ends.
-        drop(stderr);
-        Headless(child)
-    }
-
-    /// SIGTERM, through kill(1): this crate does not link a signal API.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.0.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
-    }
-}
-
-impl Drop for Headless {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn healthy(admin: SocketAddr) -> bool {
     http(admin, "GET", "/healthz", &[], "").is_ok_and(|r| r.0 == 200)
 }
@@ -225,7 +166,18 @@ fn healthy(admin: SocketAddr) -> bool {
 fn sigterm_drains_even_when_nobody_reads_the_output() {
     let args = ports();
     let admin: SocketAddr = args[3].parse().unwrap();
-    let mut gw = Headless::spawn(env!("CARGO_BIN_EXE_gateway"), &args);
+    let mut gw = Process::spawn_headless(
+        "gateway",
+        env!("CARGO_BIN_EXE_gateway").as_ref(),
+        &args,
+        &[
+            // Info level, so the shutdown itself logs.
+            ("SECKILL_LOG", "info"),
+            ("SECKILL_CALLBACK_TOKEN", procs::CALLBACK_TOKEN),
+            // Memory only.
+            ("SECKILL_DATA_DIR", "none"),
+        ],
+    );
     assert!(wait_until(Duration::from_secs(20), || healthy(admin)));
     gw.terminate();
     let status = gw.wait_exit(Duration::from_secs(5));
@@ -266,21 +218,7 @@ fn output_with(store: &[String], exits: bool) -> String {
 fn redis_passwords_are_never_printed() {
     let redis = RedisServer::start();
     let port = redis.port();
-    redis
-        .command(&[
-            "ACL",
-            "SETUSER",
-            "seckill",
-            "on",
-            &format!(">{PASSWORD}"),
-            "~*",
-            "&*",
-            "+@all",
-        ])
-        .unwrap();
-    redis
-        .command(&["CONFIG", "SET", "requirepass", PASSWORD])
-        .unwrap();
+    redis.require_password("seckill", PASSWORD);
     let url = |userinfo: &str| format!("redis://{userinfo}@127.0.0.1:{port}/");
     let flag = |flag: &str, value: String| vec![flag.to_string(), value];
     let cases = [

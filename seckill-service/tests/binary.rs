@@ -3,9 +3,7 @@
 //! graceful stop on SIGTERM (also with its output on a pipe nobody reads any
 //! more), and Redis passwords kept out of everything it prints.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use seckill_test_support::process::{http, sample, wait_until, Process};
@@ -168,62 +166,6 @@ fn admin_endpoints_readiness_and_graceful_stop() {
     assert!(stopping.elapsed() < Duration::from_secs(5));
 }
 
-/// A child whose stdout and stderr are pipes the test closes once the
-/// first line has arrived, as in `seckill-service 2>&1 | head -1`: every
-/// later write of the child fails with EPIPE. Killed when dropped.
-struct Headless(Child);
-
-impl Headless {
-    fn spawn(program: &str, args: &[&str]) -> Headless {
-        let mut child = Command::new(program)
-            .args(args)
-            // Info level, so the shutdown itself logs.
-            .env("SECKILL_LOG", "info")
-            .env("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {program}: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let mut first = String::new();
-        let read = BufReader::new(stdout).read_line(&mut first);
-        assert!(
-            read.is_ok_and(|n| n > 0),
-            "{program} printed nothing before it stopped"
-        );
-        // The reader goes away; so do both read ends.
-        drop(stderr);
-        Headless(child)
-    }
-
-    /// SIGTERM, through kill(1): this crate does not link a signal API.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.0.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
-    }
-}
-
-impl Drop for Headless {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn healthy(admin: SocketAddr) -> bool {
     http(admin, "GET", "/healthz", &[], "").is_ok_and(|(s, _)| s == 200)
 }
@@ -232,13 +174,19 @@ fn healthy(admin: SocketAddr) -> bool {
 fn sigterm_stops_it_even_when_nobody_reads_the_output() {
     let redis = RedisServer::start();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut p = Headless::spawn(
-        env!("CARGO_BIN_EXE_seckill-service"),
+    let mut p = Process::spawn_headless(
+        "seckill-service",
+        env!("CARGO_BIN_EXE_seckill-service").as_ref(),
         &[
-            "--redis-url",
-            &redis.url(),
-            "--admin-listen",
-            &admin.to_string(),
+            "--redis-url".into(),
+            redis.url(),
+            "--admin-listen".into(),
+            admin.to_string(),
+        ],
+        // Info level, so the shutdown itself logs.
+        &[
+            ("SECKILL_LOG", "info"),
+            ("SECKILL_CALLBACK_TOKEN", CALLBACK_TOKEN),
         ],
     );
     assert!(wait_until(Duration::from_secs(10), || healthy(admin)));
@@ -258,21 +206,7 @@ const PASSWORD: &str = "s3cretpw";
 fn redis_passwords_are_never_printed() {
     let redis = RedisServer::start();
     let port = redis.port();
-    redis
-        .command(&[
-            "ACL",
-            "SETUSER",
-            "seckill",
-            "on",
-            &format!(">{PASSWORD}"),
-            "~*",
-            "&*",
-            "+@all",
-        ])
-        .unwrap();
-    redis
-        .command(&["CONFIG", "SET", "requirepass", PASSWORD])
-        .unwrap();
+    redis.require_password("seckill", PASSWORD);
     let url = |userinfo: &str| format!("redis://{userinfo}@127.0.0.1:{port}/");
     let cases = [
         // Connected: the banner names the Redis.

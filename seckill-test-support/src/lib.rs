@@ -126,6 +126,16 @@ impl RedisServer {
         .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
 
+    /// Requires `password`: for the default user (`requirepass`) and for
+    /// an ACL user `user` with every right.
+    pub fn require_password(&self, user: &str, password: &str) {
+        let pass = format!(">{password}");
+        self.command(&["ACL", "SETUSER", user, "on", &pass, "~*", "&*", "+@all"])
+            .expect("ACL SETUSER");
+        self.command(&["CONFIG", "SET", "requirepass", password])
+            .expect("CONFIG SET requirepass");
+    }
+
     /// Sends one command and returns the reply (errors as `Err`).
     pub fn command(&self, args: &[&str]) -> Result<Reply, String> {
         command(self.port, args)

@@ -103,6 +103,46 @@ impl Process {
         }
     }
 
+    /// Spawns `program` with stdout and stderr on pipes that are closed
+    /// once its first line of output has arrived, as in
+    /// `gateway 2>&1 | head -1`: every later write of the child fails with
+    /// EPIPE. Panics when the child prints nothing before it stops. Its
+    /// output is not kept ([`Process::log`] is empty).
+    pub fn spawn_headless(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+    ) -> Self {
+        use std::io::BufRead;
+        let dir = crate::scratch_dir();
+        let mut child = Command::new(program)
+            .current_dir(dir.path())
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", program.display()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut first = String::new();
+        let read = std::io::BufReader::new(stdout).read_line(&mut first);
+        assert!(
+            read.is_ok_and(|n| n > 0),
+            "{name} printed nothing before it stopped"
+        );
+        // The reader goes away; so do both read ends.
+        drop(stderr);
+        Process {
+            name: name.to_string(),
+            child: Some(child),
+            dir,
+            status: None,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
