@@ -20,8 +20,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script, Value};
-use seckill_inventory::{now_ms, Inventory, OrderEvent, OrderEventKind, SaleEvent};
-use seckill_redis::{keys, Conn, RedisStore};
+use seckill_inventory::{now_ms, Inventory, OrderEvent, SaleEvent};
+use seckill_redis::{keys, order_of, Conn, RedisStore};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -61,31 +61,6 @@ pub struct Config {
 }
 
 type Entry = (String, Vec<(String, Value)>);
-
-fn text(fields: &[(String, Value)], name: &str) -> String {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| redis::from_redis_value_ref::<String>(v).ok())
-        .unwrap_or_default()
-}
-
-/// An order stream entry as an event.
-fn event_of(sale: &str, fields: &[(String, Value)]) -> OrderEvent {
-    OrderEvent {
-        order_id: text(fields, "order_id"),
-        request_id: text(fields, "request_id"),
-        sale_id: sale.to_string(),
-        user_id: text(fields, "user_id"),
-        quantity: text(fields, "quantity").parse().unwrap_or(0),
-        at_ms: text(fields, "at_ms").parse().unwrap_or(0),
-        kind: if text(fields, "event") == "cancelled" {
-            OrderEventKind::Cancelled
-        } else {
-            OrderEventKind::Placed
-        },
-    }
-}
 
 fn is_code(e: &redis::RedisError, code: &str) -> bool {
     e.code() == Some(code)
@@ -305,7 +280,7 @@ impl RedisSource {
         shutdown: &CancellationToken,
     ) -> Result<(), SinkError> {
         let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-        let events: Vec<OrderEvent> = entries.iter().map(|(_, f)| event_of(sale, f)).collect();
+        let events: Vec<OrderEvent> = entries.iter().map(|(_, f)| order_of(sale, f)).collect();
         match sink.deliver(&events, None, shutdown).await {
             Ok(()) => health.sink(true),
             Err(SinkError::Exhausted {

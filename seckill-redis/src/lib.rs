@@ -37,7 +37,7 @@ use std::time::Duration;
 
 pub use bucket::{RedisBucket, RedisBuckets};
 pub use conn::Conn;
-pub use inventory::RedisInventory;
+pub use inventory::{order_of, RedisInventory};
 pub use queue::RedisQueue;
 
 use ::seckill_inventory::SaleEvent;

@@ -82,8 +82,9 @@ impl Cursor {
     }
 }
 
-/// An order stream entry as an order.
-pub(super) fn order_of(sale_id: &str, fields: &[(String, Value)]) -> OrderEvent {
+/// An order stream entry (the fields of one `XRANGE`/`XREADGROUP` entry of
+/// a sale's order stream) as an order event.
+pub fn order_of(sale_id: &str, fields: &[(String, Value)]) -> OrderEvent {
     OrderEvent {
         order_id: field(fields, "order_id"),
         request_id: field(fields, "request_id"),

@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 use crate::{describe, keys, Shared};
 
 mod feed;
+pub use feed::order_of;
 
 static PURCHASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("purchase.lua")));
 static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
