@@ -11,15 +11,8 @@ local t = redis.call('TIME')
 redis.call('HSET', KEYS[2], 's', t[1], 'us', t[2], 'rem', 0)
 redis.call('PEXPIRE', KEYS[2], 60000)
 local fit = tonumber(ARGV[1]) - redis.call('LLEN', KEYS[1])
-local left = fit
-while left > 0 do
-  local k = math.min(left, 1000)
-  local args = {}
-  for i = 1, k do args[i] = '1' end
-  redis.call('RPUSH', KEYS[1], unpack(args))
-  left = left - k
-end
 if fit > 0 then
+  fill(KEYS[1], fit)
   redis.call('PEXPIRE', KEYS[1], 60000)
   return fit
 end

@@ -53,14 +53,7 @@ end
 local fit = cap - len
 if fit < 0 then fit = 0 end
 if due < fit then fit = due end
-local left = fit
-while left > 0 do
-  local k = math.min(left, 1000)
-  local args = {}
-  for i = 1, k do args[i] = '1' end
-  redis.call('RPUSH', KEYS[1], unpack(args))
-  left = left - k
-end
+fill(KEYS[1], fit)
 -- Tokens nobody generates for any more (a removed or lost sale) go away
 -- with the clock instead of staying forever.
 if len + fit > 0 then

@@ -34,10 +34,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{describe, keys, Shared};
 
-static TICK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bucket_tick.lua")));
+/// The token list's fill loop, shared by the scripts that push tokens.
+const FILL: &str = include_str!("fill.lua");
+static TICK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{FILL}{}", include_str!("bucket_tick.lua"))));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lease_release.lua")));
 static LINE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("line.lua")));
-static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("bucket_open.lua")));
+static OPEN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{FILL}{}", include_str!("bucket_open.lua"))));
 
 /// The first batch a gateway takes.
 const FIRST_BATCH: u32 = 4;
