@@ -9,7 +9,9 @@ mod procs;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use procs::{cluster_args, keyed_spike, redis_args, spike, Answer, Gw, Svc};
+use procs::{
+    assert_statuses_or_fail_closed, cluster_args, keyed_spike, redis_args, spike, Answer, Gw, Svc,
+};
 use seckill_redis::keys;
 use seckill_test_support::process::{http, wait_until};
 use seckill_test_support::{Options, RedisCluster, RedisServer, Reply};
@@ -137,12 +139,7 @@ async fn two_gateways_two_services_sell_exactly_the_stock() {
         "requests without an answer: {lost:?} ({statuses:?})"
     );
     assert_eq!(statuses.get(&200), Some(&1000), "{statuses:?}");
-    for (status, n) in &statuses {
-        assert!(
-            matches!(status, 200 | 403 | 410 | 429),
-            "{n} answers with status {status}: {statuses:?}"
-        );
-    }
+    assert_statuses_or_fail_closed(&answers, &[200, 403, 410, 429]);
     let mut wins: HashMap<&str, u32> = HashMap::new();
     for a in answers.iter().filter(|a| a.status == 200) {
         assert_eq!(a.body["status"], "success");
@@ -222,12 +219,7 @@ async fn a_killed_service_is_taken_over_without_oversell() {
     );
 
     let statuses = by_status(&answers);
-    for (status, n) in &statuses {
-        assert!(
-            matches!(status, 200 | 403 | 410 | 429 | 504),
-            "{n} answers with status {status}: {statuses:?}"
-        );
-    }
+    assert_statuses_or_fail_closed(&answers, &[200, 403, 410, 429, 504]);
     // Every admitted request that timed out has a final outcome to read.
     for a in answers.iter().filter(|a| a.status == 504) {
         let id = a.body["request_id"]
@@ -312,7 +304,11 @@ async fn after_a_gateway_crash_every_charged_buyer_recovers_its_order_by_its_key
         let key = format!("key-{user}");
         let mut answer = other.buy_keyed("crash", &user, &key);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while answer.0 == 202 && Instant::now() < deadline {
+        // 202: still pending; 503 store_unreachable: the store missed the
+        // budget on a starved machine, and the key is simply asked again.
+        while (answer.0 == 202 || answer.1["reason"] == "store_unreachable")
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(50));
             answer = other.buy_keyed("crash", &user, &key);
         }
@@ -613,8 +609,8 @@ async fn a_redis_cluster_sells_exactly_the_stock() {
     let buyers: Vec<_> = (0..3_000).map(|i| (gw.public, format!("c{i}"))).collect();
     let (one, two) = buyers.split_at(1_500);
     // 200 in flight per sale: enough to race every shard, few enough that
-    // a debug build on two busy cores answers each within the store budget
-    // (a 503 here is the gateway failing closed on a starved machine).
+    // a debug build on two busy cores answers nearly all within the store
+    // budget.
     let (a1, a2) = tokio::join!(
         spike(one.to_vec(), "c1", 200),
         spike(two.to_vec(), "c2", 200)
@@ -626,10 +622,7 @@ async fn a_redis_cluster_sells_exactly_the_stock() {
             Some(stock as usize),
             "{statuses:?}"
         );
-        assert!(
-            statuses.keys().all(|s| matches!(s, 200 | 410 | 429)),
-            "{statuses:?}"
-        );
+        assert_statuses_or_fail_closed(&answers, &[200, 410, 429]);
         assert_eq!(gw.sold(sale), (stock, 0));
         // The order stream lives on the shard that owns the sale's slot.
         let xlen = cluster

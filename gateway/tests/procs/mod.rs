@@ -246,6 +246,33 @@ pub struct Answer {
     pub body: Value,
 }
 
+/// Checks that every answer has one of `statuses`, or is the gateway failing
+/// closed (503 `store_unreachable`: the store missed the request's 1 s
+/// budget, which a debug build on two busy cores can do), and that failing
+/// closed stayed rare: at most a tenth of the answers. Such a refusal never
+/// takes stock, which the callers check on the sold count.
+pub fn assert_statuses_or_fail_closed(answers: &[Answer], statuses: &[u16]) {
+    let mut closed = 0;
+    for a in answers {
+        if a.status == 503 && a.body["reason"] == "store_unreachable" {
+            closed += 1;
+        } else {
+            assert!(
+                statuses.contains(&a.status),
+                "{}: {} {}",
+                a.user,
+                a.status,
+                a.body
+            );
+        }
+    }
+    assert!(
+        closed * 10 <= answers.len(),
+        "{closed} of {} answers failed closed",
+        answers.len()
+    );
+}
+
 /// Sends one purchase per `(gateway, user)` at most `in_flight` at a time,
 /// and returns every answer.
 pub async fn spike(buyers: Vec<(SocketAddr, String)>, sale: &str, in_flight: usize) -> Vec<Answer> {
