@@ -6,15 +6,16 @@
 
 mod procs;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use procs::{
     assert_statuses_or_fail_closed, cluster_args, keyed_spike, redis_args, spike, Answer, Gw, Svc,
 };
 use seckill_redis::keys;
-use seckill_test_support::process::{http, wait_until};
-use seckill_test_support::{Options, RedisCluster, RedisServer, Reply};
+use seckill_test_support::process::{binary, http, wait_until, Process};
+use seckill_test_support::{free_port, Options, PostgresServer, RedisCluster, RedisServer, Reply};
 use serde_json::json;
 
 fn int(r: Result<Reply, String>) -> i64 {
@@ -120,6 +121,34 @@ async fn two_gateways_two_services_sell_exactly_the_stock() {
         Svc::start("service-a", &store, &[]),
         Svc::start("service-b", &store, &[]),
     ];
+    // The order relay follows the order topic into PostgreSQL from before
+    // the sale exists: it finds the new sale's stream by itself.
+    let postgres = PostgresServer::start();
+    let relay_admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _relay = Process::spawn(
+        "relay",
+        &binary("order-relay"),
+        &[
+            "--redis-url".into(),
+            redis.url(),
+            "--postgres-url".into(),
+            postgres.url(),
+            "--admin-listen".into(),
+            relay_admin.to_string(),
+        ],
+        &[],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || http(
+            relay_admin,
+            "GET",
+            "/readyz",
+            &[],
+            ""
+        )
+        .is_ok_and(|r| r.0 == 200)),
+        "the relay became ready"
+    );
     // A bucket starts full: its capacity is the opening burst.
     assert_eq!(gws[0].put_sale("big", &sale_body(1000, 5000, 200)), 201);
     wait_sale(&[&gws[0], &gws[1]], "big");
@@ -170,6 +199,40 @@ async fn two_gateways_two_services_sell_exactly_the_stock() {
         .map(|s| s.metric(r#"seckill_callback_total{result="error"}"#))
         .sum();
     assert_eq!(callbacks, 0.0);
+
+    // Every order a buyer was told of lands in PostgreSQL once, and no
+    // other: exactly the sale's sold count.
+    let told: HashSet<String> = answers
+        .iter()
+        .filter(|a| a.status == 200)
+        .map(|a| a.body["order_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(told.len(), 1000);
+    let (db, conn) = tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let landed: HashSet<String> = loop {
+        let rows = db
+            .query(
+                "SELECT order_id FROM seckill_orders WHERE sale_id = 'big'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if rows.len() >= 1000 || Instant::now() > deadline {
+            break rows.iter().map(|r| r.get(0)).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(landed, told, "the relay landed exactly the sold orders");
+    let total: i64 = db
+        .query_one("SELECT count(*) FROM seckill_orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
