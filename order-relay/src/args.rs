@@ -54,7 +54,7 @@ pub struct Args {
     /// Sink: PostgreSQL connection string (table seckill_orders, created if absent).
     #[arg(long, env = "SECKILL_POSTGRES_URL")]
     pub postgres_url: Option<String>,
-    /// Sink: POST batches of events to this http:// URL, signed (Seckill-Signature).
+    /// Sink: POST batches of events to this http:// or https:// URL, signed (Seckill-Signature).
     #[arg(long, env = "SECKILL_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     /// File holding the webhook signing secret.
@@ -179,10 +179,9 @@ impl Args {
             return Ok(SinkKind::Postgres(url.clone()));
         }
         if let Some(url) = &self.webhook_url {
-            if !url.starts_with("http://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(ConfigError(
-                    "--webhook-url must be an http:// URL (put a TLS proxy in front for https)"
-                        .into(),
+                    "--webhook-url must be an http:// or https:// URL".into(),
                 ));
             }
             url.parse::<hyper::Uri>()

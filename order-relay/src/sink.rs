@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use seckill_inventory::{now_ms, OrderEvent, OrderEventKind};
@@ -246,11 +247,35 @@ impl Postgres {
 pub struct Webhook {
     url: hyper::Uri,
     secret: Vec<u8>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     pub max_attempts: u32,
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub timeout: Duration,
+}
+
+/// The CAs an https:// webhook's certificate is checked against: the
+/// system's (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them). None are
+/// loaded for an http:// URL.
+fn roots(https: bool) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if !https {
+        return Ok(roots);
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "--webhook-url is https:// but no CA certificates were found \
+             (install ca-certificates, or set SSL_CERT_FILE){}",
+            found
+                .errors
+                .first()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(roots)
 }
 
 /// Unix seconds now.
@@ -264,9 +289,22 @@ fn unix_now() -> u64 {
 impl Webhook {
     pub fn new(url: &str, secret: Vec<u8>) -> Result<Webhook, String> {
         let url: hyper::Uri = url.parse().map_err(|e| format!("--webhook-url: {e}"))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.enforce_http(false);
+        let tls = rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots(url.scheme_str() == Some("https"))?)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Ok(Webhook {
             url,
             secret,

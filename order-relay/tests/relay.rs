@@ -669,3 +669,159 @@ async fn the_embedded_feed_lands_in_postgres_across_gateway_and_relay_restarts()
     assert!(rows(50).await);
     drop(gw);
 }
+
+/// A CA made here, as a PEM file, and a certificate for `127.0.0.1` it
+/// signed, with its key.
+fn pki(
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let file = dir.join(format!("{name}.pem"));
+    std::fs::write(&file, ca.pem()).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+    (file, cert.der().clone(), key)
+}
+
+/// The webhook receiver behind TLS; counts refused handshakes in
+/// `handshakes_failed`.
+async fn start_tls_receiver(
+    r: Arc<Receiver>,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    handshakes_failed: Arc<AtomicUsize>,
+) -> SocketAddr {
+    let config = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, r, failed) = (acceptor.clone(), r.clone(), handshakes_failed.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let r = r.clone();
+                    async move { Ok::<_, std::convert::Infallible>(receive(r, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_reach_only_a_receiver_whose_certificate_checks_out() {
+    let redis = RedisServer::start();
+    let dir = scratch_dir();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let secret = secret.display().to_string();
+    let (ca, cert, key) = pki(dir.path(), "ca");
+    let (other_ca, _, _) = pki(dir.path(), "other-ca");
+    let hook = Arc::new(Receiver::default());
+    let failed = Arc::new(AtomicUsize::new(0));
+    let addr = start_tls_receiver(hook.clone(), cert, key, failed.clone()).await;
+    let url = format!("https://{addr}/hooks/orders");
+    let args = |group: &str, port: u16| {
+        with(
+            redis_args(&redis, group, port),
+            &[
+                "--webhook-url",
+                &url,
+                "--webhook-secret-file",
+                &secret,
+                "--webhook-retry-min-ms",
+                "5",
+                "--webhook-retry-max-ms",
+                "10",
+                "--batch-size",
+                "10",
+                "--max-attempts",
+                "2",
+            ],
+        )
+    };
+    // The relay trusts exactly the one CA file: no system directory.
+    let no_dir = dir.path().join("no-certs");
+    std::fs::create_dir(&no_dir).unwrap();
+    let spawn = |name: &str, group: &str, port: u16, ca: &std::path::Path| {
+        Process::spawn(
+            name,
+            &binary("order-relay"),
+            &args(group, port),
+            &[
+                ("SECKILL_LOG", "info"),
+                ("SSL_CERT_FILE", ca.to_str().unwrap()),
+                ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
+            ],
+        )
+    };
+    let (p1, p2) = (free_port(), free_port());
+    // Trusts the receiver's CA: every order arrives, once.
+    let _trusting = spawn("trusting", "trusting", p1, &ca);
+    // Trusts another CA: the handshake fails, nothing is sent, and the
+    // batches end in its group's dead-letter stream.
+    let _other = spawn("other", "other", p2, &other_ca);
+    for p in [p1, p2] {
+        let a: SocketAddr = ([127, 0, 0, 1], p).into();
+        assert!(
+            wait_until(WAIT, || http(a, "GET", "/readyz", &[], "")
+                .is_ok_and(|r| r.0 == 200)),
+            "relay on {p} ready"
+        );
+    }
+    let orders = spike(&redis, "tls", 20, 20).await;
+    eventually("every order delivered over TLS", || async {
+        hook.ids.lock().unwrap().len() == 20
+    })
+    .await;
+    eventually("the untrusted receiver's batches dead-lettered", || async {
+        redis
+            .command(&["XLEN", "seckill:relay:other:dead"])
+            .is_ok_and(|r| r == seckill_test_support::Reply::Int(2))
+    })
+    .await;
+    let ids = hook.ids.lock().unwrap().clone();
+    let want: HashSet<String> = orders.iter().map(|o| format!("{o}:placed")).collect();
+    assert_eq!(ids.keys().cloned().collect::<HashSet<_>>(), want);
+    assert!(ids.values().all(|&n| n == 1), "only one relay got through");
+    assert!(
+        failed.load(Ordering::SeqCst) > 0,
+        "the handshake was refused"
+    );
+    assert_eq!(hook.bad_signatures.load(Ordering::SeqCst), 0);
+
+    // An https:// webhook with no CA to check it against does not start.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let mut none = spawn("no-ca", "none", free_port(), &empty);
+    let status = none.wait_exit(WAIT).expect("exits");
+    assert_eq!(status.code(), Some(64), "{}", none.log());
+    assert!(none.log().contains("no CA certificates"), "{}", none.log());
+}
