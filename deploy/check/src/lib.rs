@@ -7,7 +7,8 @@
 //!
 //! The tests need the workspace's binaries built next to them
 //! (`cargo test --workspace` builds them; for `cargo test -p deploy-check`
-//! alone run `cargo build -p gateway -p seckill-service -p loadtest` first),
+//! alone run `cargo build -p gateway -p seckill-service -p order-relay -p loadtest`
+//! first),
 //! `redis-server`, and `promtool` (Debian package `prometheus`; `scripts/test`
 //! installs both).
 

@@ -1,6 +1,6 @@
 //! The options a binary really takes, read from its clap definition
-//! (`gateway::Args`, `seckill_service::Args`, which the binaries' `main`
-//! parse): each `--flag`, its environment variable and its default.
+//! (`gateway::Args`, `seckill_service::Args`, `order_relay::Args`, which the
+//! binaries' `main` parse): each `--flag`, its environment variable and its default.
 //! Deploy files are checked against these, never against a list kept by
 //! hand.
 

@@ -4,9 +4,9 @@
 //! (rendered: see its section) all parse, and every image, port,
 //! environment variable, probe and grace period they name matches the
 //! options the binaries parse
-//! (`gateway::Args`, `seckill_service::Args`: flags, environment variables,
-//! default ports), and what the other files name (stages, services, labels,
-//! ports).
+//! (`gateway::Args`, `seckill_service::Args`, `order_relay::Args`: flags,
+//! environment variables, default ports), and what the other files name
+//! (stages, services, labels, ports).
 //!
 //! Docker is not needed: the files are read, not run. When `kubectl` is on
 //! the PATH, `kubectl kustomize` also builds the Kubernetes base; when
@@ -28,45 +28,58 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 // === The binaries ===
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Bin {
     Gateway,
     Service,
+    Relay,
 }
 
 impl Bin {
+    const ALL: [Bin; 3] = [Bin::Gateway, Bin::Service, Bin::Relay];
+
+    /// The binary, its crate and its Dockerfile stage.
     fn name(self) -> &'static str {
         match self {
             Bin::Gateway => "gateway",
             Bin::Service => "seckill-service",
+            Bin::Relay => "order-relay",
         }
     }
 
-    /// The image name deploy files use for it.
+    /// The image name deploy files use for it; in Kubernetes also its pods'
+    /// `app.kubernetes.io/name`, which Prometheus takes as the job name.
     fn image(self) -> &'static str {
         match self {
             Bin::Gateway => "seckill-gateway",
             Bin::Service => "seckill-service",
+            Bin::Relay => "seckill-order-relay",
+        }
+    }
+
+    /// Its job in the Compose Prometheus (and the local topology's).
+    fn job(self) -> &'static str {
+        match self {
+            Bin::Gateway => "seckill-gateway",
+            Bin::Service => "seckill-service",
+            Bin::Relay => "order-relay",
         }
     }
 
     fn from_image(image: &str) -> Option<Bin> {
         let name = image.split(':').next().unwrap();
-        [Bin::Gateway, Bin::Service]
-            .into_iter()
-            .find(|b| b.image() == name)
+        Bin::ALL.into_iter().find(|b| b.image() == name)
     }
 
     fn from_stage(stage: &str) -> Option<Bin> {
-        [Bin::Gateway, Bin::Service]
-            .into_iter()
-            .find(|b| b.name() == stage)
+        Bin::ALL.into_iter().find(|b| b.name() == stage)
     }
 }
 
 struct Binaries {
     gateway: Options,
     service: Options,
+    relay: Options,
 }
 
 impl Binaries {
@@ -74,6 +87,7 @@ impl Binaries {
         Binaries {
             gateway: Options::of::<gateway::Args>(),
             service: Options::of::<seckill_service::Args>(),
+            relay: Options::of::<order_relay::Args>(),
         }
     }
 
@@ -81,17 +95,22 @@ impl Binaries {
         match bin {
             Bin::Gateway => &self.gateway,
             Bin::Service => &self.service,
+            Bin::Relay => &self.relay,
         }
     }
 }
 
-/// One process's configuration as a deploy file sets it: environment
-/// variables over the binary's defaults.
+/// One process's configuration as a deploy file sets it: command-line
+/// flags over environment variables over the binary's defaults (clap's
+/// order).
 struct Config<'a> {
     bin: Bin,
     options: &'a Options,
     /// Variable → value (`None`: set from elsewhere, e.g. a Secret).
     env: BTreeMap<String, Option<String>>,
+    /// `--flag` → value given on the command line (`true` for a bare
+    /// `--flag`).
+    args: BTreeMap<String, String>,
     /// Where it was read, for messages.
     origin: String,
 }
@@ -102,6 +121,7 @@ impl<'a> Config<'a> {
             bin,
             options: bins.of(bin),
             env: BTreeMap::new(),
+            args: BTreeMap::new(),
             origin: origin.into(),
         }
     }
@@ -110,10 +130,23 @@ impl<'a> Config<'a> {
         self.env.insert(name.to_string(), value);
     }
 
-    /// Every variable is an option of the binary (or a helper another
-    /// variable refers to as `$(NAME)`), and every listen address is
-    /// `0.0.0.0` on the binary's default port.
+    /// One command-line argument, `--flag=value` or `--flag`.
+    fn arg(&mut self, arg: &str) {
+        assert!(
+            arg.starts_with("--"),
+            "{}: argument {arg} is no --flag (subcommands are not for deployments)",
+            self.origin
+        );
+        let (flag, value) = arg.split_once('=').unwrap_or((arg, "true"));
+        self.args.insert(flag.to_string(), value.to_string());
+    }
+
+    /// Every variable and flag is an option of the binary (or, for a
+    /// variable, a helper another one refers to as `$(NAME)`), none is a
+    /// drill option, and every listen address is `0.0.0.0` on the binary's
+    /// default port.
     fn check(&self, helpers: &BTreeSet<String>) {
+        let mut set = Vec::new();
         for (name, value) in &self.env {
             let Some(opt) = self.options.env(name) else {
                 assert!(
@@ -125,6 +158,20 @@ impl<'a> Config<'a> {
                 );
                 continue;
             };
+            set.push((name.as_str(), opt, value.as_deref()));
+        }
+        for (flag, value) in &self.args {
+            let opt = self.options.flag(flag).unwrap_or_else(|| {
+                panic!(
+                    "{}: {flag} is not an option of {} (see {} --help)",
+                    self.origin,
+                    self.bin.name(),
+                    self.bin.name()
+                )
+            });
+            set.push((flag.as_str(), opt, Some(value.as_str())));
+        }
+        for (name, opt, value) in set {
             assert!(
                 !opt.hidden,
                 "{}: {name} is a drill option of {}, left out of its --help, not for deployments",
@@ -134,7 +181,7 @@ impl<'a> Config<'a> {
             if opt.flag.ends_with("listen") {
                 let default = self.options.default_port(&opt.flag).unwrap();
                 assert_eq!(
-                    value.as_deref(),
+                    value,
                     Some(format!("0.0.0.0:{default}").as_str()),
                     "{}: {name} should listen on every interface on {}'s default port",
                     self.origin,
@@ -144,16 +191,54 @@ impl<'a> Config<'a> {
         }
     }
 
-    /// The value of an option: the environment's, else the default.
-    fn value(&self, flag: &str) -> Option<String> {
+    /// How an option is given: `Some(Some(v))` a value, `Some(None)` from
+    /// elsewhere (a Secret), `None` not at all (the default applies).
+    fn given(&self, flag: &str) -> Option<Option<String>> {
         let opt = self
             .options
             .flag(flag)
             .unwrap_or_else(|| panic!("{} has no {flag}", self.bin.name()));
-        match opt.env.as_ref().and_then(|e| self.env.get(e)) {
-            Some(v) => v.clone(),
-            None => opt.default.clone(),
+        if let Some(v) = self.args.get(flag) {
+            return Some(Some(v.clone()));
         }
+        opt.env.as_ref().and_then(|e| self.env.get(e)).cloned()
+    }
+
+    /// The value of an option: the command line's, the environment's,
+    /// else the default.
+    fn value(&self, flag: &str) -> Option<String> {
+        match self.given(flag) {
+            Some(v) => v,
+            None => self.options.flag(flag).unwrap().default.clone(),
+        }
+    }
+
+    /// The relay's one sink, as its `check` would find it (`postgres`,
+    /// `webhook` or `stdout`), and its one source.
+    fn relay_sink(&self) -> &'static str {
+        assert_eq!(self.bin, Bin::Relay);
+        let origin = &self.origin;
+        let named: Vec<&'static str> = [
+            ("postgres", self.given("--postgres-url").is_some()),
+            ("webhook", self.given("--webhook-url").is_some()),
+            ("stdout", self.value("--stdout").as_deref() == Some("true")),
+        ]
+        .into_iter()
+        .filter_map(|(sink, set)| set.then_some(sink))
+        .collect();
+        assert_eq!(named.len(), 1, "{origin}: exactly one sink, not {named:?}");
+        let sources = ["--redis-url", "--redis-cluster", "--gateway-admin-url"]
+            .into_iter()
+            .filter(|f| self.given(f).is_some())
+            .count();
+        assert_eq!(sources, 1, "{origin}: one source of orders");
+        if named[0] == "webhook" {
+            assert!(
+                self.given("--webhook-secret-file").is_some(),
+                "{origin}: the webhook sink without --webhook-secret-file"
+            );
+        }
+        named[0]
     }
 
     fn port(&self, flag: &str) -> u16 {
@@ -184,20 +269,27 @@ impl<'a> Config<'a> {
 
     /// Seconds a graceful stop may take: a gateway answers its waiting
     /// requests (request timeout + shutdown grace), a service finishes its
-    /// batches (shutdown grace).
+    /// batches (shutdown grace). A relay stops at once on SIGTERM (its loop
+    /// and retry pauses watch the signal) but for the delivery in hand: a
+    /// webhook request, bounded by its timeout; a transaction or a write,
+    /// about a second. What it leaves unacknowledged is delivered again.
     fn drain_seconds(&self) -> u64 {
         let ms = match self.bin {
             Bin::Gateway => {
                 self.number("--request-timeout-ms") + self.number("--shutdown-grace-ms")
             }
             Bin::Service => self.number("--shutdown-grace-ms"),
+            Bin::Relay => match self.relay_sink() {
+                "webhook" => self.number("--webhook-timeout-ms"),
+                _ => 1000,
+            },
         };
         ms.div_ceil(1000)
     }
 }
 
 #[test]
-fn both_binaries_have_the_contracts_options() {
+fn every_binary_has_the_contracts_options() {
     let bins = Binaries::load();
     for (bin, flag, env, port) in [
         (Bin::Gateway, "--listen", "SECKILL_LISTEN", Some(8080)),
@@ -250,6 +342,29 @@ fn both_binaries_have_the_contracts_options() {
             Bin::Service,
             "--shutdown-grace-ms",
             "SECKILL_SHUTDOWN_GRACE_MS",
+            None,
+        ),
+        (
+            Bin::Relay,
+            "--admin-listen",
+            "SECKILL_ADMIN_LISTEN",
+            Some(8095),
+        ),
+        (Bin::Relay, "--redis-url", "SECKILL_REDIS_URL", None),
+        (Bin::Relay, "--group", "SECKILL_RELAY_GROUP", None),
+        (Bin::Relay, "--postgres-url", "SECKILL_POSTGRES_URL", None),
+        (Bin::Relay, "--webhook-url", "SECKILL_WEBHOOK_URL", None),
+        (
+            Bin::Relay,
+            "--webhook-secret-file",
+            "SECKILL_WEBHOOK_SECRET_FILE",
+            None,
+        ),
+        (Bin::Relay, "--stdout", "SECKILL_RELAY_STDOUT", None),
+        (
+            Bin::Relay,
+            "--webhook-timeout-ms",
+            "SECKILL_WEBHOOK_TIMEOUT_MS",
             None,
         ),
     ] {
@@ -383,11 +498,21 @@ fn image_uid(stages: &[Stage]) -> u32 {
 }
 
 #[test]
-fn dockerfile_builds_both_binaries_into_small_non_root_images() {
+fn dockerfile_builds_every_binary_into_small_non_root_images() {
     let bins = Binaries::load();
     let stages = dockerfile();
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["build", "runtime", "seckill-service", "gateway"]);
+    // The gateway last: the default target.
+    assert_eq!(
+        names,
+        [
+            "build",
+            "runtime",
+            "seckill-service",
+            "order-relay",
+            "gateway"
+        ]
+    );
 
     // Builder: the Rust image, at least the workspace's rust-version.
     let build = &stages[0];
@@ -408,8 +533,22 @@ fn dockerfile_builds_both_binaries_into_small_non_root_images() {
         .all("RUN")
         .find(|r| r.contains("cargo build"))
         .expect("a cargo build");
-    for part in ["--release", "--locked", "-p gateway", "-p seckill-service"] {
+    for part in ["--release", "--locked"] {
         assert!(cargo.contains(part), "cargo build without {part}: {cargo}");
+    }
+    // Each binary is built and put where its stage copies it from; the
+    // header's build command tags it as the deploy files name it.
+    let header = read(deploy("Dockerfile"));
+    for bin in Bin::ALL {
+        let name = bin.name();
+        for part in [format!("-p {name}"), format!("target/release/{name}")] {
+            assert!(cargo.contains(&part), "cargo build without {part}: {cargo}");
+        }
+        let build = format!("--target {name} -t {}:{VERSION} .", bin.image());
+        assert!(
+            header.contains(&build),
+            "the Dockerfile's header does not say how to build {name}: {build}"
+        );
     }
 
     // Runtime: slim Debian, an unprivileged user.
@@ -419,7 +558,7 @@ fn dockerfile_builds_both_binaries_into_small_non_root_images() {
         "the images run as a system user id"
     );
 
-    for bin in [Bin::Gateway, Bin::Service] {
+    for bin in Bin::ALL {
         let stage = stages.iter().find(|s| s.name == bin.name()).unwrap();
         assert_eq!(stage.from, "runtime", "{}", bin.name());
         assert_ne!(image_user(&stages, bin.name()).as_deref(), Some("root"));
@@ -446,6 +585,18 @@ fn dockerfile_builds_both_binaries_into_small_non_root_images() {
             "{} lands in another image too",
             bin.name()
         );
+
+        if bin == Bin::Relay {
+            // https:// webhooks: the relay refuses to start without CAs to
+            // check the receiver's certificate against.
+            assert!(
+                lineage(&stages, bin.name())
+                    .iter()
+                    .flat_map(|s| s.all("RUN"))
+                    .any(|r| r.contains("install") && r.contains("ca-certificates")),
+                "the order-relay image has no CA certificates for https:// webhooks"
+            );
+        }
 
         let config = image_config(&bins, &stages, bin);
         config.check(&BTreeSet::new());
@@ -533,6 +684,8 @@ fn compose_matches_the_binaries_and_prometheus() {
         "gateway-2",
         "seckill-service-1",
         "seckill-service-2",
+        "order-relay",
+        "postgres",
         "prometheus",
         "grafana",
         "blackbox",
@@ -602,19 +755,47 @@ fn compose_matches_the_binaries_and_prometheus() {
         }
         let admin = config.admin_port();
 
+        // Redis (and the relay's PostgreSQL) is a Compose service it waits
+        // for until that one is healthy.
+        let waits_for = |url: &str, scheme: &str| {
+            let rest = url
+                .strip_prefix(scheme)
+                .unwrap_or_else(|| panic!("{name}: {url} is no {scheme} URL"));
+            let authority = rest.split('/').next().unwrap();
+            let host = authority
+                .rsplit('@')
+                .next()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap();
+            assert!(
+                names.contains(host),
+                "{name}: {url} names no Compose service"
+            );
+            assert_eq!(
+                text(at(service, &["depends_on", host, "condition"])).as_deref(),
+                Some("service_healthy"),
+                "{name}: does not wait for {host}"
+            );
+            assert!(
+                !missing(&compose["services"][host]["healthcheck"]),
+                "{host}: no health check to wait for"
+            );
+            host.to_string()
+        };
         let redis = config.value("--redis-url").expect("a Redis URL");
-        let host = redis
-            .strip_prefix("redis://")
-            .and_then(|r| r.split(':').next())
-            .unwrap();
-        assert!(
-            names.contains(host),
-            "{name}: {redis} names no Compose service"
-        );
-        assert!(
-            at(service, &["depends_on", host]).as_hash().is_some(),
-            "{name}: does not wait for {host}"
-        );
+        waits_for(&redis, "redis://");
+        if bin == Bin::Relay {
+            assert_eq!(
+                config.relay_sink(),
+                "postgres",
+                "{name}: Compose runs a PostgreSQL for the relay"
+            );
+            let url = config.value("--postgres-url").unwrap();
+            let host = waits_for(&url, "postgres://");
+            postgres_matches(&url, &compose["services"][host.as_str()], name);
+        }
 
         if bin == Bin::Gateway {
             let advertised = config.value("--advertise-grpc").unwrap();
@@ -646,18 +827,15 @@ fn compose_matches_the_binaries_and_prometheus() {
             config.drain_seconds()
         );
 
-        let job = match bin {
-            Bin::Gateway => "seckill-gateway",
-            Bin::Service => "seckill-service",
-        };
         expected_targets
-            .entry(job)
+            .entry(bin.job())
             .or_default()
             .insert(format!("{name}:{admin}"));
         expected_probes.insert(format!("http://{name}:{admin}/readyz"));
     }
     assert_eq!(expected_targets["seckill-gateway"].len(), 2);
     assert_eq!(expected_targets["seckill-service"].len(), 2);
+    assert_eq!(expected_targets["order-relay"].len(), 1);
 
     // Redis keeps an append-only file.
     let redis_cmd: Vec<String> = items(&compose["services"]["redis"]["command"])
@@ -717,6 +895,62 @@ fn compose_matches_the_binaries_and_prometheus() {
         "the blackbox exporter {exporter} is no Compose service"
     );
     assert_eq!(port, "9115");
+}
+
+/// The relay's `postgres://USER:PASSWORD@HOST:PORT/DB` is the Compose
+/// PostgreSQL's user, password (the same `${VAR:-default}`), database and
+/// port; its data is on a named volume.
+fn postgres_matches(url: &str, postgres: &Yaml, relay: &str) {
+    let rest = url.strip_prefix("postgres://").unwrap();
+    let (auth, rest) = rest
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("{relay}: {url} has no user"));
+    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+    let (host_port, db) = rest
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{relay}: {url} names no database"));
+    let env = compose_env(postgres);
+    let image = text(&postgres["image"]).unwrap();
+    assert!(image.starts_with("postgres:"), "{image}");
+    assert_eq!(
+        env.get("POSTGRES_USER").map(String::as_str),
+        Some(user),
+        "{relay}: user"
+    );
+    assert_eq!(
+        env.get("POSTGRES_DB").map(String::as_str),
+        Some(db),
+        "{relay}: database"
+    );
+    let secret = env.get("POSTGRES_PASSWORD").expect("POSTGRES_PASSWORD");
+    assert_eq!(
+        secret, password,
+        "{relay}: the password PostgreSQL is given"
+    );
+    assert!(
+        secret.starts_with("${") && secret.ends_with('}'),
+        "the PostgreSQL password comes from the operator's environment: {secret}"
+    );
+    assert_eq!(
+        host_port.rsplit_once(':').map(|(_, p)| p),
+        Some("5432"),
+        "{relay}: port"
+    );
+    let health: Vec<String> = items(&postgres["healthcheck"]["test"])
+        .iter()
+        .filter_map(text)
+        .collect();
+    assert!(
+        health.iter().any(|t| t == "pg_isready"),
+        "postgres health check: {health:?}"
+    );
+    assert!(
+        items(&postgres["volumes"])
+            .iter()
+            .filter_map(text)
+            .any(|v| v.ends_with(":/var/lib/postgresql/data") && !v.starts_with('.')),
+        "postgres: the orders on a named volume"
+    );
 }
 
 // === Kubernetes ===
@@ -796,6 +1030,83 @@ fn container_port(container: &Yaml, port: &Yaml) -> Option<u16> {
     }
 }
 
+/// A container's configuration: the image's environment, the ConfigMaps'
+/// (`envFrom`), the container's `env` in order (a `$(NAME)` refers to a
+/// variable defined above it) and its `args`, checked against the binary's
+/// options. No secret reaches the command line (`ps` shows it): an argument
+/// never refers to a variable read from a Secret, or built from one.
+fn container_config<'a>(
+    bins: &'a Binaries,
+    stages: &[Stage],
+    m: &Manifests,
+    bin: Bin,
+    c: &Yaml,
+    origin: &str,
+) -> Config<'a> {
+    let mut config = image_config(bins, stages, bin);
+    config.origin = origin.to_string();
+    for from in items(&c["envFrom"]) {
+        let cm_name = text(&from["configMapRef"]["name"]).expect("envFrom a ConfigMap");
+        let cm = m
+            .get("ConfigMap", &cm_name)
+            .unwrap_or_else(|| panic!("{origin}: no ConfigMap {cm_name}"));
+        for (k, v) in entries(&cm["data"]) {
+            config.set(&k, text(v));
+        }
+    }
+    let refers = |value: &str| -> Vec<String> {
+        value
+            .split("$(")
+            .skip(1)
+            .map(|part| part.split(')').next().unwrap().to_string())
+            .collect()
+    };
+    let mut defined = BTreeSet::new();
+    let mut secret = BTreeSet::new();
+    let mut helpers = BTreeSet::new();
+    for e in items(&c["env"]) {
+        let var = text(&e["name"]).unwrap();
+        let value = text(&e["value"]);
+        match &value {
+            Some(v) => {
+                for referred in refers(v) {
+                    assert!(
+                        defined.contains(&referred),
+                        "{origin}: {var} refers to $({referred}) before it is defined"
+                    );
+                    if secret.contains(&referred) {
+                        secret.insert(var.clone());
+                    }
+                    helpers.insert(referred);
+                }
+            }
+            None => assert!(!missing(&e["valueFrom"]), "{origin}: {var} has no value"),
+        }
+        if secret_ref(e).is_some() {
+            secret.insert(var.clone());
+        }
+        defined.insert(var.clone());
+        config.set(&var, value);
+    }
+    for a in items(&c["args"]).iter().filter_map(text) {
+        for referred in refers(&a) {
+            assert!(
+                defined.contains(&referred),
+                "{origin}: argument {a} refers to $({referred}), which is not defined"
+            );
+            assert!(
+                !secret.contains(&referred),
+                "{origin}: argument {a} puts the secret $({referred}) on the command line; \
+                 set the option's variable instead"
+            );
+            helpers.insert(referred);
+        }
+        config.arg(&a);
+    }
+    config.check(&helpers);
+    config
+}
+
 #[test]
 fn kubernetes_base_matches_the_binaries() {
     let bins = Binaries::load();
@@ -831,7 +1142,7 @@ fn kubernetes_base_matches_the_binaries() {
         .iter()
         .map(|i| (text(&i["name"]).unwrap(), text(&i["newTag"]).unwrap()))
         .collect();
-    for bin in [Bin::Gateway, Bin::Service] {
+    for bin in Bin::ALL {
         assert_eq!(
             images.get(bin.image()).map(String::as_str),
             Some(VERSION),
@@ -841,6 +1152,8 @@ fn kubernetes_base_matches_the_binaries() {
     }
 
     let mut seen = BTreeSet::new();
+    // ConfigMap → the binaries that read it.
+    let mut config_readers: BTreeMap<String, BTreeSet<Bin>> = BTreeMap::new();
     for deployment in m.of_kind("Deployment") {
         let name = text(&deployment["metadata"]["name"]).unwrap();
         let template = &deployment["spec"]["template"];
@@ -865,41 +1178,17 @@ fn kubernetes_base_matches_the_binaries() {
         );
         seen.insert(bin.image());
         let origin = format!("k8s {name}");
-
-        // Environment: the image's, the ConfigMaps', then the container's.
-        let mut config = image_config(&bins, &stages, bin);
-        config.origin = origin.clone();
         for from in items(&c["envFrom"]) {
-            let cm_name = text(&from["configMapRef"]["name"]).expect("envFrom a ConfigMap");
-            let cm = m
-                .get("ConfigMap", &cm_name)
-                .unwrap_or_else(|| panic!("{name}: no ConfigMap {cm_name}"));
-            for (k, v) in entries(&cm["data"]) {
-                config.set(&k, text(v));
-            }
+            let cm = text(&from["configMapRef"]["name"]).expect("envFrom a ConfigMap");
+            config_readers.entry(cm).or_default().insert(bin);
         }
-        let mut defined = BTreeSet::new();
-        let mut helpers = BTreeSet::new();
-        for e in items(&c["env"]) {
-            let var = text(&e["name"]).unwrap();
-            let value = text(&e["value"]);
-            if let Some(v) = &value {
-                // $(NAME) refers to a variable defined above it.
-                for part in v.split("$(").skip(1) {
-                    let referred = part.split(')').next().unwrap();
-                    assert!(
-                        defined.contains(referred),
-                        "{origin}: {var} refers to $({referred}) before it is defined"
-                    );
-                    helpers.insert(referred.to_string());
-                }
-            } else {
-                assert!(!missing(&e["valueFrom"]), "{origin}: {var} has no value");
-            }
-            defined.insert(var.clone());
-            config.set(&var, value);
+
+        // Environment: the image's, the ConfigMaps', then the container's;
+        // the arguments.
+        let config = container_config(&bins, &stages, &m, bin, c, &origin);
+        if bin == Bin::Relay {
+            config.relay_sink();
         }
-        config.check(&helpers);
 
         // Ports, probes, scrape annotations.
         let listening = config.listen_ports();
@@ -942,10 +1231,7 @@ fn kubernetes_base_matches_the_binaries() {
         );
         assert_eq!(
             pod_labels.get("app.kubernetes.io/name").map(String::as_str),
-            Some(match bin {
-                Bin::Gateway => "seckill-gateway",
-                Bin::Service => "seckill-service",
-            }),
+            Some(bin.image()),
             "{origin}: the job name Prometheus takes from app.kubernetes.io/name (alerts use it)"
         );
 
@@ -1030,13 +1316,15 @@ fn kubernetes_base_matches_the_binaries() {
             "{origin}"
         );
     }
-    assert_eq!(seen.len(), 2, "a Deployment for each binary");
+    assert_eq!(seen.len(), Bin::ALL.len(), "a Deployment for each binary");
 
     // Every ConfigMap key is an option of every binary that reads it.
     for cm in m.of_kind("ConfigMap") {
         let cm_name = text(&cm["metadata"]["name"]).unwrap();
+        let readers = config_readers.get(&cm_name).cloned().unwrap_or_default();
+        assert!(!readers.is_empty(), "ConfigMap {cm_name}: nobody reads it");
         for (key, _) in entries(&cm["data"]) {
-            for bin in [Bin::Gateway, Bin::Service] {
+            for &bin in &readers {
                 assert!(
                     bins.of(bin).env(&key).is_some_and(|o| !o.hidden),
                     "ConfigMap {cm_name}: {key} is not an option of {}",
@@ -1090,7 +1378,8 @@ fn kubernetes_base_matches_the_binaries() {
     );
     assert!(1 < min && min < max, "HPA replicas {min}..{max}");
 
-    // Disruption budgets cover both binaries and leave room to evict.
+    // Disruption budgets cover the gateways and services and leave room to
+    // evict (the one relay is rescheduled; another takes over its entries).
     for bin in [Bin::Gateway, Bin::Service] {
         let workload = m
             .of_kind("Deployment")
@@ -1279,10 +1568,11 @@ const EVERYTHING: &str = r#"{
   "service": {"autoscaling": {"metric": "queueDepth"}},
   "gateway": {"autoscaling": {"enabled": true}, "env": {"SECKILL_MAX_SALES": 100}}
 }"#;
-/// Secrets made by the operator; the relay on a webhook; no policies.
+/// Secrets made by the operator; the relay on a webhook, in its own group;
+/// no policies.
 const EXISTING_SECRETS: &str = r#"{
   "secrets": {"existingSecret": "sale-tokens"},
-  "orderRelay": {"enabled": true, "existingSecret": "relay-secrets", "sink": {"type": "webhook", "webhookUrl": "https://orders.example/hook"}},
+  "orderRelay": {"enabled": true, "group": "payments", "existingSecret": "relay-secrets", "sink": {"type": "webhook", "webhookUrl": "https://orders.example/hook"}},
   "networkPolicy": {"enabled": false}
 }"#;
 
@@ -1412,9 +1702,20 @@ fn helm_chart_renders_what_the_binaries_accept() {
             );
         }
 
-        for bin in [Bin::Gateway, Bin::Service] {
-            let d = deployment_of(&m, bin.image())
-                .unwrap_or_else(|| panic!("{values}: no {} Deployment", bin.name()));
+        let relay_enabled = v["orderRelay"]["enabled"].as_bool().unwrap_or(false);
+        for bin in Bin::ALL {
+            let Some(d) = deployment_of(&m, bin.image()) else {
+                assert!(
+                    bin == Bin::Relay && !relay_enabled,
+                    "{values}: no {} Deployment",
+                    bin.name()
+                );
+                continue;
+            };
+            assert!(
+                bin != Bin::Relay || relay_enabled,
+                "{values}: a relay not asked for"
+            );
             let origin = format!("chart {} ({values})", name_of(d));
             let spec = &d["spec"]["template"]["spec"];
             let c = &spec["containers"][0];
@@ -1436,38 +1737,14 @@ fn helm_chart_renders_what_the_binaries_accept() {
             );
 
             // Environment: the image's, the ConfigMap's, the container's;
-            // every variable an option of the binary.
-            let mut config = image_config(&bins, &stages, bin);
-            config.origin = origin.clone();
-            for from in items(&c["envFrom"]) {
-                let cm = text(&from["configMapRef"]["name"]).unwrap();
-                let cm = m
-                    .get("ConfigMap", &cm)
-                    .unwrap_or_else(|| panic!("{origin}: no ConfigMap {cm}"));
-                for (k, v) in entries(&cm["data"]) {
-                    config.set(&k, text(v));
-                }
-            }
-            let mut defined = BTreeSet::new();
-            let mut helpers = BTreeSet::new();
+            // the arguments; every variable and flag an option of the
+            // binary, every Secret key it reads there.
+            let config = container_config(&bins, &stages, &m, bin, c, &origin);
             for e in items(&c["env"]) {
-                let var = text(&e["name"]).unwrap();
-                let value = text(&e["value"]);
-                for part in value.iter().flat_map(|v| v.split("$(").skip(1)) {
-                    let referred = part.split(')').next().unwrap();
-                    assert!(
-                        defined.contains(referred),
-                        "{origin}: {var} refers to $({referred}) before it is defined"
-                    );
-                    helpers.insert(referred.to_string());
-                }
                 if let Some((secret, key)) = secret_ref(e) {
                     secret_has(&m, existing, &secret, &key, &origin);
                 }
-                defined.insert(var.clone());
-                config.set(&var, value);
             }
-            config.check(&helpers);
             if let (Bin::Gateway, Some(n)) =
                 (bin, v["gateway"]["env"]["SECKILL_MAX_SALES"].as_i64())
             {
@@ -1520,9 +1797,13 @@ fn helm_chart_renders_what_the_binaries_accept() {
                     }
                 }
             }
-            let token_file = config.value("--callback-token-file").unwrap();
-            let mount = text(&c["volumeMounts"][0]["mountPath"]).unwrap();
-            assert_eq!(token_file, format!("{mount}/token"), "{origin}");
+            if bin == Bin::Relay {
+                order_relay_follows_the_contract(&m, d, &config, &v, existing);
+            } else {
+                let token_file = config.value("--callback-token-file").unwrap();
+                let mount = text(&c["volumeMounts"][0]["mountPath"]).unwrap();
+                assert_eq!(token_file, format!("{mount}/token"), "{origin}");
+            }
 
             // Callbacks reach the gateway on its pod IP.
             if bin == Bin::Gateway {
@@ -1581,12 +1862,6 @@ fn helm_chart_renders_what_the_binaries_accept() {
             );
         }
 
-        // The relay: its flags are the contract's.
-        match deployment_of(&m, "seckill-order-relay") {
-            Some(relay) => order_relay_follows_the_contract(&m, relay, &v, existing),
-            None => assert!(!v["orderRelay"]["enabled"].as_bool().unwrap_or(false)),
-        }
-
         // Secrets: made by the chart, or the operator's.
         match v["secrets"]["existingSecret"].as_str() {
             Some(name) => assert!(m.get("Secret", name).is_none()),
@@ -1627,12 +1902,19 @@ fn secret_has(m: &Manifests, existing: &[&str], name: &str, key: &str, origin: &
     }
 }
 
+/// The relay as the chart renders it (its options are already checked
+/// against `order_relay::Args`, its admin port against the binary's
+/// default): every flag is in docs/API.md's "Order relay" section, it reads
+/// the Redis of the release, its one sink is the one the values ask for,
+/// with the Secret or file that sink needs, and its group is the values'.
 fn order_relay_follows_the_contract(
     m: &Manifests,
     relay: &Yaml,
+    config: &Config,
     values: &serde_json::Value,
     existing: &[&str],
 ) {
+    let origin = &config.origin;
     let api = read("docs/API.md");
     let section = api
         .split("## Order relay")
@@ -1640,54 +1922,44 @@ fn order_relay_follows_the_contract(
         .and_then(|s| s.split("\n## ").next())
         .expect("docs/API.md has an Order relay section");
     let c = &relay["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<String> = items(&c["args"]).iter().filter_map(text).collect();
-    let flag = |name: &str| {
-        args.iter()
-            .find_map(|a| a.strip_prefix(&format!("{name}=")).map(String::from))
-    };
-    for a in &args {
-        let name = a.split('=').next().unwrap();
+    for flag in config.args.keys() {
         assert!(
-            section.contains(&format!("`{name}")),
-            "order-relay {name} is not in docs/API.md's Order relay section"
+            section.contains(&format!("`{flag}")),
+            "{origin}: {flag} is not in docs/API.md's Order relay section"
         );
     }
-    assert_eq!(flag("--redis-url").as_deref(), Some("$(SECKILL_REDIS_URL)"));
-    let admin = flag("--admin-listen").unwrap();
-    let port: u16 = admin.strip_prefix("0.0.0.0:").unwrap().parse().unwrap();
-    assert_eq!(container_port(c, &Yaml::String("admin".into())), Some(port));
-    for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(container_port(c, &c[probe]["httpGet"]["port"]), Some(port));
-    }
-    let sink = values["orderRelay"]["sink"]["type"].as_str().unwrap();
-    let sinks = ["--postgres-url", "--webhook-url", "--stdout"];
-    let set: Vec<&str> = sinks
-        .iter()
-        .copied()
-        .filter(|s| args.iter().any(|a| a.split('=').next() == Some(*s)))
-        .collect();
-    assert_eq!(set.len(), 1, "one sink: {args:?}");
-    match sink {
+    assert!(
+        env_var(c, "SECKILL_REDIS_URL").is_some(),
+        "{origin}: the relay reads the release's Redis"
+    );
+    let wanted = values["orderRelay"]["sink"]["type"]
+        .as_str()
+        .unwrap_or("stdout");
+    assert_eq!(config.relay_sink(), wanted, "{origin}: the sink");
+    match wanted {
         "postgres" => {
-            assert_eq!(
-                flag("--postgres-url").as_deref(),
-                Some("$(RELAY_POSTGRES_URL)")
-            );
-            let (secret, key) = secret_ref(env_var(c, "RELAY_POSTGRES_URL").unwrap()).unwrap();
-            secret_has(m, existing, &secret, &key, "order relay");
+            let url = env_var(c, "SECKILL_POSTGRES_URL")
+                .and_then(secret_ref)
+                .unwrap_or_else(|| {
+                    panic!("{origin}: the PostgreSQL URL is not read from a Secret")
+                });
+            secret_has(m, existing, &url.0, &url.1, origin);
         }
         "webhook" => {
-            let file = flag("--webhook-secret-file").unwrap();
+            assert_eq!(
+                config.value("--webhook-url").as_deref(),
+                values["orderRelay"]["sink"]["webhookUrl"].as_str(),
+                "{origin}: the webhook URL"
+            );
+            let file = config.value("--webhook-secret-file").unwrap();
             let mount = text(&c["volumeMounts"][0]["mountPath"]).unwrap();
-            assert!(file.starts_with(&format!("{mount}/")), "{file}");
+            assert!(file.starts_with(&format!("{mount}/")), "{origin}: {file}");
         }
-        _ => panic!("sink {sink}"),
+        "stdout" => {}
+        _ => panic!("sink {wanted}"),
     }
-    for e in items(&c["env"]) {
-        if let Some((secret, key)) = secret_ref(e) {
-            secret_has(m, existing, &secret, &key, "order relay");
-        }
-    }
+    let group = values["orderRelay"]["group"].as_str().unwrap_or("relay");
+    assert_eq!(config.value("--group").as_deref(), Some(group), "{origin}");
 }
 
 /// Gateways: the admin port only from `networkPolicy.admin.from`, the gRPC
@@ -1854,8 +2126,14 @@ fn operator_objects_match_the_rules(m: &Manifests) {
             labels(&s["metadata"]["labels"])[&job_label].clone()
         })
         .collect();
-    for job in ["seckill-gateway", "seckill-service"] {
-        assert!(jobs.contains(job), "no job {job}: {jobs:?}");
+    for bin in Bin::ALL {
+        if bin != Bin::Relay || deployment_of(m, bin.image()).is_some() {
+            assert!(
+                jobs.contains(bin.image()),
+                "no job {}: {jobs:?}",
+                bin.image()
+            );
+        }
     }
 
     let rule = m
