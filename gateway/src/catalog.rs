@@ -32,32 +32,55 @@ const MAX_MISSES: usize = 10_000;
 const MAX_READS: usize = 16;
 
 /// Why a purchase of a sale was refused, as `seckill_gateway_refusals_total`
-/// counts it.
-#[derive(Clone, Copy, Debug)]
+/// counts it: the `reason` of the 429 and 503 answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     NoToken,
     WaitTooLong,
     LineFull,
     UserLimit,
+    AddressLimit,
+    QueueFull,
+    WaitersFull,
+    ShuttingDown,
+    StoreUnreachable,
+    StoreLost,
 }
 
 impl Reason {
-    const ALL: [Reason; 4] = [
+    const ALL: [Reason; 10] = [
         Reason::NoToken,
         Reason::WaitTooLong,
         Reason::LineFull,
         Reason::UserLimit,
+        Reason::AddressLimit,
+        Reason::QueueFull,
+        Reason::WaitersFull,
+        Reason::ShuttingDown,
+        Reason::StoreUnreachable,
+        Reason::StoreLost,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoToken => "no_token",
             Reason::WaitTooLong => "wait_too_long",
             Reason::LineFull => "line_full",
             Reason::UserLimit => "user_limit",
+            Reason::AddressLimit => "address_limit",
+            Reason::QueueFull => "queue_full",
+            Reason::WaitersFull => "waiters_full",
+            Reason::ShuttingDown => "shutting_down",
+            Reason::StoreUnreachable => "store_unreachable",
+            Reason::StoreLost => "store_lost",
         }
     }
 }
+
+/// The `sale` label of refusals of a sale this gateway does not hold (an
+/// unknown id, a lost sale, an address refused before its sale was looked
+/// up): one series per reason, whatever ids a client makes up.
+pub const OTHER_SALE: &str = "(other)";
 
 /// A sale's metric series that only some sales ever have (its refusals,
 /// its fifo waits): each is registered at its first use, so a catalog of
@@ -148,6 +171,8 @@ pub struct Catalog {
     /// restored or an operator acknowledges the loss.
     lost: DashMap<String, ()>,
     lost_gauge: metrics::Gauge,
+    /// Refusals of sales not in the catalog.
+    other: SaleSeries,
     /// Sales the store did not have when last asked, and when.
     misses: DashMap<String, Instant>,
     reads: Semaphore,
@@ -164,6 +189,7 @@ impl Catalog {
             sales: DashMap::new(),
             lost: DashMap::new(),
             lost_gauge: metrics::gauge!("seckill_store_lost_sales"),
+            other: SaleSeries::new(OTHER_SALE),
             misses: DashMap::new(),
             reads: Semaphore::new(MAX_READS),
             max_sales,
@@ -173,6 +199,14 @@ impl Catalog {
 
     pub fn get(&self, sale_id: &str) -> Option<Arc<SaleEntry>> {
         self.sales.get(sale_id).map(|e| e.clone())
+    }
+
+    /// Counts a refusal on the sale's series, or on [`OTHER_SALE`]'s.
+    pub fn refused(&self, sale_id: &str, reason: Reason) {
+        match self.sales.get(sale_id) {
+            Some(sale) => sale.series.refused(reason),
+            None => self.other.refused(reason),
+        }
     }
 
     /// Whether the store said a moment ago that it has no `sale_id`.

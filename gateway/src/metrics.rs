@@ -21,7 +21,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, His
 use seckill_ops::http::{text, HttpResponse};
 
 use crate::answer::Status;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, OTHER_SALE};
 use crate::Shared;
 
 /// Handles of the gateway's metrics.
@@ -63,7 +63,7 @@ pub fn describe() {
     );
     describe_counter!(
         "seckill_gateway_refusals_total",
-        "Purchases refused for want of a token or a place in line, by sale and reason."
+        "Purchases refused (429, 503), by sale (\"(other)\": one the gateway does not hold) and reason."
     );
     describe_gauge!(
         "seckill_waiting_buyers",
@@ -123,7 +123,7 @@ pub(crate) async fn response(shared: Arc<Shared>) -> HttpResponse {
 
 /// The Prometheus text `page` without the samples of sales not in `catalog`.
 fn live_only(page: &str, catalog: &Catalog) -> String {
-    live_only_by(page, |sale| catalog.contains(sale))
+    live_only_by(page, |sale| sale == OTHER_SALE || catalog.contains(sale))
 }
 
 fn live_only_by(page: &str, live: impl Fn(&str) -> bool) -> String {

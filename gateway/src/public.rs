@@ -99,6 +99,9 @@ async fn purchase(shared: &Arc<Shared>, sale_id: String, req: Request<Incoming>)
         seckill_inventory::unique_id()
     };
     let (status, mut resp) = admit_and_wait(shared, &sale_id, &request_id, req).await;
+    if let Some(Refused(reason)) = resp.extensions_mut().remove::<Refused>() {
+        shared.catalog.refused(&sale_id, reason);
+    }
     let elapsed = started.elapsed();
     shared.metrics.answered(status, elapsed.as_secs_f64());
     log_decision(shared, &request_id, &sale_id, status, elapsed);
@@ -132,30 +135,44 @@ fn bad_request(message: &str) -> (Status, HttpResponse) {
     (s, Answer::of(s).error(message).into_response(s))
 }
 
-/// Refuses for want of room: the queue or the waiter table is full, or the
-/// gateway is going away.
-fn overloaded(request_id: &str) -> (Status, HttpResponse) {
+/// Marks a refusal whose reason is counted once the answer is made (the
+/// steps that refuse for these reasons do not all hold the sale's entry).
+/// The refusals of the hot paths (`no_token`, the fifo line) count where
+/// they happen instead, without this.
+#[derive(Clone, Copy)]
+struct Refused(Reason);
+
+/// A refusal with a `reason`, counted by [`purchase`].
+fn refused(s: Status, answer: Answer<'_>, reason: Reason) -> Answered {
+    let mut resp = answer.reason(reason.as_str()).into_response(s);
+    resp.extensions_mut().insert(Refused(reason));
+    (s, resp)
+}
+
+/// Refuses for want of room (the queue or the waiter table is full) or
+/// because the gateway is going away.
+fn overloaded(request_id: &str, reason: Reason) -> Answered {
     let s = Status::Overloaded;
-    (s, Answer::of(s).request_id(request_id).into_response(s))
+    refused(s, Answer::of(s).request_id(request_id), reason)
+}
+
+/// A sale the store lost its data for: refused, never sold again by accident.
+fn store_lost(request_id: Option<&str>) -> Answered {
+    let s = Status::Overloaded;
+    let mut answer =
+        Answer::of(s).error("the store lost this sale's data; an operator is restoring it");
+    answer.request_id = request_id;
+    refused(s, answer, Reason::StoreLost)
 }
 
 /// Fails closed when a store cannot be reached within the budget.
-/// A sale the store lost its data for: refused, never sold again by accident.
-fn store_lost(request_id: Option<&str>) -> (Status, HttpResponse) {
+fn store_unreachable(request_id: &str) -> Answered {
     let s = Status::Overloaded;
-    let mut answer = Answer::of(s)
-        .error("the store lost this sale's data; an operator is restoring it")
-        .reason("store_lost");
-    answer.request_id = request_id;
-    (s, answer.into_response(s))
-}
-
-fn store_unreachable(request_id: &str) -> (Status, HttpResponse) {
-    let s = Status::Overloaded;
-    let answer = Answer::of(s)
-        .request_id(request_id)
-        .reason("store_unreachable");
-    (s, answer.into_response(s))
+    refused(
+        s,
+        Answer::of(s).request_id(request_id),
+        Reason::StoreUnreachable,
+    )
 }
 
 /// The time limits of one purchase, counted from its arrival.
@@ -481,7 +498,7 @@ fn check_state(
         return Err(refuse(Status::SoldOut));
     }
     if shared.draining.load(Ordering::Acquire) {
-        return Err(overloaded(request_id));
+        return Err(overloaded(request_id, Reason::ShuttingDown));
     }
     Ok(())
 }
@@ -497,7 +514,7 @@ fn check_address_limit(shared: &Shared, req: &Request<Incoming>) -> Result<(), A
         return Ok(());
     }
     let s = Status::RateLimited;
-    Err((s, Answer::of(s).reason("address_limit").into_response(s)))
+    Err(refused(s, Answer::of(s), Reason::AddressLimit))
 }
 
 /// Step 3: the per-user edge limit.
@@ -605,7 +622,8 @@ async fn wait_in_line(
             Ok(waited)
         }
         Ok(Ok(Call::Closed(status))) => Err(refuse(status)),
-        Ok(Err(_)) => Err(overloaded(request_id)),
+        // The line was closed under the waiter: the gateway is stopping.
+        Ok(Err(_)) => Err(overloaded(request_id, Reason::ShuttingDown)),
         Err(_) => {
             let position = line.queued(request_id).map_or(1, |q| q.position);
             drop(seat);
@@ -632,7 +650,7 @@ async fn admit(shared: &Shared, by: Deadlines, purchase: &Purchase) -> Result<()
             Err(repeat_of(shared, by, &first).await)
         }
         // Unkeyed requests cannot collide; treat it as a store fault.
-        Some(Ok(Admission::Duplicate { .. })) => Err(overloaded(&purchase.request_id)),
+        Some(Ok(Admission::Duplicate { .. })) => Err(store_unreachable(&purchase.request_id)),
         // The script may still run when a stalled store comes back, and
         // then hold the key of a request nobody enqueues: undo it, sent
         // behind it on the same connection.
@@ -653,7 +671,7 @@ async fn park_and_enqueue(
 ) -> Result<(Waiter<'_>, Ticket), Answered> {
     let Some(waiter) = shared.waiters.park(&purchase.request_id) else {
         withdraw(shared, by, &purchase).await;
-        return Err(overloaded(&purchase.request_id));
+        return Err(overloaded(&purchase.request_id, Reason::WaitersFull));
     };
     let ticket = Ticket {
         purchase,
@@ -663,7 +681,9 @@ async fn park_and_enqueue(
     let refused = match within(by.store, shared.stores.queue.enqueue(ticket.clone())).await {
         Some(Ok(())) => return Ok((waiter, ticket)),
         Some(Err(QueueError::UnknownSale(_))) => refuse(Status::NotFound),
-        Some(Err(QueueError::Full(_))) => overloaded(&ticket.purchase.request_id),
+        Some(Err(QueueError::Full(_))) => {
+            overloaded(&ticket.purchase.request_id, Reason::QueueFull)
+        }
         Some(Err(QueueError::Unavailable(_))) | None => {
             store_unreachable(&ticket.purchase.request_id)
         }

@@ -782,6 +782,13 @@ fn a_sale_lost_from_redis_is_refused_and_never_sold_again_by_accident() {
         gw.buy("lost", "x")
     );
     assert_eq!(gw.metric("seckill_store_lost_sales"), Some(1.0));
+    // Counted among the refusals of sales the gateway no longer holds.
+    assert!(
+        gw.metric(r#"seckill_gateway_refusals_total{reason="store_lost",sale="(other)"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "{}",
+        gw.admin_get("/metrics").1
+    );
     let (s, v) = gw.get("/api/v1/sales/lost");
     assert_eq!((s, v["reason"].as_str()), (503, Some("store_lost")), "{v}");
     // Creating it again would sell its 5 sold units a second time.

@@ -334,6 +334,14 @@ async fn a_full_queue_is_503_overloaded() {
     );
     assert!(h.contains_key("retry-after"));
     assert!(v["request_id"].is_string());
+    assert_eq!(v["reason"], "queue_full", "{v}");
+    until_metrics(&gw, "the refusal counted by its reason", |m| {
+        sample(
+            m,
+            r#"seckill_gateway_refusals_total{reason="queue_full",sale="q"}"#,
+        ) == Some(1.0)
+    })
+    .await;
 
     // The queued ones are not decided before their deadline: 504 with
     // their request id, and no stock taken.
