@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod redis_source;
 pub mod signature;
 pub mod sink;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

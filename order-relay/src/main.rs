@@ -166,10 +166,13 @@ async fn run(args: Args, source: Source, kind: SinkKind) -> ExitCode {
 /// cannot be reached.
 async fn open_sink(args: &Args, kind: &SinkKind) -> Result<Sink, Result<String, String>> {
     match kind {
-        SinkKind::Postgres(url) => Postgres::connect(url)
-            .await
-            .map(Sink::Postgres)
-            .map_err(|e| Err(format!("cannot open the PostgreSQL sink: {e}"))),
+        SinkKind::Postgres(url) => {
+            let mut pg = Postgres::new(url).map_err(Ok)?;
+            pg.connect()
+                .await
+                .map_err(|e| Err(format!("cannot open the PostgreSQL sink: {e}")))?;
+            Ok(Sink::Postgres(pg))
+        }
         SinkKind::Webhook { url, secret_file } => {
             let secret = read_secret("--webhook-secret-file", secret_file).map_err(|e| Ok(e.0))?;
             let mut w = Webhook::new(url, secret.into_bytes()).map_err(Ok)?;

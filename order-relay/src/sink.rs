@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 use crate::signature;
+use crate::tls;
 
 /// Why a batch was not delivered.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +148,28 @@ ON CONFLICT (feed) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()";
 /// The PostgreSQL sink. Reconnects by itself after the server went away.
 pub struct Postgres {
     url: String,
+    /// Set when the URL asks for `sslmode=require`.
+    tls: Option<tls::PostgresTls>,
     client: Option<tokio_postgres::Client>,
+}
+
+/// A connection to `url` over `tls`, driven by its own task.
+async fn open<T>(url: &str, tls: T) -> Result<tokio_postgres::Client, SinkError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let connect = tokio_postgres::connect(url, tls);
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| SinkError::Failed("postgres: connect timed out".into()))?
+        .map_err(pg_error)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection lost");
+        }
+    });
+    Ok(client)
 }
 
 fn pg_error(e: tokio_postgres::Error) -> SinkError {
@@ -159,27 +181,37 @@ fn pg_error(e: tokio_postgres::Error) -> SinkError {
 
 impl Postgres {
     /// Connects and creates the schema if absent.
-    pub async fn connect(url: &str) -> Result<Postgres, SinkError> {
-        let mut p = Postgres {
-            url: url.to_string(),
-            client: None,
+    /// `sslmode=require` in the URL: TLS, the server's certificate checked
+    /// against the system's CAs (or `SSL_CERT_FILE`) and the URL's host.
+    /// Otherwise plain TCP, as `disable` and `prefer` allow: a server's
+    /// self-signed certificate (Debian's default) is never half-trusted.
+    pub fn new(url: &str) -> Result<Postgres, String> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| format!("--postgres-url: {e}"))?;
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Some(tls::PostgresTls::new(
+                tls::client_config("--postgres-url sslmode=require")?,
+            )),
+            _ => None,
         };
-        p.client().await?;
-        Ok(p)
+        Ok(Postgres {
+            url: url.to_string(),
+            tls,
+            client: None,
+        })
+    }
+
+    /// Connects and creates the schema if absent.
+    pub async fn connect(&mut self) -> Result<(), SinkError> {
+        self.client().await.map(|_| ())
     }
 
     async fn client(&mut self) -> Result<&mut tokio_postgres::Client, SinkError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let connect = tokio_postgres::connect(&self.url, NoTls);
-            let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connect)
-                .await
-                .map_err(|_| SinkError::Failed("postgres: connect timed out".into()))?
-                .map_err(pg_error)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "postgres connection lost");
-                }
-            });
+            let client = match &self.tls {
+                Some(tls) => open(&self.url, tls.clone()).await?,
+                None => open(&self.url, NoTls).await?,
+            };
             client.batch_execute(SCHEMA).await.map_err(pg_error)?;
             self.client = Some(client);
         }
@@ -254,30 +286,6 @@ pub struct Webhook {
     pub timeout: Duration,
 }
 
-/// The CAs an https:// webhook's certificate is checked against: the
-/// system's (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them). None are
-/// loaded for an http:// URL.
-fn roots(https: bool) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if !https {
-        return Ok(roots);
-    }
-    let found = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(format!(
-            "--webhook-url is https:// but no CA certificates were found \
-             (install ca-certificates, or set SSL_CERT_FILE){}",
-            found
-                .errors
-                .first()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        ));
-    }
-    Ok(roots)
-}
-
 /// Unix seconds now.
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -293,13 +301,12 @@ impl Webhook {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
         http.enforce_http(false);
-        let tls = rustls::ClientConfig::builder_with_provider(
-            rustls::crypto::ring::default_provider().into(),
-        )
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_root_certificates(roots(url.scheme_str() == Some("https"))?)
-        .with_no_client_auth();
+        // The system's CAs are read only when a connection will use them.
+        let tls = if url.scheme_str() == Some("https") {
+            tls::client_config("--webhook-url https://")?
+        } else {
+            tls::no_tls_config()?
+        };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

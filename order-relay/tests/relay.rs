@@ -670,16 +670,17 @@ async fn the_embedded_feed_lands_in_postgres_across_gateway_and_relay_restarts()
     drop(gw);
 }
 
-/// A CA made here, as a PEM file, and a certificate for `127.0.0.1` it
-/// signed, with its key.
-fn pki(
-    dir: &std::path::Path,
-    name: &str,
-) -> (
-    std::path::PathBuf,
-    rustls::pki_types::CertificateDer<'static>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
+/// A CA made here (its PEM file), and a certificate for `127.0.0.1` it
+/// signed, with its key, as PEM and as DER.
+struct Pki {
+    ca: std::path::PathBuf,
+    cert_pem: String,
+    key_pem: String,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn pki(dir: &std::path::Path, name: &str) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -691,8 +692,23 @@ fn pki(
         .unwrap();
     let file = dir.join(format!("{name}.pem"));
     std::fs::write(&file, ca.pem()).unwrap();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-    (file, cert.der().clone(), key)
+    Pki {
+        ca: file,
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert: cert.der().clone(),
+        key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    }
+}
+
+/// Environment for a relay that trusts exactly the CA file `ca` (no system
+/// directory: `no_dir` is empty).
+fn trusting<'a>(ca: &'a std::path::Path, no_dir: &'a std::path::Path) -> [(&'a str, &'a str); 3] {
+    [
+        ("SECKILL_LOG", "info"),
+        ("SSL_CERT_FILE", ca.to_str().unwrap()),
+        ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
+    ]
 }
 
 /// The webhook receiver behind TLS; counts refused handshakes in
@@ -742,11 +758,11 @@ async fn https_webhooks_reach_only_a_receiver_whose_certificate_checks_out() {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let secret = secret.display().to_string();
-    let (ca, cert, key) = pki(dir.path(), "ca");
-    let (other_ca, _, _) = pki(dir.path(), "other-ca");
+    let own = pki(dir.path(), "ca");
+    let (ca, other_ca) = (own.ca.clone(), pki(dir.path(), "other-ca").ca);
     let hook = Arc::new(Receiver::default());
     let failed = Arc::new(AtomicUsize::new(0));
-    let addr = start_tls_receiver(hook.clone(), cert, key, failed.clone()).await;
+    let addr = start_tls_receiver(hook.clone(), own.cert, own.key, failed.clone()).await;
     let url = format!("https://{addr}/hooks/orders");
     let args = |group: &str, port: u16| {
         with(
@@ -775,11 +791,7 @@ async fn https_webhooks_reach_only_a_receiver_whose_certificate_checks_out() {
             name,
             &binary("order-relay"),
             &args(group, port),
-            &[
-                ("SECKILL_LOG", "info"),
-                ("SSL_CERT_FILE", ca.to_str().unwrap()),
-                ("SSL_CERT_DIR", no_dir.to_str().unwrap()),
-            ],
+            &trusting(ca, &no_dir),
         )
     };
     let (p1, p2) = (free_port(), free_port());
@@ -824,4 +836,62 @@ async fn https_webhooks_reach_only_a_receiver_whose_certificate_checks_out() {
     let status = none.wait_exit(WAIT).expect("exits");
     assert_eq!(status.code(), Some(64), "{}", none.log());
     assert!(none.log().contains("no CA certificates"), "{}", none.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_sslmode_require_is_tls_to_a_certificate_that_checks_out() {
+    let redis = RedisServer::start();
+    let dir = scratch_dir();
+    let own = pki(dir.path(), "ca");
+    let other_ca = pki(dir.path(), "other-ca").ca;
+    let no_dir = dir.path().join("no-certs");
+    std::fs::create_dir(&no_dir).unwrap();
+    let server = PostgresServer::start_tls(&own.cert_pem, &own.key_pem);
+    let url = format!("{} sslmode=require", server.url());
+    let args =
+        |group: &str, port: u16| with(redis_args(&redis, group, port), &["--postgres-url", &url]);
+
+    // A relay that trusts another CA does not open the sink.
+    let mut refused = Process::spawn(
+        "untrusting",
+        &binary("order-relay"),
+        &args("untrusting", free_port()),
+        &trusting(&other_ca, &no_dir),
+    );
+    let status = refused.wait_exit(WAIT).expect("exits");
+    assert!(!status.success(), "{}", refused.log());
+    assert!(
+        refused.log().contains("cannot open the PostgreSQL sink"),
+        "{}",
+        refused.log()
+    );
+
+    // One that trusts the server's CA lands every order, over TLS.
+    let p = free_port();
+    let _relay = Process::spawn(
+        "trusting",
+        &binary("order-relay"),
+        &args("relay", p),
+        &trusting(&own.ca, &no_dir),
+    );
+    let orders = spike(&redis, "tls-pg", 20, 20).await;
+    let db = pg(&server, "postgres").await;
+    eventually("20 rows", || async {
+        count(&db, "SELECT count(*) FROM seckill_orders").await == 20
+    })
+    .await;
+    let landed: HashSet<String> = db
+        .query("SELECT order_id FROM seckill_orders", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(landed, orders.into_iter().collect::<HashSet<_>>());
+    // The relay's session is the encrypted one (the test's own is not).
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_stat_ssl WHERE ssl").await,
+        1,
+        "one TLS session: the relay's"
+    );
 }

@@ -26,6 +26,8 @@ pub struct PostgresServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Serves TLS with `server.crt`/`server.key` of its data directory.
+    tls: bool,
 }
 
 fn bin_dir() -> PathBuf {
@@ -67,6 +69,15 @@ fn command(bin: &Path, program: &str) -> Command {
 impl PostgresServer {
     /// Initialises and starts a server, ready for connections.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that also accepts TLS, with this certificate and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         assert!(bin.join("initdb").exists(), "{MISSING}");
         let dir = crate::scratch_dir();
@@ -87,10 +98,25 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (file, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(file);
+                std::fs::write(&path, pem).expect("write the server's TLS files");
+                // The server refuses a key others can read.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("restrict the server's TLS files");
+                if rustix::process::geteuid().is_root() {
+                    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY))
+                        .expect("hand the TLS files to nobody");
+                }
+            }
+        }
         let mut server = PostgresServer {
             port: 0,
             dir,
             child: None,
+            tls: tls.is_some(),
         };
         let mut last = String::new();
         for _ in 0..5 {
@@ -121,6 +147,7 @@ impl PostgresServer {
                 "-c",
                 "shared_buffers=32MB",
             ])
+            .args(if self.tls { &["-c", "ssl=on"][..] } else { &[] })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
