@@ -89,6 +89,7 @@ pub struct SaleSeries {
     sale: String,
     refusals: [OnceLock<metrics::Counter>; Reason::ALL.len()],
     waited: OnceLock<metrics::Histogram>,
+    sold_out_at: OnceLock<metrics::Gauge>,
 }
 
 impl SaleSeries {
@@ -97,6 +98,27 @@ impl SaleSeries {
             sale: sale_id.to_string(),
             refusals: Default::default(),
             waited: OnceLock::new(),
+            sold_out_at: OnceLock::new(),
+        }
+    }
+
+    /// `seckill_sale_sold_out_timestamp_seconds`: when this gateway saw the
+    /// sale sell out (Unix seconds), 0 while it has stock again. Registered
+    /// at the first sell-out.
+    fn sold_out(&self, at: Option<f64>) {
+        match at {
+            Some(at) => self
+                .sold_out_at
+                .get_or_init(|| {
+                    metrics::gauge!("seckill_sale_sold_out_timestamp_seconds",
+                        "sale" => self.sale.clone())
+                })
+                .set(at),
+            None => {
+                if let Some(g) = self.sold_out_at.get() {
+                    g.set(0.0);
+                }
+            }
         }
     }
 
@@ -118,6 +140,13 @@ impl SaleSeries {
             })
             .record(seconds);
     }
+}
+
+/// Now, in Unix seconds.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// One sale as the gateway sees it.
@@ -142,14 +171,18 @@ impl SaleEntry {
     /// Sells again after units came back: only on a read of the store made
     /// after the release (a periodic read may predate a sell-out).
     pub fn mark_available(&self, remaining: u64) {
-        self.sold_out.store(false, Ordering::Relaxed);
+        if self.sold_out.swap(false, Ordering::Relaxed) {
+            self.series.sold_out(None);
+        }
         self.set_remaining(remaining);
     }
 
     /// Marks the sale sold out here; everyone waiting in line is answered
     /// `410` at once.
     pub fn mark_sold_out(&self) {
-        self.sold_out.store(true, Ordering::Relaxed);
+        if !self.sold_out.swap(true, Ordering::Relaxed) {
+            self.series.sold_out(Some(unix_seconds()));
+        }
         self.set_remaining(0);
         self.line.close(Status::SoldOut);
     }
@@ -302,6 +335,7 @@ impl Catalog {
             stock_gauge,
         };
         if sold_out {
+            entry.series.sold_out(Some(unix_seconds()));
             entry.line.close(Status::SoldOut);
         }
         self.sales

@@ -66,6 +66,10 @@ pub fn describe() {
         "Purchases refused (429, 503), by sale (\"(other)\": one the gateway does not hold) and reason."
     );
     describe_gauge!(
+        "seckill_sale_sold_out_timestamp_seconds",
+        "When this gateway saw the sale sell out, Unix seconds (0: it has stock again)."
+    );
+    describe_gauge!(
         "seckill_waiting_buyers",
         "Buyers waiting in a fifo sale's line at this gateway, for a token."
     );

@@ -69,6 +69,14 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8], wait: Duration) -> String
 
 // ---------------------------------------------------------------- table rows
 
+/// Now, in Unix seconds, as the sell-out gauge counts.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 #[tokio::test]
 async fn success_answers_with_the_order_and_is_readable_later() {
     let gw = TestGateway::start().await;
@@ -186,9 +194,17 @@ async fn outside_the_window_is_409_not_started_or_ended() {
 async fn after_the_last_unit_buyers_get_410_sold_out() {
     let gw = TestGateway::start().await;
     gw.open_sale("one", 1, 1).await;
+    let before = unix_now();
     assert_eq!(gw.buy("one", "a").await.0, StatusCode::OK);
     let (s, v) = gw.buy("one", "b").await;
     assert_eq!((s, status_of(&v)), (StatusCode::GONE, "sold_out"), "{v}");
+    // The moment of the sell-out, for a dashboard's marker.
+    let at = sample(
+        &gw.metrics().await,
+        r#"seckill_sale_sold_out_timestamp_seconds{sale="one"}"#,
+    )
+    .expect("the sell-out time is exposed");
+    assert!((before..=unix_now()).contains(&at), "{before} {at}");
     // Later buyers are refused at the edge, without a token or the queue.
     for i in 0..5 {
         let (s, _) = gw.buy("one", &format!("c{i}")).await;
@@ -1314,6 +1330,7 @@ async fn a_cancelled_order_sells_its_units_again_once() {
     assert_eq!(gw.buy("cxl", "u2").await.0, StatusCode::GONE, "sold out");
 
     let path = format!("/admin/v1/orders/{order}/cancel");
+    let cancelled_at = unix_now();
     let (s, first) = admin(&gw, Method::POST, &path, Value::Null).await;
     assert_eq!(s, StatusCode::OK, "{first}");
     assert_eq!(first["status"], "cancelled");
@@ -1331,6 +1348,13 @@ async fn a_cancelled_order_sells_its_units_again_once() {
     let bought = process_wait(|| async { gw.buy("cxl", "u2").await.0 == StatusCode::OK }).await;
     assert!(bought, "the released unit sells again");
     assert_eq!(gw.buy("cxl", "u3").await.0, StatusCode::GONE);
+    // Sold out a second time: the sell-out time is the new one.
+    let at = sample(
+        &gw.metrics().await,
+        r#"seckill_sale_sold_out_timestamp_seconds{sale="cxl"}"#,
+    )
+    .unwrap();
+    assert!(at >= cancelled_at, "{at} < {cancelled_at}");
     let (_, feed) = gw.get_authorized("/admin/v1/orders?sale_id=cxl").await;
     let events: Vec<_> = feed["orders"]
         .as_array()
