@@ -51,6 +51,34 @@ fn with(mut args: Vec<String>, more: &[&str]) -> Vec<String> {
     args
 }
 
+/// A webhook relay that gives up fast: batches of 10, two attempts 5–10 ms
+/// apart, then the dead-letter stream.
+fn quick_webhook_args(
+    redis: &RedisServer,
+    group: &str,
+    admin: u16,
+    url: &str,
+    secret: &str,
+) -> Vec<String> {
+    with(
+        redis_args(redis, group, admin),
+        &[
+            "--webhook-url",
+            url,
+            "--webhook-secret-file",
+            secret,
+            "--webhook-retry-min-ms",
+            "5",
+            "--webhook-retry-max-ms",
+            "10",
+            "--batch-size",
+            "10",
+            "--max-attempts",
+            "2",
+        ],
+    )
+}
+
 async fn store(redis: &RedisServer) -> RedisStore {
     RedisStore::connect(&[redis.url()], false).await.unwrap()
 }
@@ -496,23 +524,7 @@ async fn webhooks_are_retried_signed_dead_lettered_and_redriven() {
     let (addr2, _stop2) = start_receiver(dead.clone()).await;
     let hook2 = format!("http://{addr2}/hooks/orders");
     let p2 = free_port();
-    let args2 = with(
-        redis_args(&redis, "down", p2),
-        &[
-            "--webhook-url",
-            &hook2,
-            "--webhook-secret-file",
-            &secret,
-            "--webhook-retry-min-ms",
-            "5",
-            "--webhook-retry-max-ms",
-            "10",
-            "--batch-size",
-            "10",
-            "--max-attempts",
-            "2",
-        ],
-    );
+    let args2 = quick_webhook_args(&redis, "down", p2, &hook2, &secret);
     let mut r2 = relay("down", &args2);
     eventually("three batches dead-lettered", || async {
         redis
@@ -764,25 +776,8 @@ async fn https_webhooks_reach_only_a_receiver_whose_certificate_checks_out() {
     let failed = Arc::new(AtomicUsize::new(0));
     let addr = start_tls_receiver(hook.clone(), own.cert, own.key, failed.clone()).await;
     let url = format!("https://{addr}/hooks/orders");
-    let args = |group: &str, port: u16| {
-        with(
-            redis_args(&redis, group, port),
-            &[
-                "--webhook-url",
-                &url,
-                "--webhook-secret-file",
-                &secret,
-                "--webhook-retry-min-ms",
-                "5",
-                "--webhook-retry-max-ms",
-                "10",
-                "--batch-size",
-                "10",
-                "--max-attempts",
-                "2",
-            ],
-        )
-    };
+    let args =
+        |group: &str, port: u16| quick_webhook_args(&redis, group, port, &url, secret.as_str());
     // The relay trusts exactly the one CA file: no system directory.
     let no_dir = dir.path().join("no-certs");
     std::fs::create_dir(&no_dir).unwrap();
