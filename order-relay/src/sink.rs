@@ -180,11 +180,11 @@ fn pg_error(e: tokio_postgres::Error) -> SinkError {
 }
 
 impl Postgres {
-    /// Connects and creates the schema if absent.
-    /// `sslmode=require` in the URL: TLS, the server's certificate checked
-    /// against the system's CAs (or `SSL_CERT_FILE`) and the URL's host.
-    /// Otherwise plain TCP, as `disable` and `prefer` allow: a server's
-    /// self-signed certificate (Debian's default) is never half-trusted.
+    /// A sink for `url`, not yet connected. `sslmode=require` in the URL:
+    /// TLS, the server's certificate checked against the system's CAs (or
+    /// `SSL_CERT_FILE`) and the URL's host. Otherwise plain TCP, as
+    /// `disable` and `prefer` allow: a server's self-signed certificate
+    /// (Debian's default) is never half-trusted.
     pub fn new(url: &str) -> Result<Postgres, String> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| format!("--postgres-url: {e}"))?;
