@@ -142,11 +142,9 @@ impl SaleSeries {
     }
 }
 
-/// Now, in Unix seconds.
+/// Now, in Unix seconds (to the millisecond).
 fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    seckill_inventory::now_ms() as f64 / 1000.0
 }
 
 /// One sale as the gateway sees it.
