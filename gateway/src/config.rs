@@ -151,6 +151,8 @@ pub struct Args {
     pub max_sales: u32,
     #[command(flatten)]
     pub logging: seckill_ops::process::LogArgs,
+    #[command(flatten)]
+    pub tracing: seckill_ops::trace::TraceArgs,
     /// Log one line per purchase at info (request id, sale, outcome,
     /// microseconds); without it the line is at debug.
     #[arg(long, env = "SECKILL_LOG_REQUESTS")]

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use seckill_inventory::{Completion, Outcome};
+use seckill_ops::trace::{Kind, Span, SpanContext};
 use seckill_proto::pb;
 use seckill_proto::pb::callback_server::{Callback as CallbackRpc, CallbackServer};
 use seckill_service::callback::CallbackToken;
@@ -52,7 +53,19 @@ use crate::Shared;
 fn deliver(shared: &Shared, results: impl IntoIterator<Item = Completion>) -> pb::CompleteReply {
     let mut reply = pb::CompleteReply::default();
     for r in results {
-        if shared.waiters.complete(r) {
+        let span = r.trace.as_deref().and_then(|t| {
+            let parent = SpanContext::parse(t)?;
+            let mut span = Span::start("callback", Kind::Server, Some(parent))?;
+            span.set("seckill.request_id", r.request_id.as_str());
+            span.set("seckill.outcome", r.outcome.status());
+            Some(span)
+        });
+        let delivered = shared.waiters.complete(r);
+        if let Some(mut span) = span {
+            span.set("seckill.delivered", delivered);
+            span.end();
+        }
+        if delivered {
             reply.delivered += 1;
         } else {
             reply.unknown += 1;
@@ -305,6 +318,7 @@ fn completion(r: pb::RequestResult) -> Option<Completion> {
         user_id: r.user_id,
         quantity: r.quantity,
         outcome,
+        trace: (!r.traceparent.is_empty()).then_some(r.traceparent),
     })
 }
 
@@ -321,6 +335,7 @@ mod tests {
             order_id: "o-1".into(),
             quantity: 2,
             reason: "blacklisted".into(),
+            traceparent: String::new(),
         }
     }
 

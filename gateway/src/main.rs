@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         // Before any metric handle is resolved, here or in the stores.
         seckill_ops::metrics::install();
         gateway::describe_metrics();
+        if let Err(e) = seckill_ops::trace::init(&args.tracing, "seckill-gateway") {
+            return config_error(&e.0);
+        }
         let listeners =
             match Listeners::bind(args.listen, args.admin_listen, args.grpc_listen).await {
                 Ok(l) => l,

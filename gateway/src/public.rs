@@ -20,6 +20,7 @@ use seckill_inventory::{
     SaleStatus,
 };
 use seckill_ops::http::{json, HttpResponse};
+use seckill_ops::trace::{self, Kind, Span, SpanContext};
 use seckill_queue::{QueueError, Ticket};
 use serde::{Deserialize, Serialize};
 
@@ -98,15 +99,40 @@ async fn purchase(shared: &Arc<Shared>, sale_id: String, req: Request<Incoming>)
     } else {
         seckill_inventory::unique_id()
     };
-    let (status, mut resp) = admit_and_wait(shared, &sale_id, &request_id, req).await;
+    let mut span = trace::enabled().then(|| server_span(&req)).flatten();
+    let trace = span.as_ref().map(Span::context);
+    let (status, mut resp) = admit_and_wait(shared, &sale_id, &request_id, req, trace).await;
     if let Some(Refused(reason)) = resp.extensions_mut().remove::<Refused>() {
         shared.catalog.refused(&sale_id, reason);
     }
     let elapsed = started.elapsed();
     shared.metrics.answered(status, elapsed.as_secs_f64());
     log_decision(shared, &request_id, &sale_id, status, elapsed);
+    if let Some(mut span) = span.take() {
+        span.set("seckill.sale", sale_id.as_str());
+        span.set("seckill.request_id", request_id.as_str());
+        span.set("seckill.outcome", status.name());
+        span.set("http.response.status_code", status.code().as_u16());
+        if status.code().is_server_error() {
+            span.fail();
+        }
+        span.end();
+    }
     set_request_id(&mut resp, request_id);
     resp
+}
+
+/// The span of one purchase: a child of the client's `traceparent`, or
+/// the root of its own trace.
+fn server_span(req: &Request<Incoming>) -> Option<Span> {
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let mut span = Span::start_from("purchase", Kind::Server, parent)?;
+    span.set("http.request.method", "POST");
+    span.set("url.path", req.uri().path());
+    Some(span)
 }
 
 /// One line per purchase: at `debug`, or at `info` with `--log-requests`.
@@ -220,8 +246,9 @@ async fn admit_and_wait(
     sale_id: &str,
     request_id: &str,
     req: Request<Incoming>,
+    trace: Option<SpanContext>,
 ) -> Answered {
-    match purchase_steps(shared, sale_id, request_id, req).await {
+    match purchase_steps(shared, sale_id, request_id, req, trace).await {
         Ok(answered) | Err(answered) => answered,
     }
 }
@@ -233,6 +260,7 @@ async fn purchase_steps(
     sale_id: &str,
     request_id: &str,
     req: Request<Incoming>,
+    trace: Option<SpanContext>,
 ) -> Result<Answered, Answered> {
     let mut by = Deadlines::from_arrival(shared);
     check_address_limit(shared, &req)?;
@@ -309,7 +337,7 @@ async fn purchase_steps(
     // Boxed: the steps after the token are in the future's state only
     // while they run, not in every buyer's waiting in line.
     Box::pin(admit_park_and_wait(
-        shared, &sale, by, purchase, now, waited,
+        shared, &sale, by, purchase, now, waited, trace,
     ))
     .await
 }
@@ -322,9 +350,10 @@ async fn admit_park_and_wait(
     purchase: Purchase,
     now: u64,
     waited: Option<Duration>,
+    trace: Option<SpanContext>,
 ) -> Result<Answered, Answered> {
     admit(shared, by, &purchase).await?;
-    let (waiter, ticket) = park_and_enqueue(shared, by, purchase, now).await?;
+    let (waiter, ticket) = park_and_enqueue(shared, by, purchase, now, trace).await?;
     Ok(wait_for_result(sale, by, waiter, &ticket.purchase, waited).await)
 }
 
@@ -668,6 +697,7 @@ async fn park_and_enqueue(
     by: Deadlines,
     purchase: Purchase,
     now: u64,
+    trace: Option<SpanContext>,
 ) -> Result<(Waiter<'_>, Ticket), Answered> {
     let Some(waiter) = shared.waiters.park(&purchase.request_id) else {
         withdraw(shared, by, &purchase).await;
@@ -677,6 +707,7 @@ async fn park_and_enqueue(
         purchase,
         reply_to: shared.config.advertise_grpc.clone(),
         enqueued_at_ms: now,
+        trace: trace.map(|t| t.traceparent()),
     };
     let refused = match within(by.store, shared.stores.queue.enqueue(ticket.clone())).await {
         Some(Ok(())) => return Ok((waiter, ticket)),

@@ -99,6 +99,7 @@ mod tests {
             user_id: "u".into(),
             quantity: 1,
             outcome: seckill_inventory::Outcome::SoldOut,
+            trace: None,
         }
     }
 

@@ -46,6 +46,9 @@ fn bad_configuration_exits_64_with_one_line() {
         &["--result-retention-ms", "5"],
         &["--redis-url", "redis://a", "--redis-cluster", "b:1"],
         &["--no-such-flag"],
+        &["--otlp-endpoint", "https://collector:4318"],
+        &["--otlp-endpoint", "collector"],
+        &["--otlp-sample-ratio", "2"],
     ];
     for args in cases {
         let mut p = spawn(args);

@@ -32,6 +32,7 @@ fn forged(request_id: &str, sale: &str) -> pb::CompleteRequest {
             order_id: "forged-order".into(),
             quantity: 1,
             reason: String::new(),
+            traceparent: String::new(),
         }],
     }
 }

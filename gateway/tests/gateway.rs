@@ -1301,6 +1301,7 @@ async fn results_travel_over_grpc_and_unknown_ones_are_counted() {
             order_id: "o-1".into(),
             quantity: 1,
             reason: String::new(),
+            traceparent: String::new(),
         }],
     };
     let mut call = tonic::Request::new(forged());

@@ -169,6 +169,7 @@ fn result_for(request_id: &str) -> tonic::Request<pb::CompleteRequest> {
             order_id: "o-1".into(),
             quantity: 1,
             reason: String::new(),
+            traceparent: String::new(),
         }],
     });
     let bearer = format!("Bearer {CALLBACK_TOKEN}");

@@ -269,6 +269,8 @@ pub struct Completion {
     pub user_id: String,
     pub quantity: u32,
     pub outcome: Outcome,
+    /// The W3C `traceparent` of the span that decided it, when traced.
+    pub trace: Option<String>,
 }
 
 impl Completion {
@@ -280,6 +282,7 @@ impl Completion {
             user_id: purchase.user_id.clone(),
             quantity: purchase.quantity,
             outcome,
+            trace: None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! own work: the HTTP/1.1 serve loop with its limits ([`http`]), the
 //! operational endpoints `/metrics`, `/healthz` and `/readyz`, the
 //! process-wide Prometheus recorder ([`metrics`]), logging, the exit status
-//! of a bad option, and the shutdown signal ([`process`]).
+//! of a bad option, and the shutdown signal ([`process`]), and distributed
+//! traces over OTLP ([`trace`]).
 //!
 //! Libraries of the project only emit metrics; a binary installs the
 //! recorder with [`metrics::install`] before it builds anything that
@@ -13,3 +14,4 @@
 pub mod http;
 pub mod metrics;
 pub mod process;
+pub mod trace;

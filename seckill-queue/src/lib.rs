@@ -33,6 +33,10 @@ pub struct Ticket {
     pub reply_to: String,
     /// Unix ms when the request entered the queue.
     pub enqueued_at_ms: u64,
+    /// The W3C `traceparent` of the gateway's span, when the purchase is
+    /// traced: the service's span joins its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// A ticket handed to a consumer, to be acknowledged once decided.

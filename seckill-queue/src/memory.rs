@@ -279,6 +279,7 @@ mod tests {
             },
             reply_to: "127.0.0.1:50051".to_string(),
             enqueued_at_ms: now_ms(),
+            trace: None,
         }
     }
 

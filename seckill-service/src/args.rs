@@ -50,6 +50,8 @@ pub struct Args {
     pub shutdown_grace_ms: u64,
     #[command(flatten)]
     pub logging: seckill_ops::process::LogArgs,
+    #[command(flatten)]
+    pub tracing: seckill_ops::trace::TraceArgs,
 }
 
 /// How the seckill workers run.

@@ -263,6 +263,7 @@ fn wire(c: &Completion) -> pb::RequestResult {
         order_id,
         quantity: c.quantity,
         reason,
+        traceparent: c.trace.clone().unwrap_or_default(),
     }
 }
 

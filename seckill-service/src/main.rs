@@ -47,6 +47,9 @@ async fn run(args: Args, callback: GrpcCallback) -> ExitCode {
     // Before any metric handle is resolved, here or in the stores.
     seckill_ops::metrics::install();
     seckill_service::metrics::describe();
+    if let Err(e) = seckill_ops::trace::init(&args.tracing, "seckill-service") {
+        return config_error(&e.0);
+    }
     let admin = match TcpListener::bind(args.admin_listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use seckill_inventory::{now_ms, Completion, Decision, Outcome, Purchase};
+use seckill_ops::trace::{Kind, Span, SpanContext};
 use seckill_queue::Delivery;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +54,23 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
     let started = Instant::now();
     let m = &service.metrics;
     let now = now_ms();
+    // One span per traced entry, from pick-up to its decision, in the
+    // trace of the purchase that queued it.
+    let mut spans: HashMap<&str, Span> = batch
+        .iter()
+        .filter_map(|d| {
+            let parent = SpanContext::parse(d.ticket.trace.as_deref()?)?;
+            let mut span = Span::start("decide", Kind::Consumer, Some(parent))?;
+            span.set("seckill.sale", d.ticket.purchase.sale_id.as_str());
+            span.set("seckill.request_id", d.ticket.purchase.request_id.as_str());
+            span.set("seckill.deliveries", d.deliveries);
+            span.set(
+                "seckill.queue_wait_ms",
+                now.saturating_sub(d.ticket.enqueued_at_ms),
+            );
+            Some((d.entry_id.as_str(), span))
+        })
+        .collect();
     for d in &batch {
         m.queue_wait
             .record(now.saturating_sub(d.ticket.enqueued_at_ms) as f64 / 1000.0);
@@ -94,10 +112,17 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
     let mut by_gateway: HashMap<&str, Vec<Completion>> = HashMap::new();
     for (d, decision) in &results {
         count(service, decision);
+        let mut completion = Completion::of(&d.ticket.purchase, decision.outcome.clone());
+        if let Some(mut span) = spans.remove(d.entry_id.as_str()) {
+            span.set("seckill.outcome", decision.outcome.status());
+            span.set("seckill.duplicate", decision.duplicate);
+            completion.trace = Some(span.context().traceparent());
+            span.end();
+        }
         by_gateway
             .entry(d.ticket.reply_to.as_str())
             .or_default()
-            .push(Completion::of(&d.ticket.purchase, decision.outcome.clone()));
+            .push(completion);
     }
     // One call per gateway, concurrently: a slow or dead gateway delays
     // only its own results, by at most the callback deadline.
@@ -390,6 +415,7 @@ mod tests {
             },
             reply_to: reply_to.to_string(),
             enqueued_at_ms: now_ms(),
+            trace: None,
         }
     }
 

@@ -26,6 +26,7 @@ fn ticket(sale: &str, user: &str) -> Ticket {
         purchase: purchase(sale, user, 1),
         reply_to: "127.0.0.1:50051".into(),
         enqueued_at_ms: seckill_inventory::now_ms(),
+        trace: None,
     }
 }
 
