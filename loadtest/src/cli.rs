@@ -15,7 +15,7 @@ use clap::{value_parser, Args, Parser, Subcommand};
 use hyper::Method;
 
 use crate::assertion::Assertion;
-use crate::http::{self, AdminApi, SaleSetup};
+use crate::http::{self, AdminApi, SaleSetup, Tls};
 use crate::model::{Report, REPORT_VERSION};
 use crate::profile::Profile;
 use crate::record::HIGHEST_US;
@@ -54,17 +54,24 @@ enum Command {
     CalibrateServer(CalibrateArgs),
     /// Re-check assertions on a JSON report and render it as HTML.
     Report(ReportArgs),
+    /// Two JSON reports side by side: key figures with the ratio b/a, and
+    /// overlaid plots with --html.
+    Compare(CompareArgs),
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Base URL of the gateway's public API.
+    /// Base URL of the gateway's public API (http:// or https://).
     #[arg(long, env = "LOADTEST_TARGET", default_value = "http://127.0.0.1:8080")]
     target: String,
     /// Public API of another gateway of the same sale (repeatable): buyers
     /// are spread over the targets in turn; the audit reads --target.
     #[arg(long)]
     also_target: Vec<String>,
+    /// PEM file of a CA to trust for https:// targets and admin API, besides
+    /// the system's (SSL_CERT_FILE / SSL_CERT_DIR when set).
+    #[arg(long, env = "LOADTEST_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// The sale to buy from.
     #[arg(long, env = "LOADTEST_SALE", default_value = "demo")]
     sale: String,
@@ -72,11 +79,15 @@ struct RunArgs {
     /// or stages:RATE/DURATION,RATE/DURATION,...
     #[arg(long, env = "LOADTEST_PROFILE")]
     profile: Profile,
-    /// Requests in flight at most; each holds one connection. More
-    /// connections cost the client (and the target) a connection setup
-    /// each; raise it for targets that hold requests for long.
-    #[arg(long, env = "LOADTEST_CONNECTIONS", default_value_t = 256, value_parser = connections())]
-    connections: usize,
+    /// Requests in flight at most; each holds one connection. `auto` = the
+    /// profile's peak rate × --expected-latency-ms, at least 16, at most
+    /// 10000 and what the open-file limit allows (raised to its hard limit).
+    #[arg(long, env = "LOADTEST_CONNECTIONS", default_value = "auto", value_parser = run_connections)]
+    connections: Connections,
+    /// With --connections auto: the latency to size the connections for
+    /// (one request holds its connection this long).
+    #[arg(long, env = "LOADTEST_EXPECTED_LATENCY_MS", default_value_t = 100, value_parser = value_parser!(u64).range(1..=60_000))]
+    expected_latency_ms: u64,
     /// The client's own limit on one request (no answer by then = missing).
     #[arg(long, env = "LOADTEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     timeout_ms: u64,
@@ -258,6 +269,17 @@ struct ReportArgs {
     output: OutputArgs,
 }
 
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// The first report (a), written by `loadtest run --json`.
+    a: PathBuf,
+    /// The second report (b); ratios are b/a.
+    b: PathBuf,
+    /// Write a page with both runs' plots overlaid here.
+    #[arg(long, env = "LOADTEST_HTML")]
+    html: Option<PathBuf>,
+}
+
 /// Latencies are kept up to an hour; a longer client timeout would only
 /// clamp them.
 const MAX_TIMEOUT_MS: u64 = HIGHEST_US / 1_000;
@@ -266,6 +288,25 @@ const MAX_TIMEOUT_MS: u64 = HIGHEST_US / 1_000;
 /// ports than this.
 fn connections() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(1..=65_535)
+}
+
+/// `--connections` of a run: a number, or sized from the profile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Connections {
+    Auto,
+    Fixed(usize),
+}
+
+fn run_connections(s: &str) -> Result<Connections, String> {
+    if s == "auto" {
+        return Ok(Connections::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=65_535).contains(&n) => Ok(Connections::Fixed(n)),
+        _ => Err(format!(
+            "'{s}' is neither auto nor a number within 1..=65535"
+        )),
+    }
 }
 
 /// A share within 0..=1. Hand-written because clap's ranged parsers are
@@ -305,6 +346,7 @@ pub fn main() -> ExitCode {
             Command::Throughput(args) => throughput(args).await,
             Command::CalibrateServer(args) => calibrate(args).await,
             Command::Report(args) => report(args),
+            Command::Compare(args) => compare(args),
         }
     })
 }
@@ -344,6 +386,15 @@ async fn run(mut a: RunArgs) -> ExitCode {
         },
         None => None,
     };
+    let urls = std::iter::once(&a.target).chain(&a.also_target);
+    let admin_url = admin.iter().map(|a| a.url.as_str());
+    let tls = match Tls::for_urls(
+        urls.map(String::as_str).chain(admin_url),
+        a.ca_file.as_deref(),
+    ) {
+        Ok(tls) => tls,
+        Err(e) => return fail(EXIT_CONFIG, &format!("{e:#}")),
+    };
     if let Some(stock) = a.create_sale {
         let Some(admin) = &admin else {
             return fail(
@@ -361,7 +412,7 @@ async fn run(mut a: RunArgs) -> ExitCode {
             max_wait_ms: a.max_wait_ms,
             wait_capacity: a.wait_capacity,
         };
-        let client = http::client(4);
+        let client = http::client(4, &tls);
         if let Err(e) = http::put_sale(&client, &admin.url, &admin.token, &a.sale, &setup).await {
             return fail(EXIT_ERROR, &format!("cannot create the sale: {e:#}"));
         }
@@ -369,7 +420,28 @@ async fn run(mut a: RunArgs) -> ExitCode {
 
     let mut cfg = RunConfig::new(a.target.clone(), a.sale.clone(), a.profile.clone());
     cfg.also_targets = a.also_target.clone();
-    cfg.connections = a.connections;
+    let fd_cap = crate::connections::raise_fd_limit();
+    match a.connections {
+        Connections::Auto => {
+            let expected = Duration::from_millis(a.expected_latency_ms);
+            let (n, why) = crate::connections::auto(&cfg.profile, expected, fd_cap);
+            cfg.connections = n;
+            cfg.connections_sizing = Some(why);
+        }
+        Connections::Fixed(n) => {
+            if n > fd_cap {
+                return fail(
+                    EXIT_CONFIG,
+                    &format!(
+                        "--connections {n}: the open-file limit leaves room for {fd_cap} \
+                         (raise ulimit -n, or give fewer)"
+                    ),
+                );
+            }
+            cfg.connections = n;
+            cfg.connections_sizing = None;
+        }
+    }
     cfg.timeout = Duration::from_millis(a.timeout_ms);
     cfg.quantity = a.quantity;
     cfg.double_click = a.double_click;
@@ -385,6 +457,7 @@ async fn run(mut a: RunArgs) -> ExitCode {
     cfg.audit = !a.no_audit;
     cfg.resolve_timeouts = !a.no_resolve;
     cfg.admin = admin;
+    cfg.tls = Some(tls);
     cfg.progress = a.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
     if let Some(seed) = a.seed {
         cfg.seed = seed;
@@ -605,6 +678,22 @@ fn report(a: ReportArgs) -> ExitCode {
     finish(report, list, &a.output, true)
 }
 
+fn compare(a: CompareArgs) -> ExitCode {
+    let (ra, rb) = match (crate::compare::read(&a.a), crate::compare::read(&a.b)) {
+        (Ok(ra), Ok(rb)) => (ra, rb),
+        (Err(e), _) | (_, Err(e)) => return fail(EXIT_ERROR, &format!("{e:#}")),
+    };
+    let (na, nb) = (a.a.display().to_string(), a.b.display().to_string());
+    if let Some(path) = &a.html {
+        let page = crate::html::compare::render(&ra, &rb, &na, &nb);
+        if let Err(e) = write_out(path, page.as_bytes()) {
+            return fail(EXIT_ERROR, &format!("{e:#}"));
+        }
+    }
+    print!("{}", crate::compare::table(&ra, &rb, &na, &nb));
+    ExitCode::SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,9 +735,12 @@ mod tests {
         };
         assert!(parse(&[]).is_ok());
         assert!(parse(&["--double-click", "0.25", "--connections", "1"]).is_ok());
+        assert!(parse(&["--connections", "auto"]).is_ok());
         for bad in [
             ["--connections", "0"],
             ["--connections", "70000"],
+            ["--connections", "many"],
+            ["--expected-latency-ms", "0"],
             ["--timeout-ms", "3600001"],
             ["--timeout-ms", "0"],
             ["--quantity", "0"],

@@ -14,6 +14,8 @@ use std::fmt;
 use askama::Template;
 
 use crate::model::{Outcome, PercentilePoint, Report};
+
+pub mod compare;
 use crate::summary::{feed_line, fmt_us};
 
 const W: f64 = 1100.0;
@@ -39,10 +41,14 @@ struct Page<'a> {
     verdict_class: &'static str,
     started: String,
     invalid_reason: &'a str,
-    cards: Vec<(&'static str, String)>,
+    cards: Vec<Card>,
     legend: Vec<LegendItem>,
     throughput: Chart,
     latency: Chart,
+    in_flight: Chart,
+    in_flight_legend: Vec<LegendItem>,
+    connection_wait: Chart,
+    statuses: Vec<StatusRow>,
     distribution: Chart,
     by_rank: Chart,
     rows: Vec<OutcomeRow>,
@@ -67,6 +73,19 @@ impl<'a> Page<'a> {
             legend: legend(r),
             throughput: throughput_chart(r),
             latency: latency_chart(r),
+            in_flight: in_flight_chart(r),
+            in_flight_legend: vec![
+                LegendItem {
+                    color: IN_FLIGHT_COLOR,
+                    name: "in flight",
+                },
+                LegendItem {
+                    color: WAIT_COLOR,
+                    name: "of them waiting for a connection",
+                },
+            ],
+            connection_wait: connection_wait_chart(r),
+            statuses: status_rows(r),
             distribution: distribution_chart(r),
             by_rank: rank_chart(r),
             rows: outcome_rows(r),
@@ -112,8 +131,73 @@ fn counted(m: &BTreeMap<String, u64>) -> String {
 
 // === the page's parts ===
 
+/// One headline number, with a note under it.
+struct Card {
+    label: &'static str,
+    value: String,
+    note: String,
+}
+
+fn card(label: &'static str, value: String) -> Card {
+    Card {
+        label,
+        value,
+        note: String::new(),
+    }
+}
+
+/// `1,019`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One line of the status-code table.
+struct StatusRow {
+    code: String,
+    reason: &'static str,
+    count: String,
+    share: String,
+}
+
+/// HTTP answers by status, and the requests that got none.
+fn status_rows(r: &Report) -> Vec<StatusRow> {
+    let total = r.requests_sent.max(1) as f64;
+    let share = |n: u64| format!("{:.2}%", n as f64 * 100.0 / total);
+    let mut rows: Vec<StatusRow> = r
+        .statuses
+        .iter()
+        .map(|(code, n)| StatusRow {
+            code: code.to_string(),
+            reason: hyper::StatusCode::from_u16(*code)
+                .ok()
+                .and_then(|c| c.canonical_reason())
+                .unwrap_or(""),
+            count: thousands(*n),
+            share: share(*n),
+        })
+        .collect();
+    let none = r.count(Outcome::NoAnswer);
+    if none > 0 {
+        rows.push(StatusRow {
+            code: "-".into(),
+            reason: "no answer",
+            count: thousands(none),
+            share: share(none),
+        });
+    }
+    rows
+}
+
 /// The headline numbers.
-fn cards(r: &Report) -> Vec<(&'static str, String)> {
+fn cards(r: &Report) -> Vec<Card> {
     let so = r
         .sell_out
         .time_to_sell_out_s
@@ -123,17 +207,32 @@ fn cards(r: &Report) -> Vec<(&'static str, String)> {
         Some(_) => "FAILED".to_string(),
         None => "not run".to_string(),
     };
+    // Orders, not answers: a double-click's second answer repeats the
+    // first one's order. The audit's count adds the 504s it resolved.
+    let orders = r.audit.as_ref().map_or(r.success_orders, |a| a.orders);
+    let answers = r.count(Outcome::Success);
     vec![
-        ("buyers", r.buyers_planned.to_string()),
-        ("requests", r.requests_sent.to_string()),
-        ("offered", format!("{:.0}/s", r.offered_rps)),
-        ("throughput", format!("{:.0}/s", r.throughput_rps)),
-        ("successes", r.count(Outcome::Success).to_string()),
-        ("time to sell out", so),
-        ("p99 all", fmt_us(r.all.p99_us)),
-        ("schedule lag p99", fmt_us(r.schedule.start_lag.p99_us)),
-        ("audit", audit),
-        (
+        card("buyers", thousands(r.buyers_planned)),
+        card("requests", thousands(r.requests_sent)),
+        card("offered", format!("{:.0}/s", r.offered_rps)),
+        card("throughput", format!("{:.0}/s", r.throughput_rps)),
+        Card {
+            label: "orders",
+            value: thousands(orders),
+            note: format!("{} success answers", thousands(answers)),
+        },
+        card("time to sell out", so),
+        card("p99 all", fmt_us(r.all.p99_us)),
+        Card {
+            label: "schedule lag p99",
+            value: fmt_us(r.schedule.start_lag.p99_us),
+            note: format!(
+                "connection wait p99 {}",
+                fmt_us(r.schedule.connection_wait.p99_us)
+            ),
+        },
+        card("audit", audit),
+        card(
             "fairness",
             r.fairness
                 .as_ref()
@@ -292,6 +391,16 @@ enum Shape {
         width: f64,
         dashed: bool,
         points: String,
+        title: &'static str,
+    },
+    /// A vertical line with a label (the sell-out).
+    Marker {
+        x: Px,
+        top: Px,
+        bottom: Px,
+        label_x: Px,
+        label_y: Px,
+        label: String,
     },
     /// A lone point, where a line would have one point only.
     Dot { x: Px, y: Px, color: &'static str },
@@ -305,6 +414,9 @@ struct Chart {
     x_ticks: Vec<Tick>,
     x_label: &'static str,
     shapes: Vec<Shape>,
+    /// `x0 x1` of a chart over time (empty for the others), written into
+    /// the page so a check can compare the charts' ranges.
+    x_range: String,
 }
 
 impl Chart {
@@ -316,6 +428,7 @@ impl Chart {
             x_ticks: Vec::new(),
             x_label: "",
             shapes: Vec::new(),
+            x_range: String::new(),
         }
     }
 }
@@ -379,6 +492,7 @@ impl Plot {
             x_ticks,
             x_label,
             shapes: Vec::new(),
+            x_range: String::new(),
         }
     }
 }
@@ -391,13 +505,20 @@ fn points(pts: &[(f64, f64)]) -> String {
         .join(" ")
 }
 
-/// A line through `pts`, if there is any point.
-fn line(pts: &[(f64, f64)], color: &'static str, width: f64, dashed: bool) -> Option<Shape> {
+/// A line through `pts`, if there is any point; `title` names it.
+fn line(
+    pts: &[(f64, f64)],
+    color: &'static str,
+    width: f64,
+    dashed: bool,
+    title: &'static str,
+) -> Option<Shape> {
     (!pts.is_empty()).then(|| Shape::Line {
         color,
         width,
         dashed,
         points: points(pts),
+        title,
     })
 }
 
@@ -475,67 +596,184 @@ fn latency_range(values: impl Iterator<Item = u64>) -> (f64, f64) {
     (lo, hi)
 }
 
+/// The plot area of a chart over time: every one shares the timeline's
+/// range, so their x axes line up.
+fn time_plot(r: &Report, y0: f64, y1: f64, log_y: bool) -> Plot {
+    let (x0, x1) = r.timeline.range_s();
+    Plot {
+        x0,
+        x1: x1.max(x0 + 1e-3),
+        y0,
+        y1,
+        log_y,
+    }
+}
+
+/// A chart over time on `plot`: its grid, the range it covers (as an
+/// attribute, for checks), and the sell-out marker.
+fn time_chart(r: &Report, plot: &Plot, y_ticks: &[(f64, String)], x_label: &'static str) -> Chart {
+    let mut chart = plot.chart(&linear_ticks(plot.x1, secs), y_ticks, x_label);
+    chart.x_range = format!("{} {}", plot.x0, plot.x1);
+    if let Some(t) = r.sell_out.time_to_sell_out_s {
+        let x = Px(plot.px(t));
+        chart.shapes.push(Shape::Marker {
+            x,
+            top: Px(TOP),
+            bottom: Px(H - BOTTOM),
+            label_x: Px(plot.px(t) + 4.0),
+            label_y: Px(TOP + 12.0),
+            label: format!("sold out {}", secs(t)),
+        });
+    }
+    chart
+}
+
+/// Answers per second by outcome, one line each (not stacked: a few
+/// thousand successes beside tens of thousands of refusals would be a
+/// sliver), successes drawn last and thickest so nothing hides them.
 fn throughput_chart(r: &Report) -> Chart {
     let tl = &r.timeline;
     let width_s = tl.bucket_ms as f64 / 1000.0;
     if tl.buckets.is_empty() || width_s <= 0.0 {
         return Chart::empty();
     }
-    let n = tl.buckets.len();
-    let outcomes = present(r);
-    // Stacked rates per bucket.
-    let mut stacks = vec![vec![0.0; n]; outcomes.len() + 1];
-    for (i, b) in tl.buckets.iter().enumerate() {
-        let mut acc = 0.0;
-        for (k, o) in outcomes.iter().enumerate() {
-            acc += *b.answers.get(o.name()).unwrap_or(&0) as f64 / width_s;
-            stacks[k + 1][i] = acc;
-        }
-    }
-    let offered: Vec<f64> = tl.buckets.iter().map(|b| b.sent as f64 / width_s).collect();
-    let ymax = stacks
-        .last()
-        .into_iter()
-        .flatten()
-        .chain(offered.iter())
-        .fold(0.0f64, |m, v| m.max(*v))
+    let rate = |n: u64| n as f64 / width_s;
+    let ymax = tl
+        .buckets
+        .iter()
+        .flat_map(|b| b.answers.values().copied().chain([b.sent]))
+        .map(rate)
+        .fold(0.0f64, f64::max)
         * 1.08;
-    let plot = Plot {
-        x0: 0.0,
-        x1: n as f64 * width_s,
-        y0: 0.0,
-        y1: ymax.max(1.0),
-        log_y: false,
-    };
-    let mut chart = plot.chart(
-        &linear_ticks(plot.x1, secs),
+    let plot = time_plot(r, 0.0, ymax.max(1.0), false);
+    let mut chart = time_chart(
+        r,
+        &plot,
         &linear_ticks(plot.y1 / 1.0001, |v| format!("{v:.0}/s")),
         "time since start",
     );
-    for (k, o) in outcomes.iter().enumerate() {
-        let mut pts = Vec::with_capacity(4 * n);
-        for (i, top) in stacks[k + 1].iter().enumerate() {
-            let (a, b) = (i as f64 * width_s, (i + 1) as f64 * width_s);
-            pts.push((plot.px(a), plot.py(*top)));
-            pts.push((plot.px(b), plot.py(*top)));
+    let steps = |value: &dyn Fn(&crate::model::TimelineBucket) -> f64| {
+        let mut pts = Vec::with_capacity(2 * tl.buckets.len());
+        for (i, b) in tl.buckets.iter().enumerate() {
+            let v = plot.py(value(b));
+            pts.push((plot.px(i as f64 * width_s), v));
+            pts.push((plot.px((i + 1) as f64 * width_s), v));
         }
-        for (i, bottom) in stacks[k].iter().enumerate().rev() {
-            let (a, b) = (i as f64 * width_s, (i + 1) as f64 * width_s);
-            pts.push((plot.px(b), plot.py(*bottom)));
-            pts.push((plot.px(a), plot.py(*bottom)));
-        }
-        chart.shapes.push(Shape::Area {
-            color: color(*o),
-            points: points(&pts),
-            title: o.name(),
-        });
+        pts
+    };
+    for o in present(r).into_iter().rev() {
+        let pts = steps(&|b| rate(*b.answers.get(o.name()).unwrap_or(&0)));
+        let width = if o == Outcome::Success { 2.6 } else { 1.4 };
+        chart
+            .shapes
+            .extend(line(&pts, color(o), width, false, o.name()));
     }
-    let mut offered_line = Vec::with_capacity(2 * n);
-    for (i, v) in offered.iter().enumerate() {
-        offered_line.push((plot.px(i as f64 * width_s), plot.py(*v)));
-        offered_line.push((plot.px((i + 1) as f64 * width_s), plot.py(*v)));
+    let offered = steps(&|b| rate(b.sent));
+    chart.shapes.insert(
+        0,
+        line(&offered, "#000", 1.2, true, "offered").expect("buckets"),
+    );
+    chart
+}
+
+/// Requests in flight (holding a connection or waiting for one) and those
+/// waiting, at the end of each interval, under the connections' cap.
+fn in_flight_chart(r: &Report) -> Chart {
+    let tl = &r.timeline;
+    let width_s = tl.bucket_ms as f64 / 1000.0;
+    if tl.buckets.is_empty() || width_s <= 0.0 {
+        return Chart::empty();
     }
-    chart.shapes.extend(line(&offered_line, "#000", 1.2, true));
+    let cap = r.settings.connections as f64;
+    let ymax = tl
+        .buckets
+        .iter()
+        .map(|b| b.in_flight as f64)
+        .fold(cap, f64::max)
+        * 1.08;
+    let plot = time_plot(r, 0.0, ymax.max(1.0), false);
+    let mut chart = time_chart(
+        r,
+        &plot,
+        &linear_ticks(plot.y1 / 1.0001, |v| format!("{v:.0}")),
+        "time since start",
+    );
+    let at_end = |value: fn(&crate::model::TimelineBucket) -> u64| -> Vec<(f64, f64)> {
+        tl.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (plot.px((i + 1) as f64 * width_s), plot.py(value(b) as f64)))
+            .collect()
+    };
+    let cap_line = [
+        (plot.px(plot.x0), plot.py(cap)),
+        (plot.px(plot.x1), plot.py(cap)),
+    ];
+    chart
+        .shapes
+        .extend(line(&cap_line, "#000", 1.0, true, "connections"));
+    chart.shapes.extend(line(
+        &at_end(|b| b.waiting),
+        WAIT_COLOR,
+        1.6,
+        false,
+        "waiting for a connection",
+    ));
+    chart.shapes.extend(line(
+        &at_end(|b| b.in_flight),
+        IN_FLIGHT_COLOR,
+        2.0,
+        false,
+        "in flight",
+    ));
+    chart
+}
+
+const IN_FLIGHT_COLOR: &str = "#1565c0";
+const WAIT_COLOR: &str = "#c62828";
+
+/// The wait for a connection of the requests that started in each
+/// interval: p99 and max.
+fn connection_wait_chart(r: &Report) -> Chart {
+    let tl = &r.timeline;
+    let width_s = tl.bucket_ms as f64 / 1000.0;
+    if tl
+        .buckets
+        .iter()
+        .all(|b| b.connection_wait_max_us.is_none())
+    {
+        return Chart::empty();
+    }
+    let (lo, hi) = latency_range(tl.buckets.iter().flat_map(|b| {
+        b.connection_wait_p99_us
+            .into_iter()
+            .chain(b.connection_wait_max_us)
+    }));
+    let plot = time_plot(r, lo, hi, true);
+    let mut chart = time_chart(r, &plot, &log_ticks(lo, hi), "request start since start");
+    for (dash, pick) in [(true, 1), (false, 0)] {
+        let pts: Vec<(f64, f64)> = tl
+            .buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let v = if pick == 0 {
+                    b.connection_wait_p99_us
+                } else {
+                    b.connection_wait_max_us
+                };
+                v.map(|v| (plot.px((i as f64 + 0.5) * width_s), plot.py(v as f64)))
+            })
+            .collect();
+        let name = if dash { "max" } else { "p99" };
+        chart.shapes.extend(line(
+            &pts,
+            WAIT_COLOR,
+            if dash { 1.0 } else { 1.8 },
+            dash,
+            name,
+        ));
+    }
     chart
 }
 
@@ -589,6 +827,7 @@ fn rank_chart(r: &Report) -> Chart {
         "#000",
         1.2,
         true,
+        "first stock buyers",
     ));
     chart
 }
@@ -604,21 +843,11 @@ fn latency_chart(r: &Report) -> Chart {
             .iter()
             .flat_map(|b| b.p50_us.values().chain(b.p99_us.values()).copied()),
     );
-    // Only the span where requests were sent.
-    let last = tl
-        .buckets
-        .iter()
-        .rposition(|b| !b.p99_us.is_empty())
-        .unwrap_or(0);
-    let plot = Plot {
-        x0: 0.0,
-        x1: (last + 1) as f64 * width_s,
-        y0: lo,
-        y1: hi,
-        log_y: true,
-    };
-    let mut chart = plot.chart(
-        &linear_ticks(plot.x1, secs),
+    // The same range as the answers' chart, so the two line up.
+    let plot = time_plot(r, lo, hi, true);
+    let mut chart = time_chart(
+        r,
+        &plot,
         &log_ticks(lo, hi),
         "intended send time since start",
     );
@@ -642,7 +871,9 @@ fn latency_chart(r: &Report) -> Chart {
                 });
             }
             let width = if dash { 1.0 } else { 1.8 };
-            chart.shapes.extend(line(&pts, color(o), width, dash));
+            chart
+                .shapes
+                .extend(line(&pts, color(o), width, dash, o.name()));
         }
     }
     chart
@@ -703,7 +934,9 @@ fn distribution_chart(r: &Report) -> Chart {
                 .map(|p| (plot.px(x_of(p.percentile)), plot.py(p.us as f64)))
                 .collect();
             let width = if dash { 1.0 } else { 1.8 };
-            chart.shapes.extend(line(&pts, color(o), width, dash));
+            chart
+                .shapes
+                .extend(line(&pts, color(o), width, dash, o.name()));
         }
     }
     chart

@@ -20,6 +20,8 @@ pub mod assertion;
 pub mod audit;
 pub mod calibrate;
 pub mod cli;
+pub mod compare;
+pub mod connections;
 pub mod feed;
 pub mod html;
 pub mod http;

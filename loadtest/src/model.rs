@@ -145,6 +145,20 @@ pub struct Report {
     pub double_clicks: u64,
     /// Kinds of `error` and `no_answer`, counted.
     pub errors: BTreeMap<String, u64>,
+    /// HTTP answers by status code (requests without one are `no_answer`).
+    #[serde(default)]
+    pub statuses: BTreeMap<u16, u64>,
+    /// 429 answers with reason `address_limit`: the gateway refused this
+    /// client's connections beyond its per-address cap.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub address_limited: u64,
+    /// What to change before the next run (see `connections::advice`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Distinct orders among the success answers (a repeat of one order,
+    /// as a double-click's second answer, counts once).
+    #[serde(default)]
+    pub success_orders: u64,
     pub sell_out: SellOut,
     pub timeline: Timeline,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +204,9 @@ pub struct RankGroup {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub connections: usize,
+    /// How `--connections auto` chose `connections`; absent when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_sizing: Option<String>,
     pub timeout_ms: u64,
     pub quantity: u32,
     pub double_click_share: f64,
@@ -283,7 +300,24 @@ pub struct SellOut {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timeline {
     pub bucket_ms: u64,
+    /// The time range of every plot over time is `0..end_ms` (from the
+    /// start of the schedule to the end of the last bucket).
+    #[serde(default)]
+    pub end_ms: u64,
     pub buckets: Vec<TimelineBucket>,
+}
+
+impl Timeline {
+    /// The common time range, in seconds; reports written before
+    /// `end_ms` existed take it from their buckets.
+    pub fn range_s(&self) -> (f64, f64) {
+        let end = if self.end_ms > 0 {
+            self.end_ms
+        } else {
+            self.buckets.len() as u64 * self.bucket_ms
+        };
+        (0.0, end as f64 / 1000.0)
+    }
 }
 
 /// One interval of the timeline. Answers are counted when they arrive;
@@ -296,6 +330,17 @@ pub struct TimelineBucket {
     pub p50_us: BTreeMap<String, u64>,
     pub p99_us: BTreeMap<String, u64>,
     pub max_us: BTreeMap<String, u64>,
+    /// Requests started and not yet ended at the end of the interval, and
+    /// those of them still waiting for a connection.
+    #[serde(default)]
+    pub in_flight: u64,
+    #[serde(default)]
+    pub waiting: u64,
+    /// The connection wait of requests whose task started in the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_wait_p99_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_wait_max_us: Option<u64>,
 }
 
 impl Report {
@@ -379,6 +424,10 @@ pub struct FeedAudit {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One audit check.

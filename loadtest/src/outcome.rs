@@ -18,6 +18,9 @@ pub struct AnswerBody {
     pub order_id: Option<String>,
     #[serde(default)]
     pub quantity: Option<u32>,
+    /// Why a refusal was made (429's `no_token`, `address_limit`, ...).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// A classified answer: the outcome, and for errors a short description.

@@ -36,6 +36,18 @@ impl Profile {
         }
     }
 
+    /// Arrivals per second at the busiest moment; `None` when every buyer
+    /// arrives at the same instant.
+    pub fn peak_rate(&self) -> Option<f64> {
+        match self {
+            Profile::AtOnce { buyers, window } => {
+                (!window.is_zero()).then(|| *buyers as f64 / window.as_secs_f64())
+            }
+            Profile::Ramp { rate, .. } | Profile::Constant { rate, .. } => Some(*rate),
+            Profile::Stages(stages) => Some(stages.iter().map(|(r, _)| *r).fold(0.0, f64::max)),
+        }
+    }
+
     /// Intended arrival offsets, in order.
     pub fn arrivals(&self) -> Box<dyn Iterator<Item = Duration> + Send + '_> {
         match self {

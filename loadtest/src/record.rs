@@ -130,6 +130,10 @@ pub struct Answer<'a> {
     pub request_id: Option<&'a str>,
     pub order_id: Option<&'a str>,
     pub error: Option<String>,
+    /// The refusal's reason, when the answer gave one.
+    pub reason: Option<&'a str>,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
 }
 
 #[derive(Default)]
@@ -137,6 +141,11 @@ struct Bucket {
     sent: u64,
     answers: [u64; Outcome::COUNT],
     latency: [Option<Histogram<u32>>; Outcome::COUNT],
+    /// Requests whose task started here, and that got a connection here.
+    started: u64,
+    connected: u64,
+    /// The connection wait of the requests that started here.
+    wait: Option<Histogram<u32>>,
 }
 
 /// Collects a run's measurements. One per run, behind a mutex: each
@@ -158,6 +167,12 @@ pub struct Recorder {
     pub orders: HashMap<String, Order>,
     /// Success answers, repeats of one order included.
     pub success_answers: u64,
+    /// Distinct orders among them (`orders` may be taken by the audit).
+    pub distinct_orders: u64,
+    /// Answers by HTTP status.
+    pub statuses: BTreeMap<u16, u64>,
+    /// 429s for the gateway's cap on connections per client address.
+    pub address_limited: u64,
     /// Request ids answered 504, to poll afterwards.
     pub timeouts: Vec<(String, u64)>,
     pub sent: u64,
@@ -186,6 +201,9 @@ impl Recorder {
             errors: BTreeMap::new(),
             orders: HashMap::new(),
             success_answers: 0,
+            distinct_orders: 0,
+            statuses: BTreeMap::new(),
+            address_limited: 0,
             timeouts: Vec::new(),
             sent: 0,
             answered: 0,
@@ -229,6 +247,21 @@ impl Recorder {
             record(&mut self.all, corrected);
         }
         self.bucket_mut(a.done).answers[o.index()] += 1;
+        if let Some(code) = a.status {
+            *self.statuses.entry(code).or_default() += 1;
+        }
+        if o == Outcome::RateLimited && a.reason == Some("address_limit") {
+            self.address_limited += 1;
+        }
+        let wait = a.sent.saturating_duration_since(a.started);
+        let b = self.bucket_mut(a.started);
+        b.started += 1;
+        b.wait
+            .get_or_insert_with(|| {
+                Histogram::new_with_bounds(1, HIGHEST_US, 2).expect("valid histogram bounds")
+            })
+            .saturating_record((wait.as_micros() as u64).clamp(1, HIGHEST_US));
+        self.bucket_mut(a.sent).connected += 1;
         let b = self.bucket_mut(a.intended);
         b.sent += 1;
         let h = b.latency[o.index()].get_or_insert_with(|| {
@@ -246,11 +279,14 @@ impl Recorder {
                 // A success without any id cannot be told apart from a
                 // repeat; give it its own entry so it is never hidden.
                 let id = id.unwrap_or_else(|| format!("(no id #{})", self.success_answers));
-                self.orders.entry(id).or_insert(Order {
-                    user: a.user,
-                    quantity: a.quantity,
-                    has_order_id,
-                });
+                if let std::collections::hash_map::Entry::Vacant(e) = self.orders.entry(id) {
+                    self.distinct_orders += 1;
+                    e.insert(Order {
+                        user: a.user,
+                        quantity: a.quantity,
+                        has_order_id,
+                    });
+                }
             }
             Outcome::SoldOut => {
                 self.first_sold_out = Some(self.first_sold_out.map_or(at, |f| f.min(at)));
@@ -388,14 +424,24 @@ impl Recorder {
     }
 
     pub fn timeline(&self) -> Timeline {
-        let buckets = self
+        // Requests in flight and waiting at each bucket's end: started so
+        // far, less ended (or connected) so far.
+        let (mut started, mut connected, mut ended) = (0u64, 0u64, 0u64);
+        let buckets: Vec<TimelineBucket> = self
             .buckets
             .iter()
             .enumerate()
             .map(|(i, b)| {
+                started += b.started;
+                connected += b.connected;
+                ended += b.answers.iter().sum::<u64>();
                 let mut tb = TimelineBucket {
                     t_ms: (i as u128 * self.bucket.as_millis()) as u64,
                     sent: b.sent,
+                    in_flight: started.saturating_sub(ended),
+                    waiting: started.saturating_sub(connected),
+                    connection_wait_p99_us: b.wait.as_ref().map(|h| h.value_at_quantile(0.99)),
+                    connection_wait_max_us: b.wait.as_ref().map(|h| h.max()),
                     ..Default::default()
                 };
                 for o in Outcome::ALL {
@@ -412,8 +458,10 @@ impl Recorder {
                 tb
             })
             .collect();
+        let bucket_ms = self.bucket.as_millis() as u64;
         Timeline {
-            bucket_ms: self.bucket.as_millis() as u64,
+            bucket_ms,
+            end_ms: buckets.len() as u64 * bucket_ms,
             buckets,
         }
     }
@@ -450,6 +498,8 @@ mod tests {
             request_id: Some(id),
             order_id: None,
             error: None,
+            reason: None,
+            status: Some(200),
         }
     }
 
@@ -462,7 +512,8 @@ mod tests {
         r.answer(answer(Outcome::SoldOut, t0, 30, 42, "r2"));
         r.answer(answer(Outcome::Timeout, t0, 30, 50, "r3"));
         assert_eq!(r.orders.len(), 1);
-        assert_eq!(r.success_answers, 2);
+        assert_eq!((r.success_answers, r.distinct_orders), (2, 1));
+        assert_eq!(r.statuses[&200], 4);
         assert_eq!(r.timeouts, vec![("r3".to_string(), 7)]);
         let so = r.sell_out(true);
         assert_eq!(so.first_sold_out_s, Some(0.042));
@@ -470,6 +521,14 @@ mod tests {
         assert_eq!(so.last_success_s, Some(0.025));
         let tl = r.timeline();
         assert_eq!(tl.buckets.len(), 6);
+        assert_eq!(tl.end_ms, 60);
+        // Every request ended by the last bucket; the one sent at 30 ms
+        // and answered at 50 ms is still in flight at the end of bucket 4.
+        assert_eq!(tl.buckets[5].in_flight, 0);
+        assert_eq!(tl.buckets[4].in_flight, 1);
+        // 1 ms between task start and send, at two significant digits.
+        let wait = tl.buckets[3].connection_wait_p99_us.unwrap();
+        assert!((1_000..=1_010).contains(&wait), "{wait}");
         assert_eq!(tl.buckets[4].answers["sold_out"], 1);
         // Latency is filed under the intended send time (30 ms → bucket 3).
         assert!(tl.buckets[3].p50_us["sold_out"] >= 11_000);

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{self, resolve_timeouts, AuditInput};
 use crate::feed::{self, FeedTally};
-use crate::http::{self, AdminApi, HttpClient, SaleView};
+use crate::http::{self, AdminApi, HttpClient, SaleView, Tls};
 use crate::model::{Audit, LatencyStats, Outcome, Report, Schedule, Settings, REPORT_VERSION};
 use crate::outcome::{classify, AnswerBody};
 use crate::profile::Profile;
@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub profile: Profile,
     /// Requests in flight at most (each holds one connection).
     pub connections: usize,
+    /// How `connections` was chosen, when it was sized automatically.
+    pub connections_sizing: Option<String>,
     /// The client's own limit on one request; past it the request counts
     /// as unanswered.
     pub timeout: Duration,
@@ -77,17 +79,26 @@ pub struct RunConfig {
     /// `Authorization` header values by buyer number, for a gateway that
     /// verifies its buyers (see [`crate::jwt`]).
     pub buyer_tokens: Option<Arc<Vec<String>>>,
+    /// What https:// targets are checked against; `None` = the system's
+    /// CAs when a target (or the admin API) is https://.
+    pub tls: Option<Tls>,
 }
 
 impl RunConfig {
     /// Defaults for a run of `profile` against `sale_id` at `target`.
     pub fn new(target: impl Into<String>, sale_id: impl Into<String>, profile: Profile) -> Self {
+        let (connections, sizing) = crate::connections::auto(
+            &profile,
+            crate::connections::DEFAULT_EXPECTED_LATENCY,
+            crate::connections::fd_cap(),
+        );
         RunConfig {
             target: target.into(),
             also_targets: Vec::new(),
             sale_id: sale_id.into(),
             profile,
-            connections: 256,
+            connections,
+            connections_sizing: Some(sizing),
             timeout: Duration::from_secs(10),
             quantity: 1,
             double_click: 0.0,
@@ -104,6 +115,7 @@ impl RunConfig {
             progress: false,
             seed: clock_seed(),
             buyer_tokens: None,
+            tls: None,
         }
     }
 
@@ -203,10 +215,18 @@ impl Target {
             .context("the sale id does not fit in a URL")?;
             purchases.push(purchase);
         }
+        let tls = match &cfg.tls {
+            Some(tls) => tls.clone(),
+            None => {
+                let admin = cfg.admin.iter().map(|a| a.url.as_str());
+                let targets = std::iter::once(&cfg.target).chain(&cfg.also_targets);
+                Tls::for_urls(targets.map(String::as_str).chain(admin), None)?
+            }
+        };
         Ok(Target {
             base,
             purchases,
-            client: http::client(cfg.connections),
+            client: http::client(cfg.connections, &tls),
         })
     }
 }
@@ -372,6 +392,7 @@ fn invalid_reason(
 fn settings(cfg: &RunConfig) -> Settings {
     Settings {
         connections: cfg.connections,
+        connections_sizing: cfg.connections_sizing.clone(),
         timeout_ms: cfg.timeout.as_millis() as u64,
         quantity: cfg.quantity,
         double_click_share: cfg.double_click,
@@ -403,7 +424,7 @@ fn build_report(
     let fairness = audit
         .as_ref()
         .map(|a| r.fairness(a.stock.saturating_sub(a.sold_before), cfg.quantity));
-    Report {
+    let mut report = Report {
         version: REPORT_VERSION,
         generator: format!("loadtest {}", env!("CARGO_PKG_VERSION")),
         started_unix_ms,
@@ -430,12 +451,18 @@ fn build_report(
         retries: r.retries,
         double_clicks: r.double_clicks,
         errors: r.errors(),
+        statuses: r.statuses.clone(),
+        address_limited: r.address_limited,
+        warnings: Vec::new(),
+        success_orders: r.distinct_orders,
         sell_out: r.sell_out(sold_out_now),
         timeline: r.timeline(),
         audit,
         fairness,
         assertions: Vec::new(),
-    }
+    };
+    report.warnings = crate::connections::advice(&report);
+    report
 }
 
 fn round6(x: f64) -> f64 {
@@ -586,20 +613,22 @@ async fn send(ctx: &Ctx, n: u64, key: Option<&str>, intended: Instant) -> Outcom
     .await;
     let done = Instant::now();
     drop(permit);
-    let (outcome, body, error) = match answer {
+    let (outcome, body, error, status) = match answer {
         Ok(Ok((status, bytes))) => {
             let c = classify(status, &bytes);
-            (c.outcome, c.body, c.error)
+            (c.outcome, c.body, c.error, Some(status.as_u16()))
         }
         Ok(Err(e)) => (
             Outcome::NoAnswer,
             AnswerBody::default(),
             Some(describe(&*e)),
+            None,
         ),
         Err(_) => (
             Outcome::NoAnswer,
             AnswerBody::default(),
             Some("no answer within the client timeout".into()),
+            None,
         ),
     };
     ctx.rec().answer(Answer {
@@ -613,6 +642,8 @@ async fn send(ctx: &Ctx, n: u64, key: Option<&str>, intended: Instant) -> Outcom
         request_id: body.request_id.as_deref(),
         order_id: body.order_id.as_deref(),
         error,
+        reason: body.reason.as_deref(),
+        status,
     });
     outcome
 }

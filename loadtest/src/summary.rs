@@ -19,6 +19,9 @@ impl Report {
             let _ = writeln!(s, "\n{}", audit.summary());
         }
         write_assertions(&mut s, self);
+        for w in &self.warnings {
+            let _ = writeln!(s, "\nwarning: {w}");
+        }
         let _ = writeln!(
             s,
             "\nresult: {}",
@@ -86,9 +89,15 @@ fn write_schedule(s: &mut String, r: &Report) {
         fmt_us(lag.start_lag.p99_us),
         fmt_us(lag.start_lag.max_us),
     );
+    let sizing = r
+        .settings
+        .connections_sizing
+        .as_deref()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
     let _ = writeln!(
         s,
-        "waiting for one of the {} connections: p99 {} max {}",
+        "waiting for one of the {} connections{sizing}: p99 {} max {}",
         r.settings.connections,
         fmt_us(lag.connection_wait.p99_us),
         fmt_us(lag.connection_wait.max_us)

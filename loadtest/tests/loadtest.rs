@@ -505,10 +505,61 @@ async fn an_honest_sale_passes_and_its_report_round_trips() {
     assert!((0.0..=1.0).contains(&fairness.fairness));
 
     let html = loadtest::html::render(&r);
-    // Throughput, latency, distribution, and outcome by arrival rank.
-    assert_eq!(html.matches("<svg").count(), 4);
+    // Throughput, latency, in flight, connection wait, distribution, and
+    // outcome by arrival rank.
+    assert_eq!(html.matches("<svg").count(), 6);
     assert!(!html.contains("<script"));
     assert!(!html.contains("src=") && !html.contains("<link"));
+    // Every chart over time covers the same range, the report's.
+    let (x0, x1) = r.timeline.range_s();
+    assert!(
+        r.timeline.end_ms > 0 && x1 >= r.duration_s - 0.05,
+        "{x1} {}",
+        r.duration_s
+    );
+    let ranges: Vec<&str> = html
+        .split("data-x-range=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert_eq!(ranges, vec![format!("{x0} {x1}"); 4]);
+    // Successes are drawn last in the answers' chart: nothing hides them.
+    let answers = html.split("<svg").nth(1).unwrap();
+    let lines: Vec<&str> = answers
+        .split("data-line=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert_eq!(lines.last(), Some(&"success"), "{lines:?}");
+    assert!(lines.contains(&"sold_out") && !answers.contains("<polygon"));
+    // The sell-out is marked on every chart over time.
+    assert_eq!(html.matches("data-marker=\"sold-out\"").count(), 4);
+    // The orders card counts orders, the answers beside it.
+    let orders = format!(
+        "<b>{}</b><span class=\"muted small\">{} success answers",
+        10,
+        r.count(Outcome::Success)
+    );
+    assert!(html.contains(&orders), "{html}");
+    assert_eq!(r.success_orders, 10);
+    // HTTP statuses: 200 and 410, adding up to the answers.
+    assert_eq!(
+        r.statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200, 410]
+    );
+    assert_eq!(r.statuses.values().sum::<u64>(), r.answered);
+    assert!(
+        html.contains("<td>410</td><td class=\"l\">Gone</td>"),
+        "{html}"
+    );
+
+    // Compared with itself: ratios of one, and a page with three plots.
+    let page = loadtest::html::compare::render(&r, &r, "a.json", "b.json");
+    assert_eq!(page.matches("<svg").count(), 3);
+    assert!(!page.contains("<script"));
+    let table = loadtest::compare::table(&r, &r, "a.json", "b.json");
+    let throughput = table.lines().find(|l| l.starts_with("throughput")).unwrap();
+    assert!(throughput.ends_with("1.00×"), "{table}");
 }
 
 /// Runs the binary against `base` with extra arguments; returns its exit code.
