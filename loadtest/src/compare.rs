@@ -84,6 +84,11 @@ impl Row {
     }
 }
 
+/// A latency figure of a set of percentiles.
+type Percentile = (&'static str, fn(&LatencyStats) -> u64);
+/// A figure of the audit.
+type AuditFigure = (&'static str, fn(&crate::model::Audit) -> u64);
+
 /// The figures compared, in the order shown.
 pub fn rows(a: &Report, b: &Report) -> Vec<Row> {
     let both =
@@ -106,7 +111,7 @@ pub fn rows(a: &Report, b: &Report) -> Vec<Row> {
     ];
     let latency =
         |o: Option<&LatencyStats>, pick: fn(&LatencyStats) -> u64| o.map(|s| pick(s) as f64);
-    let percentiles: [(&str, fn(&LatencyStats) -> u64); 5] = [
+    let percentiles: [Percentile; 5] = [
         ("p50", |s| s.p50_us),
         ("p90", |s| s.p90_us),
         ("p99", |s| s.p99_us),
@@ -153,7 +158,7 @@ pub fn rows(a: &Report, b: &Report) -> Vec<Row> {
     let audit = |f: fn(&crate::model::Audit) -> u64| {
         move |r: &Report| r.audit.as_ref().map(|x| f(x) as f64)
     };
-    let figures: [(&str, fn(&crate::model::Audit) -> u64); 7] = [
+    let figures: [AuditFigure; 7] = [
         ("orders", |x| x.orders),
         ("sold", |x| x.sold_after.saturating_sub(x.sold_before)),
         ("remaining", |x| x.remaining_after),

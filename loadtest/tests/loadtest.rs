@@ -96,6 +96,10 @@ fn json(code: StatusCode, body: String) -> Answer {
 impl Fake {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {
         let path = req.uri().path().to_string();
+        if req.method() == Method::PUT && path.starts_with("/admin/v1/sales/") {
+            // --create-sale: the fake's one sale is there already.
+            return json(StatusCode::OK, r#"{"status":"ok"}"#.into());
+        }
         if req.method() == Method::GET && path == "/admin/v1/orders" {
             return self.feed_page(&req);
         }
@@ -261,8 +265,46 @@ async fn fake(stock: u64, behaviour: Behaviour) -> String {
 
 /// Starts a fake gateway on a free port; returns its base URL.
 async fn fake_with_feed(stock: u64, behaviour: Behaviour, feed: Feed) -> String {
+    serve_fake(stock, behaviour, feed, None).await
+}
+
+/// A CA made here (its PEM file), and the TLS configuration of a server
+/// whose certificate for 127.0.0.1 it signed.
+fn pki(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let file = dir.join(format!("{name}.pem"));
+    std::fs::write(&file, ca.pem()).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+    let config = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .unwrap();
+    (file, Arc::new(config))
+}
+
+/// Starts a fake gateway on a free port, behind TLS with `tls`; returns
+/// its base URL.
+async fn serve_fake(
+    stock: u64,
+    behaviour: Behaviour,
+    feed: Feed,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
+    let tls_scheme = tls.is_some();
     let fake = Arc::new(Fake {
         stock,
         sold: AtomicU64::new(0),
@@ -280,15 +322,26 @@ async fn fake_with_feed(stock: u64, behaviour: Behaviour, feed: Feed) -> String 
                 return;
             };
             let fake = fake.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| fake.clone().handle(req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
             });
         }
     });
-    format!("http://{addr}")
+    let scheme = if tls_scheme { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }
 
 fn config(base: &str, profile: &str) -> RunConfig {
@@ -642,4 +695,184 @@ async fn throughput_against_the_calibration_server() {
     assert!(r.line().starts_with("rps="));
     stop.notify_one();
     server.await.unwrap();
+}
+
+/// Runs the binary with `args` and the environment `env`; returns its exit
+/// code and what it wrote to stderr.
+async fn binary(args: Vec<String>, env: Vec<(&'static str, String)>) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadtest"));
+    cmd.args(args).envs(env);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap(), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_targets_are_trusted_through_the_ca_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, tls) = pki(dir.path(), "ca");
+    let (other_ca, _) = pki(dir.path(), "other-ca");
+    let base = serve_fake(5, Behaviour::Honest, Feed::Honest, Some(tls)).await;
+    assert!(base.starts_with("https://"));
+    // Trust exactly what each case names: the machine's own CAs are out.
+    let no_dir = dir.path().join("no-certs");
+    std::fs::create_dir(&no_dir).unwrap();
+    let env = |file: &std::path::Path| {
+        vec![
+            ("SSL_CERT_FILE", file.display().to_string()),
+            ("SSL_CERT_DIR", no_dir.display().to_string()),
+        ]
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        let base_args = [
+            "run",
+            "--target",
+            &base,
+            "--admin-url",
+            &base,
+            "--admin-token",
+            TOKEN,
+            "--sale",
+            "fake",
+            "--profile",
+            "at-once:20/100ms",
+            "--max-lag-ms",
+            "5000",
+            // One fake for every case: the first sells its stock.
+            "--assert",
+            "oversell==0",
+        ];
+        base_args
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    // The server's CA given by --ca-file: the run is made and audited.
+    let ca_file = ca.display().to_string();
+    let (code, err) = binary(args(&["--ca-file", &ca_file]), env(&empty)).await;
+    assert_eq!(code, 0, "{err}");
+    // Or by SSL_CERT_FILE, as other tools read it.
+    let (code, err) = binary(args(&[]), env(&ca)).await;
+    assert_eq!(code, 0, "{err}");
+    // Another CA: the handshake fails, the run cannot be made.
+    let (code, err) = binary(args(&[]), env(&other_ca)).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("reading the sale before the run"), "{err}");
+    // No CA at all: a usage error, said before any request.
+    let (code, err) = binary(args(&[]), env(&empty)).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--ca-file"), "{err}");
+}
+
+/// The README's example, as written there, scaled down (buyers, window,
+/// stock and the orders it asserts, by the same factor) and pointed at a
+/// fake gateway: the same flags and assertions hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_example_scaled_down_passes() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split("## Load test your sale").nth(1).unwrap();
+    let block = section
+        .split("```sh")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let command = block
+        .replace("\\\n", " ")
+        .lines()
+        .find(|l| l.trim_start().starts_with("target/release/loadtest run"))
+        .expect("the README runs loadtest")
+        .to_string();
+    let words: Vec<String> = command
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.trim_matches('\'').to_string())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = |name: &str| {
+        let i = words
+            .iter()
+            .position(|w| w == name)
+            .unwrap_or_else(|| panic!("{name}"));
+        words[i + 1].clone()
+    };
+    let stock: u64 = flag("--create-sale").parse().unwrap();
+    const SCALE: u64 = 100;
+    let base = fake(stock / SCALE, Behaviour::Honest).await;
+    let (buyers, window) = flag("--profile")
+        .strip_prefix("at-once:")
+        .and_then(|p| {
+            p.split_once('/')
+                .map(|(b, w)| (b.to_string(), w.to_string()))
+        })
+        .expect("an at-once profile");
+    let buyers: u64 = buyers.parse().unwrap();
+    let mut args = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let value = |v: &str| v.to_string();
+        match w.as_str() {
+            "--target" => args.extend([value(w), base.clone(), "--admin-url".into(), base.clone()]),
+            "--sale" => args.extend([value(w), "fake".into()]),
+            "--create-sale" => args.extend([value(w), (stock / SCALE).to_string()]),
+            "--profile" => args.extend([value(w), format!("at-once:{}/{window}", buyers / SCALE)]),
+            "--admin-token" => args.extend([value(w), TOKEN.into()]),
+            "--json" | "--html" => {
+                let file = it.next().unwrap();
+                args.extend([value(w), dir.path().join(file).display().to_string()]);
+                continue;
+            }
+            _ => {
+                let w = w.replace(&format!("=={stock}"), &format!("=={}", stock / SCALE));
+                args.push(w);
+                continue;
+            }
+        }
+        it.next();
+    }
+    assert!(args.iter().any(|a| a == "p99(sold_out)<50ms"), "{args:?}");
+    let (code, err) = binary(args.clone(), vec![]).await;
+    assert_eq!(code, 0, "{args:?}: {err}");
+    let report = std::fs::read(dir.path().join("report.json")).unwrap();
+    let report: Report = serde_json::from_slice(&report).unwrap();
+    assert!(
+        report.assertions.len() >= 4 && report.passed(),
+        "{:?}",
+        report.assertions
+    );
+    assert!(
+        report.settings.connections_sizing.is_some(),
+        "sized automatically"
+    );
+    assert!(dir.path().join("report.html").exists());
+
+    // Compared with itself through the command line; a file that is not
+    // a report is refused.
+    let json = dir.path().join("report.json").display().to_string();
+    let page = dir.path().join("compare.html");
+    let (code, err) = binary(
+        vec![
+            "compare".into(),
+            json.clone(),
+            json.clone(),
+            "--html".into(),
+            page.display().to_string(),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&page).unwrap().contains("<svg"));
+    let html = dir.path().join("report.html").display().to_string();
+    let (code, err) = binary(vec!["compare".into(), json, html], vec![]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("is not a report"), "{err}");
 }
