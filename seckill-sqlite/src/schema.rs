@@ -16,7 +16,7 @@ use seckill_inventory::{
 use crate::{order_of, ORDER_COLUMNS};
 
 /// The schema this build writes and reads.
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,6 +30,11 @@ CREATE TABLE sales (
 -- cursor). kind 'placed' is a purchase, 'cancelled' its cancellation (the
 -- same order again, at_ms the time it was cancelled). A sale's sold count
 -- and each buyer's total are placed minus cancelled quantities.
+--
+-- Every table and index is keyed in the order rows are written (no index
+-- on the random order or request ids): a commit appends to a few pages
+-- instead of dirtying one random page per row, so its share of the
+-- write-ahead log stays small. Lookups by id are the memory inventory's.
 CREATE TABLE orders (
     seq INTEGER PRIMARY KEY,
     order_id TEXT NOT NULL,
@@ -38,21 +43,22 @@ CREATE TABLE orders (
     user_id TEXT NOT NULL,
     quantity INTEGER NOT NULL,
     request_id TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    UNIQUE (order_id, kind)
+    at_ms INTEGER NOT NULL
 );
 CREATE INDEX orders_by_sale ON orders (sale_id, seq);
--- Request records within the result retention; status NULL = pending.
--- Without a rowid: one b-tree keyed by the (random) request id, not two.
+-- Request records within the result retention, in admission order (rid);
+-- status NULL = pending. A request has one row; were there two, the later
+-- one holds.
 CREATE TABLE requests (
-    request_id TEXT PRIMARY KEY,
+    rid INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
     sale_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
     quantity INTEGER NOT NULL,
     status TEXT,
     detail TEXT NOT NULL,
     at_ms INTEGER NOT NULL
-) WITHOUT ROWID;
+);
 CREATE INDEX requests_by_age ON requests (at_ms);
 CREATE TABLE idempotency_keys (
     sale_id TEXT NOT NULL,
@@ -125,8 +131,49 @@ pub(crate) fn recover(conn: &mut Connection, retention_ms: u64) -> Result<Recove
     })
 }
 
-/// Creates the schema in an empty database; accepts only this build's
-/// schema otherwise.
+/// Version 1 to 2: the orders lose their unique index on the (random)
+/// order id, and requests are keyed by admission order instead of by
+/// their random id. The rows stay as they were.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE orders RENAME TO orders_v1;
+ALTER TABLE requests RENAME TO requests_v1;
+DROP INDEX orders_by_sale;
+DROP INDEX requests_by_age;
+CREATE TABLE orders (
+    seq INTEGER PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('placed', 'cancelled')),
+    sale_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+INSERT INTO orders SELECT seq, order_id, kind, sale_id, user_id, quantity, request_id, at_ms
+    FROM orders_v1 ORDER BY seq;
+CREATE INDEX orders_by_sale ON orders (sale_id, seq);
+CREATE TABLE requests (
+    rid INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    status TEXT,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+INSERT INTO requests (request_id, sale_id, user_id, quantity, status, detail, at_ms)
+    SELECT request_id, sale_id, user_id, quantity, status, detail, at_ms
+    FROM requests_v1 ORDER BY at_ms;
+CREATE INDEX requests_by_age ON requests (at_ms);
+DROP TABLE orders_v1;
+DROP TABLE requests_v1;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+";
+
+/// Creates the schema in an empty database, brings an older one of ours
+/// up to this build's (in the recovery's transaction: all or nothing), and
+/// accepts nothing else.
 fn check_schema(tx: &rusqlite::Transaction<'_>) -> Result<(), String> {
     let e = |e: rusqlite::Error| e.to_string();
     let tables: i64 = tx
@@ -155,6 +202,12 @@ fn check_schema(tx: &rusqlite::Transaction<'_>) -> Result<(), String> {
         .map_err(|_| "the database is not a seckill store (no schema version)".to_string())?;
     match version.as_deref() {
         Some(SCHEMA_VERSION) => Ok(()),
+        Some("1") => {
+            tx.execute_batch(MIGRATE_1_TO_2)
+                .map_err(|e| format!("cannot upgrade the schema from version 1: {e}"))?;
+            tracing::info!("the data directory's schema was upgraded from version 1 to 2");
+            Ok(())
+        }
         Some(v) => Err(format!(
             "the database has schema version {v}; this build reads version {SCHEMA_VERSION}"
         )),
@@ -238,7 +291,7 @@ fn snapshot(conn: &Connection, cutoff: u64) -> rusqlite::Result<Result<Snapshot,
     let mut requests = Vec::new();
     let mut stmt = conn.prepare(
         "SELECT request_id, sale_id, user_id, quantity, status, detail, at_ms FROM requests \
-         WHERE at_ms >= ?1",
+         WHERE at_ms >= ?1 ORDER BY rid",
     )?;
     let mut rows = stmt.query(params![cutoff as i64])?;
     while let Some(row) = rows.next()? {

@@ -109,6 +109,7 @@ pub(crate) fn spawn(
         committed,
         failed: failed.clone(),
         since_checkpoint: 0,
+        pending: HashMap::new(),
         last_sweep: Instant::now(),
         commits: metrics::counter!("seckill_store_commits_total"),
         fsyncs: metrics::counter!("seckill_store_fsyncs_total"),
@@ -130,6 +131,9 @@ struct Writer {
     committed: watch::Sender<u64>,
     failed: Arc<OnceLock<String>>,
     since_checkpoint: u32,
+    /// The row of each request written while pending, by request id: its
+    /// decision updates that row. Bounded by the requests in the queues.
+    pending: HashMap<String, i64>,
     last_sweep: Instant,
     commits: metrics::Counter,
     fsyncs: metrics::Counter,
@@ -193,7 +197,7 @@ impl Writer {
             let tx = self.conn.transaction()?;
             let mut seq = self.seq;
             for c in coalesce(changes) {
-                apply(&tx, c, &mut seq)?;
+                apply(&tx, c, &mut seq, &mut self.pending)?;
             }
             tx.commit()?;
             self.seq = seq;
@@ -303,7 +307,12 @@ fn coalesce(changes: Vec<Change>) -> impl Iterator<Item = Change> {
 }
 
 /// Writes one change.
-fn apply(tx: &rusqlite::Transaction<'_>, change: Change, seq: &mut u64) -> rusqlite::Result<()> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    change: Change,
+    seq: &mut u64,
+    pending: &mut HashMap<String, i64>,
+) -> rusqlite::Result<()> {
     match change {
         Change::Sale { spec, removed } => {
             let json = serde_json::to_string(&spec).expect("a sale spec serializes");
@@ -321,27 +330,38 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: Change, seq: &mut u64) -> rusql
                 }
                 None => (None, ""),
             };
-            // An update in place when the admission wrote the row already.
-            tx.prepare_cached(
-                "INSERT INTO requests \
-                 (request_id, sale_id, user_id, quantity, status, detail, at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                 ON CONFLICT (request_id) DO UPDATE SET \
-                 status = excluded.status, detail = excluded.detail, at_ms = excluded.at_ms",
-            )?
-            .execute(params![
-                record.request_id,
-                record.sale_id,
-                record.user_id,
-                record.quantity,
-                status,
-                detail,
-                at_ms as i64
-            ])?;
+            // A decision updates the row its admission wrote, if one did;
+            // otherwise (decided in the admission's group) it is the row.
+            if let Some(rid) = pending.remove(&record.request_id) {
+                tx.prepare_cached(
+                    "UPDATE requests SET status = ?1, detail = ?2, at_ms = ?3 WHERE rid = ?4",
+                )?
+                .execute(params![status, detail, at_ms as i64, rid])?;
+            } else {
+                tx.prepare_cached(
+                    "INSERT INTO requests \
+                     (request_id, sale_id, user_id, quantity, status, detail, at_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    record.request_id,
+                    record.sale_id,
+                    record.user_id,
+                    record.quantity,
+                    status,
+                    detail,
+                    at_ms as i64
+                ])?;
+                if status.is_none() {
+                    pending.insert(record.request_id, tx.last_insert_rowid());
+                }
+            }
         }
         Change::Withdrawn { request_id } => {
-            tx.prepare_cached("DELETE FROM requests WHERE request_id = ?1 AND status IS NULL")?
-                .execute([request_id])?;
+            if let Some(rid) = pending.remove(&request_id) {
+                tx.prepare_cached("DELETE FROM requests WHERE rid = ?1 AND status IS NULL")?
+                    .execute([rid])?;
+            }
         }
         Change::KeyClaimed {
             sale_id,

@@ -329,3 +329,115 @@ async fn a_cancellation_survives_a_reopen() {
         ]
     );
 }
+
+/// Turns a store of this build back into schema version 1 (its orders
+/// unique by order id, its requests keyed by request id), as an older
+/// build left it.
+const DOWNGRADE_TO_1: &str = "
+CREATE TABLE o1 (
+    seq INTEGER PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('placed', 'cancelled')),
+    sale_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    UNIQUE (order_id, kind)
+);
+INSERT INTO o1 SELECT * FROM orders;
+DROP TABLE orders;
+ALTER TABLE o1 RENAME TO orders;
+CREATE INDEX orders_by_sale ON orders (sale_id, seq);
+CREATE TABLE r1 (
+    request_id TEXT PRIMARY KEY,
+    sale_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    status TEXT,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO r1 SELECT request_id, sale_id, user_id, quantity, status, detail, at_ms FROM requests;
+DROP TABLE requests;
+ALTER TABLE r1 RENAME TO requests;
+CREATE INDEX requests_by_age ON requests (at_ms);
+UPDATE meta SET value = '1' WHERE key = 'schema_version';
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_schema_version_1_is_upgraded_with_everything_in_it() {
+    let dir = scratch_dir();
+    let inv = SqliteInventory::open(dir.path(), RETENTION).unwrap();
+    inv.put_sale(SaleSpec::new("old", 5)).await.unwrap();
+    let batch = [purchase("old", "u1", None), purchase("old", "u2", None)];
+    let decisions = inv.purchase(&batch).await.unwrap();
+    let undecided = purchase("old", "u3", None);
+    assert_eq!(inv.admit(&undecided).await.unwrap(), Admission::Admitted);
+    drop(inv);
+    // Once the writer let go, the file is as an older build left it.
+    drop(reopen(dir.path()));
+    Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .execute_batch(DOWNGRADE_TO_1)
+        .unwrap();
+
+    let inv = reopen(dir.path());
+    let db = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: String = db
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, "2");
+    let order_indexes: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'orders'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(order_indexes, ["orders_by_sale"]);
+    assert_eq!(inv.sale("old").await.unwrap().unwrap().sold, 2);
+    for (p, d) in batch.iter().zip(&decisions) {
+        let record = inv.request(&p.request_id).await.unwrap().unwrap();
+        assert_eq!(record.outcome.as_ref(), Some(&d.outcome));
+    }
+    let record = inv.request(&undecided.request_id).await.unwrap().unwrap();
+    assert_eq!(record.outcome, Some(Outcome::Expired));
+    let page = feed(&inv, "0").await.unwrap();
+    assert_eq!(page.orders.len(), 2);
+
+    // It sells on. An admission committed on its own is updated in place
+    // by its decision: one row per request.
+    let next = purchase("old", "u4", None);
+    assert_eq!(inv.admit(&next).await.unwrap(), Admission::Admitted);
+    let committed = || {
+        db.query_row(
+            "SELECT count(*) FROM requests WHERE request_id = ?1",
+            [&next.request_id],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    let mut waited = 0;
+    while committed() == 0 && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert_eq!(committed(), 1, "the admission is committed by the linger");
+    let decided = inv.purchase(std::slice::from_ref(&next)).await.unwrap();
+    order_id(&decided[0].outcome);
+    let (rows, status): (i64, String) = db
+        .query_row(
+            "SELECT count(*), max(status) FROM requests WHERE request_id = ?1",
+            [&next.request_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, status.as_str()), (1, "success"));
+    let page = feed(&inv, &page.next).await.unwrap();
+    assert_eq!(page.orders.len(), 1);
+}
