@@ -56,6 +56,9 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
     for d in &batch {
         m.queue_wait
             .record(now.saturating_sub(d.ticket.enqueued_at_ms) as f64 / 1000.0);
+        if d.deliveries > 1 {
+            m.again(&d.ticket.purchase.sale_id).redelivered.increment(1);
+        }
     }
     if !service.config.work_delay.is_zero() {
         tokio::time::sleep(service.config.work_delay).await;
@@ -108,10 +111,10 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
         calls.spawn(async move {
             let n = results.len() as u64;
             match callback.complete(&addr, results).await {
-                Ok(()) => ok.increment(n),
+                Ok(()) => ok.iter().for_each(|c| c.increment(n)),
                 Err(e) => {
                     // The result is recorded: the client can still read it.
-                    error.increment(n);
+                    error.iter().for_each(|c| c.increment(n));
                     tracing::warn!(error = %e, results = n, "callback failed");
                 }
             }
@@ -121,6 +124,9 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
 
     if !dead.is_empty() {
         service.queue.dead_letter(&dead).await?;
+        for d in &dead {
+            m.again(&d.ticket.purchase.sale_id).dead_lettered.increment(1);
+        }
     }
     service.queue.ack(&batch).await?;
     m.process_duration.record(started.elapsed().as_secs_f64());
