@@ -58,11 +58,14 @@ fn deliver(shared: &Shared, results: impl IntoIterator<Item = Completion>) -> pb
             reply.unknown += 1;
         }
     }
-    if reply.unknown > 0 {
-        shared
-            .metrics
-            .callback_unknown
-            .increment(u64::from(reply.unknown));
+    let m = &shared.metrics;
+    for (counters, n) in [
+        (&m.callback_delivered, reply.delivered),
+        (&m.callback_unknown, reply.unknown),
+    ] {
+        if n > 0 {
+            counters.iter().for_each(|c| c.increment(u64::from(n)));
+        }
     }
     reply
 }
@@ -85,10 +88,10 @@ impl CallbackRpc for CallbackService {
         let mut reply = deliver(&self.0, results);
         if undecodable > 0 {
             reply.unknown += undecodable;
-            self.0
-                .metrics
-                .callback_unknown
-                .increment(u64::from(undecodable));
+            let unknown = &self.0.metrics.callback_unknown;
+            unknown
+                .iter()
+                .for_each(|c| c.increment(u64::from(undecodable)));
         }
         Ok(Response::new(reply))
     }
@@ -99,8 +102,9 @@ impl CallbackRpc for CallbackService {
 #[derive(Clone)]
 struct Authenticate {
     token: Option<CallbackToken>,
-    /// `seckill_callback_total{result="unauthenticated"}`.
-    refused: metrics::Counter,
+    /// `seckill_callbacks_received_total{result="unauthenticated"}` and its
+    /// deprecated alias.
+    refused: [metrics::Counter; 2],
 }
 
 impl Interceptor for Authenticate {
@@ -109,7 +113,7 @@ impl Interceptor for Authenticate {
         match (&self.token, presented) {
             (Some(token), Some(value)) if token.accepts(value.as_bytes()) => Ok(request),
             _ => {
-                self.refused.increment(1);
+                self.refused.iter().for_each(|c| c.increment(1));
                 Err(Status::unauthenticated(
                     "a valid callback token is required",
                 ))
@@ -133,7 +137,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
     let authenticate = Authenticate {
         token: config.callback_token.clone(),
         // Resolved here, beside the only place that counts it.
-        refused: metrics::counter!("seckill_callback_total", "result" => "unauthenticated"),
+        refused: crate::metrics::received("unauthenticated"),
     };
     let mut server = tonic::transport::Server::builder()
         .timeout(CALL_TIMEOUT)

@@ -99,11 +99,14 @@ async fn purchase(shared: &Arc<Shared>, sale_id: String, req: Request<Incoming>)
         seckill_inventory::unique_id()
     };
     let (status, mut resp) = admit_and_wait(shared, &sale_id, &request_id, req).await;
-    if let Some(Refused(reason)) = resp.extensions_mut().remove::<Refused>() {
-        shared.catalog.refused(&sale_id, reason);
-    }
+    let refused = resp
+        .extensions_mut()
+        .remove::<Refused>()
+        .map(|Refused(reason)| reason);
     let elapsed = started.elapsed();
-    shared.metrics.answered(status, elapsed.as_secs_f64());
+    let seconds = elapsed.as_secs_f64();
+    shared.metrics.answered(status, seconds);
+    shared.catalog.answered(&sale_id, status, seconds, refused);
     log_decision(shared, &request_id, &sale_id, status, elapsed);
     set_request_id(&mut resp, request_id);
     resp
