@@ -108,6 +108,17 @@ impl SaleSeries {
         }
     }
 
+    /// A sale's series with a counter of every refusal reason from the
+    /// start: for [`OTHER_SALE`], so that every reason has a series at zero
+    /// (a rate sees the first refusal, a dashboard lists the reasons).
+    fn with_every_refusal(sale_id: &str) -> Self {
+        let series = SaleSeries::new(sale_id);
+        for reason in Reason::ALL {
+            series.refusal(reason);
+        }
+        series
+    }
+
     /// `seckill_sale_sold_out_timestamp_seconds`: when this gateway saw the
     /// sale sell out (Unix seconds), 0 while it has stock again. Registered
     /// at the first sell-out.
@@ -145,12 +156,14 @@ impl SaleSeries {
 
     /// Counts one refusal for `reason`.
     pub fn refused(&self, reason: Reason) {
-        self.refusals[reason as usize]
-            .get_or_init(|| {
-                metrics::counter!("seckill_gateway_refusals_total",
-                    "sale" => self.sale.clone(), "reason" => reason.as_str())
-            })
-            .increment(1);
+        self.refusal(reason).increment(1);
+    }
+
+    fn refusal(&self, reason: Reason) -> &metrics::Counter {
+        self.refusals[reason as usize].get_or_init(|| {
+            metrics::counter!("seckill_gateway_refusals_total",
+                "sale" => self.sale.clone(), "reason" => reason.as_str())
+        })
     }
 
     /// Records the time a buyer waited in line for its token.
@@ -241,7 +254,7 @@ impl Catalog {
             sales: DashMap::new(),
             lost: DashMap::new(),
             lost_gauge: metrics::gauge!("seckill_store_lost_sales"),
-            other: SaleSeries::new(OTHER_SALE),
+            other: SaleSeries::with_every_refusal(OTHER_SALE),
             misses: DashMap::new(),
             reads: Semaphore::new(MAX_READS),
             max_sales,

@@ -59,13 +59,12 @@ fn deliver(shared: &Shared, results: impl IntoIterator<Item = Completion>) -> pb
         }
     }
     let m = &shared.metrics;
-    for (counters, n) in [
-        (&m.callback_delivered, reply.delivered),
-        (&m.callback_unknown, reply.unknown),
-    ] {
-        if n > 0 {
-            counters.iter().for_each(|c| c.increment(u64::from(n)));
-        }
+    if reply.delivered > 0 {
+        m.callback_delivered.increment(u64::from(reply.delivered));
+    }
+    if reply.unknown > 0 {
+        let n = u64::from(reply.unknown);
+        m.callback_unknown.iter().for_each(|c| c.increment(n));
     }
     reply
 }

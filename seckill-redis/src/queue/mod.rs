@@ -84,8 +84,8 @@ struct Activity {
 struct SaleMetrics {
     enqueued: metrics::Counter,
     depth: metrics::Gauge,
-    /// Registered at the first entry reclaimed: a gateway (which only
-    /// enqueues) never shows it.
+    /// Registered at this consumer's first read of the sale, from zero: a
+    /// gateway (which only enqueues) never shows it.
     reclaimed: Arc<OnceLock<metrics::Counter>>,
 }
 
@@ -168,6 +168,16 @@ impl RedisQueue {
                     depth: metrics::gauge!("seckill_queue_depth", "sale" => sale),
                     reclaimed: Arc::default(),
                 }
+            })
+            .clone()
+    }
+
+    /// `seckill_service_reclaimed_total` of `sale_id`.
+    fn reclaimed(&self, sale_id: &str) -> metrics::Counter {
+        self.metrics(sale_id)
+            .reclaimed
+            .get_or_init(|| {
+                metrics::counter!("seckill_service_reclaimed_total", "sale" => sale_id.to_string())
             })
             .clone()
     }
@@ -308,12 +318,7 @@ impl RedisQueue {
             Err(e) => return Err(unavailable(e)),
         };
         if !claimed.is_empty() {
-            self.metrics(sale_id)
-                .reclaimed
-                .get_or_init(|| {
-                    metrics::counter!("seckill_service_reclaimed_total", "sale" => sale_id.to_string())
-                })
-                .increment(claimed.len() as u64);
+            self.reclaimed(sale_id).increment(claimed.len() as u64);
         }
         for (id, json, deliveries) in claimed {
             self.push_delivery(sale_id, id, &json, deliveries, out)
@@ -330,6 +335,8 @@ impl RedisQueue {
         out: &mut Vec<Delivery>,
     ) -> Result<(), QueueError> {
         type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+        // A consumer shows its reclaims of every sale it reads, from zero.
+        let _ = self.reclaimed(sale_id);
         let key = keys::queue(sale_id);
         let cmd = {
             let mut c = redis::cmd("XREADGROUP");
