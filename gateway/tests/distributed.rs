@@ -421,12 +421,19 @@ fn entries_a_dead_consumer_left_are_counted_reclaimed_redelivered_and_dead_lette
         0.0
     );
     for command in ["reclaim", "dead_letter", "ack"] {
-        let series = format!(r#"seckill_redis_command_duration_seconds_count{{command="{command}"}}"#);
-        assert!(sample(&page, &series).unwrap_or(0.0) >= 1.0, "{series}:\n{page}");
+        let series =
+            format!(r#"seckill_redis_command_duration_seconds_count{{command="{command}"}}"#);
+        assert!(
+            sample(&page, &series).unwrap_or(0.0) >= 1.0,
+            "{series}:\n{page}"
+        );
     }
     // A gateway only enqueues: it reclaims nothing.
     let gw_page = gw.admin_get("/metrics").1;
-    assert!(!gw_page.contains("seckill_service_reclaimed_total{"), "{gw_page}");
+    assert!(
+        !gw_page.contains("seckill_service_reclaimed_total{"),
+        "{gw_page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,7 +105,10 @@ pub(crate) fn index_of(cmd: &Cmd) -> usize {
         let sha = args.next().unwrap_or_default();
         return HASHES
             .iter()
-            .position(|h| h.get().is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(sha)))
+            .position(|h| {
+                h.get()
+                    .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(sha))
+            })
             .unwrap_or(plain("other"));
     }
     PLAIN
@@ -226,9 +229,14 @@ mod tests {
         evalsha.arg(s.get_hash()).arg(0);
         assert_eq!(name(index_of(&evalsha)), "settle");
         let mut unknown = redis::cmd("EVALSHA");
-        unknown.arg("0000000000000000000000000000000000000000").arg(0);
+        unknown
+            .arg("0000000000000000000000000000000000000000")
+            .arg(0);
         assert_eq!(name(index_of(&unknown)), "other");
-        assert_eq!(name(index_of(redis::cmd("XREADGROUP").arg("GROUP"))), "xreadgroup");
+        assert_eq!(
+            name(index_of(redis::cmd("XREADGROUP").arg("GROUP"))),
+            "xreadgroup"
+        );
         assert_eq!(name(index_of(redis::cmd("smembers").arg("k"))), "smembers");
         assert_eq!(name(index_of(&redis::cmd("FLUSHALL"))), "other");
         assert_eq!(name(plain("pipeline")), "pipeline");

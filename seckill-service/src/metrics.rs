@@ -90,8 +90,8 @@ pub struct ServiceMetrics {
     /// `seckill_callback_total`, which count the same.
     pub callback_ok: [Counter; 2],
     pub callback_error: [Counter; 2],
-    /// Per-sale counters of entries delivered again: looked up only for
-    /// such an entry, never on a first delivery.
+    /// Per-sale counters of entries delivered again, by sale: looked up
+    /// once per sale of a batch.
     again: Mutex<HashMap<String, Again>>,
 }
 

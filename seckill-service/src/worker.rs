@@ -8,6 +8,7 @@ use seckill_inventory::{now_ms, Completion, Decision, Outcome, Purchase};
 use seckill_queue::Delivery;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Again;
 use crate::Service;
 
 /// Why a batch was left unacknowledged.
@@ -53,11 +54,16 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
     let started = Instant::now();
     let m = &service.metrics;
     let now = now_ms();
+    // The sales' counters of entries delivered again, looked up once per
+    // sale of the batch (and so shown from zero).
+    let mut again: HashMap<&str, Again> = HashMap::new();
     for d in &batch {
         m.queue_wait
             .record(now.saturating_sub(d.ticket.enqueued_at_ms) as f64 / 1000.0);
+        let sale = d.ticket.purchase.sale_id.as_str();
+        let counters = again.entry(sale).or_insert_with(|| m.again(sale));
         if d.deliveries > 1 {
-            m.again(&d.ticket.purchase.sale_id).redelivered.increment(1);
+            counters.redelivered.increment(1);
         }
     }
     if !service.config.work_delay.is_zero() {
@@ -125,7 +131,9 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
     if !dead.is_empty() {
         service.queue.dead_letter(&dead).await?;
         for d in &dead {
-            m.again(&d.ticket.purchase.sale_id).dead_lettered.increment(1);
+            if let Some(counters) = again.get(d.ticket.purchase.sale_id.as_str()) {
+                counters.dead_lettered.increment(1);
+            }
         }
     }
     service.queue.ack(&batch).await?;

@@ -36,10 +36,14 @@ use tokio::time::Instant;
 
 use crate::{describe, keys, Conn, Shared};
 
-static OPEN: LazyLock<Script> = LazyLock::new(|| crate::commands::script("queue_open", include_str!("queue_open.lua")));
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| crate::commands::script("enqueue", include_str!("enqueue.lua")));
-static RECLAIM: LazyLock<Script> = LazyLock::new(|| crate::commands::script("reclaim", include_str!("reclaim.lua")));
-static ACK: LazyLock<Script> = LazyLock::new(|| crate::commands::script("ack", include_str!("ack.lua")));
+static OPEN: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("queue_open", include_str!("queue_open.lua")));
+static ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("enqueue", include_str!("enqueue.lua")));
+static RECLAIM: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("reclaim", include_str!("reclaim.lua")));
+static ACK: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("ack", include_str!("ack.lua")));
 static DEAD_LETTER: LazyLock<Script> =
     LazyLock::new(|| crate::commands::script("dead_letter", include_str!("dead_letter.lua")));
 static CLOSE: LazyLock<Script> = LazyLock::new(|| {
