@@ -87,6 +87,10 @@ pub const OTHER_SALE: &str = "(other)";
 /// thousands of quiet sales adds nothing to `/metrics`.
 pub struct SaleSeries {
     sale: String,
+    /// `seckill_sale_requests_total{sale,outcome}`, by [`Status`].
+    requests: [OnceLock<metrics::Counter>; Status::ALL.len()],
+    /// `seckill_sale_request_duration_seconds{sale}`.
+    duration: OnceLock<metrics::Histogram>,
     refusals: [OnceLock<metrics::Counter>; Reason::ALL.len()],
     waited: OnceLock<metrics::Histogram>,
     sold_out_at: OnceLock<metrics::Gauge>,
@@ -96,10 +100,23 @@ impl SaleSeries {
     fn new(sale_id: &str) -> Self {
         SaleSeries {
             sale: sale_id.to_string(),
+            requests: Default::default(),
+            duration: OnceLock::new(),
             refusals: Default::default(),
             waited: OnceLock::new(),
             sold_out_at: OnceLock::new(),
         }
+    }
+
+    /// A sale's series with a counter of every refusal reason from the
+    /// start: for [`OTHER_SALE`], so that every reason has a series at zero
+    /// (a rate sees the first refusal, a dashboard lists the reasons).
+    fn with_every_refusal(sale_id: &str) -> Self {
+        let series = SaleSeries::new(sale_id);
+        for reason in Reason::ALL {
+            series.refusal(reason);
+        }
+        series
     }
 
     /// `seckill_sale_sold_out_timestamp_seconds`: when this gateway saw the
@@ -122,14 +139,31 @@ impl SaleSeries {
         }
     }
 
-    /// Counts one refusal for `reason`.
-    pub fn refused(&self, reason: Reason) {
-        self.refusals[reason as usize]
+    /// Counts one answered purchase request of the sale, and its time.
+    pub fn answered(&self, status: Status, seconds: f64) {
+        self.requests[status as usize]
             .get_or_init(|| {
-                metrics::counter!("seckill_gateway_refusals_total",
-                    "sale" => self.sale.clone(), "reason" => reason.as_str())
+                metrics::counter!("seckill_sale_requests_total",
+                    "sale" => self.sale.clone(), "outcome" => status.name())
             })
             .increment(1);
+        self.duration
+            .get_or_init(|| {
+                metrics::histogram!("seckill_sale_request_duration_seconds", "sale" => self.sale.clone())
+            })
+            .record(seconds);
+    }
+
+    /// Counts one refusal for `reason`.
+    pub fn refused(&self, reason: Reason) {
+        self.refusal(reason).increment(1);
+    }
+
+    fn refusal(&self, reason: Reason) -> &metrics::Counter {
+        self.refusals[reason as usize].get_or_init(|| {
+            metrics::counter!("seckill_gateway_refusals_total",
+                "sale" => self.sale.clone(), "reason" => reason.as_str())
+        })
     }
 
     /// Records the time a buyer waited in line for its token.
@@ -220,7 +254,7 @@ impl Catalog {
             sales: DashMap::new(),
             lost: DashMap::new(),
             lost_gauge: metrics::gauge!("seckill_store_lost_sales"),
-            other: SaleSeries::new(OTHER_SALE),
+            other: SaleSeries::with_every_refusal(OTHER_SALE),
             misses: DashMap::new(),
             reads: Semaphore::new(MAX_READS),
             max_sales,
@@ -232,11 +266,15 @@ impl Catalog {
         self.sales.get(sale_id).map(|e| e.clone())
     }
 
-    /// Counts a refusal on the sale's series, or on [`OTHER_SALE`]'s.
-    pub fn refused(&self, sale_id: &str, reason: Reason) {
-        match self.sales.get(sale_id) {
-            Some(sale) => sale.series.refused(reason),
-            None => self.other.refused(reason),
+    /// Counts an answered purchase of `sale_id` (and its refusal, if it
+    /// was refused) on the sale's series, or on [`OTHER_SALE`]'s: one look
+    /// into the catalog, then only atomics.
+    pub fn answered(&self, sale_id: &str, status: Status, seconds: f64, refused: Option<Reason>) {
+        let sale = self.sales.get(sale_id);
+        let series = sale.as_deref().map_or(&self.other, |s| &s.series);
+        series.answered(status, seconds);
+        if let Some(reason) = refused {
+            series.refused(reason);
         }
     }
 

@@ -71,11 +71,13 @@ fn deliver(shared: &Shared, results: impl IntoIterator<Item = Completion>) -> pb
             reply.unknown += 1;
         }
     }
+    let m = &shared.metrics;
+    if reply.delivered > 0 {
+        m.callback_delivered.increment(u64::from(reply.delivered));
+    }
     if reply.unknown > 0 {
-        shared
-            .metrics
-            .callback_unknown
-            .increment(u64::from(reply.unknown));
+        let n = u64::from(reply.unknown);
+        m.callback_unknown.iter().for_each(|c| c.increment(n));
     }
     reply
 }
@@ -98,10 +100,10 @@ impl CallbackRpc for CallbackService {
         let mut reply = deliver(&self.0, results);
         if undecodable > 0 {
             reply.unknown += undecodable;
-            self.0
-                .metrics
-                .callback_unknown
-                .increment(u64::from(undecodable));
+            let unknown = &self.0.metrics.callback_unknown;
+            unknown
+                .iter()
+                .for_each(|c| c.increment(u64::from(undecodable)));
         }
         Ok(Response::new(reply))
     }
@@ -112,8 +114,9 @@ impl CallbackRpc for CallbackService {
 #[derive(Clone)]
 struct Authenticate {
     token: Option<CallbackToken>,
-    /// `seckill_callback_total{result="unauthenticated"}`.
-    refused: metrics::Counter,
+    /// `seckill_callbacks_received_total{result="unauthenticated"}` and its
+    /// deprecated alias.
+    refused: [metrics::Counter; 2],
 }
 
 impl Interceptor for Authenticate {
@@ -122,7 +125,7 @@ impl Interceptor for Authenticate {
         match (&self.token, presented) {
             (Some(token), Some(value)) if token.accepts(value.as_bytes()) => Ok(request),
             _ => {
-                self.refused.increment(1);
+                self.refused.iter().for_each(|c| c.increment(1));
                 Err(Status::unauthenticated(
                     "a valid callback token is required",
                 ))
@@ -146,7 +149,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
     let authenticate = Authenticate {
         token: config.callback_token.clone(),
         // Resolved here, beside the only place that counts it.
-        refused: metrics::counter!("seckill_callback_total", "result" => "unauthenticated"),
+        refused: crate::metrics::received("unauthenticated"),
     };
     let mut server = tonic::transport::Server::builder()
         .timeout(CALL_TIMEOUT)

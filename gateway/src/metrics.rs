@@ -28,7 +28,21 @@ use crate::Shared;
 pub(crate) struct GatewayMetrics {
     requests: Vec<Counter>,
     durations: Vec<Histogram>,
-    pub callback_unknown: Counter,
+    /// `seckill_callbacks_received_total{result="ok"}`. Not under the
+    /// deprecated name: there `ok` is the services' count of results sent,
+    /// which an embedded gateway's workers count already.
+    pub callback_delivered: Counter,
+    /// `seckill_callbacks_received_total` and its deprecated alias
+    /// `seckill_callback_total`, which count the same.
+    pub callback_unknown: [Counter; 2],
+}
+
+/// Both names of the callback results received with `result`.
+pub(crate) fn received(result: &'static str) -> [Counter; 2] {
+    [
+        metrics::counter!("seckill_callbacks_received_total", "result" => result),
+        metrics::counter!("seckill_callback_total", "result" => result),
+    ]
 }
 
 /// Describes every metric a gateway process exposes: its own, and those of
@@ -44,6 +58,19 @@ pub fn describe() {
         "seckill_gateway_request_duration_seconds",
         Unit::Seconds,
         "Time to answer a purchase request, by outcome."
+    );
+    describe_counter!(
+        "seckill_sale_requests_total",
+        "Purchase requests answered, by sale (\"(other)\": one the gateway does not hold) and outcome."
+    );
+    describe_histogram!(
+        "seckill_sale_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a purchase request, by sale (\"(other)\": one the gateway does not hold)."
+    );
+    describe_counter!(
+        "seckill_callbacks_received_total",
+        "Results gateways received from services, by result (ok, unknown_request, unauthenticated)."
     );
     describe_gauge!(
         "seckill_store_lost_sales",
@@ -93,7 +120,8 @@ impl GatewayMetrics {
                     metrics::histogram!("seckill_gateway_request_duration_seconds", "outcome" => s.name())
                 })
                 .collect(),
-            callback_unknown: metrics::counter!("seckill_callback_total", "result" => "unknown_request"),
+            callback_delivered: metrics::counter!("seckill_callbacks_received_total", "result" => "ok"),
+            callback_unknown: received("unknown_request"),
         }
     }
 

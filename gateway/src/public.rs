@@ -102,11 +102,14 @@ async fn purchase(shared: &Arc<Shared>, sale_id: String, req: Request<Incoming>)
     let mut span = trace::enabled().then(|| server_span(&req)).flatten();
     let trace = span.as_ref().map(Span::context);
     let (status, mut resp) = admit_and_wait(shared, &sale_id, &request_id, req, trace).await;
-    if let Some(Refused(reason)) = resp.extensions_mut().remove::<Refused>() {
-        shared.catalog.refused(&sale_id, reason);
-    }
+    let refused = resp
+        .extensions_mut()
+        .remove::<Refused>()
+        .map(|Refused(reason)| reason);
     let elapsed = started.elapsed();
-    shared.metrics.answered(status, elapsed.as_secs_f64());
+    let seconds = elapsed.as_secs_f64();
+    shared.metrics.answered(status, seconds);
+    shared.catalog.answered(&sale_id, status, seconds, refused);
     log_decision(shared, &request_id, &sale_id, status, elapsed);
     if let Some(mut span) = span.take() {
         span.set("seckill.sale", sale_id.as_str());

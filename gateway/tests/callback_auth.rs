@@ -133,6 +133,22 @@ async fn a_forged_result_is_refused_and_the_buyer_gets_the_real_one() {
     assert_eq!(gw.sold("f"), (1, 4));
     assert_eq!(gw.metric(UNAUTHENTICATED), Some(3.0));
     assert_eq!(svc.metric(r#"seckill_callback_total{result="error"}"#), 0.0);
+    // The same, under the names that say which side counts.
+    let received = |r: &str| {
+        gw.metric(&format!(
+            r#"seckill_callbacks_received_total{{result="{r}"}}"#
+        ))
+    };
+    assert_eq!(received("unauthenticated"), Some(3.0));
+    assert_eq!(received("ok"), Some(1.0));
+    assert_eq!(
+        svc.metric(r#"seckill_callbacks_sent_total{result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        svc.metric(r#"seckill_callbacks_sent_total{result="error"}"#),
+        0.0
+    );
 
     for log in [gw.p.log(), svc.p.log()] {
         assert!(

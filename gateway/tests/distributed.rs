@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use procs::{
-    assert_statuses_or_fail_closed, cluster_args, keyed_spike, redis_args, spike, Answer, Gw, Svc,
+    assert_statuses_or_fail_closed, cluster_args, keyed_spike, redis_args, spike, sum_of, Answer,
+    Gw, Svc,
 };
 use seckill_redis::keys;
-use seckill_test_support::process::{binary, http, wait_until, Process};
+use seckill_test_support::process::{binary, http, sample, wait_until, Process};
 use seckill_test_support::{free_port, Options, PostgresServer, RedisCluster, RedisServer, Reply};
 use serde_json::json;
 
@@ -307,6 +308,134 @@ async fn a_killed_service_is_taken_over_without_oversell() {
     );
 }
 
+/// The id of the one entry of a sale's request stream.
+fn only_entry(redis: &RedisServer, sale: &str) -> String {
+    let Ok(Reply::Array(Some(entries))) = redis.command(&["XRANGE", &keys::queue(sale), "-", "+"])
+    else {
+        panic!("XRANGE of the request stream")
+    };
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    match &entries[0] {
+        Reply::Array(Some(parts)) => match &parts[0] {
+            Reply::Bulk(Some(id)) => id.clone(),
+            other => panic!("entry id: {other:?}"),
+        },
+        other => panic!("stream entry: {other:?}"),
+    }
+}
+
+#[test]
+fn entries_a_dead_consumer_left_are_counted_reclaimed_redelivered_and_dead_lettered() {
+    let redis = RedisServer::start();
+    let store = redis_args(&redis.url());
+    let gw = Gw::start("gateway", &store, &["--request-timeout-ms", "20000"]);
+    for sale in ["again", "given-up"] {
+        assert_eq!(gw.put_sale(sale, &sale_body(10, 1000, 100)), 201);
+    }
+    wait_sale(&[&gw], "given-up");
+    // One buyer each, queued while no service runs.
+    let buyers: Vec<_> = ["again", "given-up"]
+        .into_iter()
+        .map(|sale| {
+            let public = gw.public;
+            std::thread::spawn(move || {
+                let path = format!("/api/v1/sales/{sale}/purchase");
+                let json = [("content-type", "application/json")];
+                http(public, "POST", &path, &json, r#"{"user_id":"u"}"#)
+            })
+        })
+        .collect();
+    for sale in ["again", "given-up"] {
+        assert!(
+            wait_until(Duration::from_secs(5), || int(
+                redis.command(&["XLEN", &keys::queue(sale)])
+            ) == 1),
+            "{sale}'s purchase was not queued"
+        );
+    }
+    // A consumer takes both and dies: its entries stay pending, idle long
+    // past the reclaim time. One of them was already delivered ten times.
+    for (sale, deliveries) in [("again", "1"), ("given-up", "10")] {
+        let queue = keys::queue(sale);
+        let read = redis.command(&[
+            "XREADGROUP",
+            "GROUP",
+            keys::GROUP,
+            "c-gone",
+            "STREAMS",
+            &queue,
+            ">",
+        ]);
+        assert!(matches!(read, Ok(Reply::Array(Some(_)))), "{read:?}");
+        let id = only_entry(&redis, sale);
+        let claimed = redis.command(&[
+            "XCLAIM",
+            &queue,
+            keys::GROUP,
+            "c-gone",
+            "0",
+            &id,
+            "IDLE",
+            "600000",
+            "RETRYCOUNT",
+            deliveries,
+        ]);
+        assert!(matches!(claimed, Ok(Reply::Array(Some(_)))), "{claimed:?}");
+    }
+
+    let svc = Svc::start("service", &store, &["--max-deliveries", "5"]);
+    let answers: Vec<_> = buyers.into_iter().map(|b| b.join().unwrap()).collect();
+    let status = |a: &Result<(u16, String), _>| a.as_ref().map(|(s, _)| *s).ok();
+    assert_eq!(status(&answers[0]), Some(200), "{:?}", answers[0]);
+    // Given up on: rejected, and kept in the dead-letter stream (moved
+    // there after the buyer was answered).
+    assert_eq!(status(&answers[1]), Some(403), "{:?}", answers[1]);
+    assert!(wait_until(Duration::from_secs(5), || int(
+        redis.command(&["XLEN", &keys::dead_letters("given-up")])
+    ) == 1));
+
+    let dead = r#"seckill_service_dead_lettered_total{sale="given-up"}"#;
+    let mut page = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            page = svc.admin_get("/metrics").1;
+            sample(&page, dead).is_some_and(|n| n > 0.0)
+        }),
+        "{page}"
+    );
+    let count = |name: &str, sale: &str| sample(&page, &format!(r#"{name}{{sale="{sale}"}}"#));
+    for sale in ["again", "given-up"] {
+        assert_eq!(
+            count("seckill_service_reclaimed_total", sale),
+            Some(1.0),
+            "{page}"
+        );
+        assert_eq!(count("seckill_service_redelivered_total", sale), Some(1.0));
+    }
+    assert_eq!(
+        count("seckill_service_dead_lettered_total", "given-up"),
+        Some(1.0)
+    );
+    assert_eq!(
+        count("seckill_service_dead_lettered_total", "again").unwrap_or(0.0),
+        0.0
+    );
+    for command in ["reclaim", "dead_letter", "ack"] {
+        let series =
+            format!(r#"seckill_redis_command_duration_seconds_count{{command="{command}"}}"#);
+        assert!(
+            sample(&page, &series).unwrap_or(0.0) >= 1.0,
+            "{series}:\n{page}"
+        );
+    }
+    // A gateway only enqueues: it reclaims nothing.
+    let gw_page = gw.admin_get("/metrics").1;
+    assert!(
+        !gw_page.contains("seckill_service_reclaimed_total{"),
+        "{gw_page}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_gateway_crash_every_charged_buyer_recovers_its_order_by_its_key() {
     let redis = RedisServer::start();
@@ -458,11 +587,38 @@ fn redis_gone_fails_fast_and_service_resumes_by_itself() {
     wait_sale(&[&gw], "r");
     assert_eq!(gw.buy("r", "before").0, 200);
 
+    // Every command is timed, by its name: the gateway's enqueue script,
+    // the service's purchase script and its queue reads.
+    let timed = |page: &str, command: &str| {
+        sample(
+            page,
+            &format!(r#"seckill_redis_command_duration_seconds_count{{command="{command}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    let gw_page = gw.admin_get("/metrics").1;
+    assert!(timed(&gw_page, "enqueue") >= 1.0, "{gw_page}");
+    let svc_page = svc.admin_get("/metrics").1;
+    assert!(timed(&svc_page, "purchase") >= 1.0, "{svc_page}");
+    assert!(timed(&svc_page, "xreadgroup") >= 1.0, "{svc_page}");
+    let errors = |page: &str| sum_of(page, "seckill_redis_errors_total", None);
+    let errors_before = errors(&gw_page);
+
     redis.stop();
     let started = Instant::now();
     let (s, v) = gw.buy("r", "during");
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["status"], "overloaded");
+    let gw_page = gw.admin_get("/metrics").1;
+    assert!(errors(&gw_page) > errors_before, "{gw_page}");
+    assert!(
+        sum_of(
+            &gw_page,
+            "seckill_redis_errors_total",
+            Some(("kind", "unavailable"))
+        ) > 0.0,
+        "a Redis that is gone is unavailable:\n{gw_page}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "the refusal took {:?}",

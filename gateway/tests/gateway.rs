@@ -1131,6 +1131,10 @@ const METRICS: &[&str] = &[
     "seckill_service_queue_wait_seconds",
     "seckill_service_process_duration_seconds",
     "seckill_callback_total",
+    "seckill_callbacks_sent_total",
+    "seckill_callbacks_received_total",
+    "seckill_sale_requests_total",
+    "seckill_sale_request_duration_seconds",
     "seckill_stock_remaining",
 ];
 
@@ -1234,6 +1238,78 @@ async fn metrics_expose_every_documented_series_and_parse() {
     assert_eq!(s, StatusCode::OK);
     let (s, _) = gw.get_admin("/readyz").await;
     assert_eq!(s, StatusCode::OK);
+    gw.stop().await;
+}
+
+/// A sample, 0 when absent (a counter not yet registered).
+fn count(m: &str, series: &str) -> f64 {
+    sample(m, series).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn requests_and_latency_are_counted_by_sale_and_leave_with_it() {
+    use hyper::Method;
+    let gw = TestGateway::start().await;
+    gw.open_sale("per-a", 10, 5).await;
+    gw.open_sale("per-b", 10, 1).await;
+    let before = gw.metrics().await;
+    let other = r#"seckill_sale_requests_total{sale="(other)",outcome="not_found"}"#;
+    for u in ["a1", "a2"] {
+        assert_eq!(gw.buy("per-a", u).await.0, StatusCode::OK);
+    }
+    assert_eq!(gw.buy("per-b", "b1").await.0, StatusCode::OK);
+    assert_eq!(gw.buy("per-b", "b1").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(gw.buy("per-nowhere", "x").await.0, StatusCode::NOT_FOUND);
+
+    let m = gw.metrics().await;
+    let req = |sale: &str, outcome: &str| {
+        count(
+            &m,
+            &format!(r#"seckill_sale_requests_total{{sale="{sale}",outcome="{outcome}"}}"#),
+        )
+    };
+    assert_eq!(req("per-a", "success"), 2.0, "{m}");
+    assert_eq!(req("per-a", "limit_exceeded"), 0.0);
+    assert_eq!(req("per-b", "success"), 1.0);
+    assert_eq!(req("per-b", "limit_exceeded"), 1.0);
+    let timed = |sale: &str| {
+        count(
+            &m,
+            &format!(r#"seckill_sale_request_duration_seconds_count{{sale="{sale}"}}"#),
+        )
+    };
+    assert_eq!((timed("per-a"), timed("per-b")), (2.0, 2.0));
+    assert!(
+        count(
+            &m,
+            r#"seckill_sale_request_duration_seconds_sum{sale="per-a"}"#
+        ) > 0.0
+    );
+    // A sale the gateway does not hold has no series of its own.
+    assert!(!m.contains("per-nowhere"), "{m}");
+    assert!(count(&m, other) >= count(&before, other) + 1.0);
+    // The per-outcome totals are still there, beside.
+    assert!(count(&m, r#"seckill_gateway_requests_total{outcome="success"}"#) >= 3.0);
+    // Results travel back in process here: received, and under the old
+    // name too.
+    let received = r#"seckill_callbacks_received_total{result="ok"}"#;
+    assert!(count(&m, received) >= 4.0, "{m}");
+    assert!(count(&m, r#"seckill_callback_total{result="ok"}"#) >= 4.0);
+
+    let (s, _) = admin(&gw, Method::DELETE, "/admin/v1/sales/per-b", Value::Null).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let m = gw.metrics().await;
+    assert!(
+        !m.contains(r#"sale="per-b""#),
+        "a removed sale's series stay:\n{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"seckill_sale_requests_total{sale="per-a",outcome="success"}"#
+        ),
+        Some(2.0)
+    );
     gw.stop().await;
 }
 

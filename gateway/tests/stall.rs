@@ -242,6 +242,14 @@ async fn a_stalled_redis_turns_into_fast_503s_and_nothing_is_oversold() {
         )),
         "the gateway did not recover after SIGCONT"
     );
+    // The stall is in the Redis metrics: commands timed out.
+    let page = gw.admin_get("/metrics").1;
+    let timeouts = procs::sum_of(
+        &page,
+        "seckill_redis_errors_total",
+        Some(("kind", "timeout")),
+    );
+    assert!(timeouts > 0.0, "no Redis timeout counted:\n{page}");
     // Nothing oversold, and every 200 is in the order feed, once the
     // queue has drained (the deadline has passed for everything queued).
     std::thread::sleep(DEADLINE + Duration::from_millis(500));

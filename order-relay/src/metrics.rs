@@ -26,6 +26,7 @@ pub fn describe(sink: &'static str, group: &str) {
         "Time from an order event's commit to its delivery by the sink"
     );
     describe_gauge!(DEAD_LETTERS, "Batches in the group's dead-letter stream");
+    seckill_redis::commands::describe();
     describe_gauge!("seckill_build_info", "The relay's version, as a label");
     metrics::gauge!("seckill_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Every series from the start, so alerts see zeros, not absence.

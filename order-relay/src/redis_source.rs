@@ -29,7 +29,8 @@ use crate::metrics;
 use crate::sink::{Sink, SinkError};
 use crate::Health;
 
-static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("trim.lua")));
+static TRIM: LazyLock<Script> =
+    LazyLock::new(|| seckill_redis::commands::script("relay_trim", include_str!("trim.lua")));
 
 /// The set of every relay group, so each one's group is on every stream.
 pub fn groups_key(ns: &str) -> String {

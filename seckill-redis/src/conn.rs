@@ -15,6 +15,9 @@
 //! fail at once while it is in flight), and its answer closes the breaker,
 //! its timeout opens it again. Only timeouts open it: a refused connection
 //! fails fast by itself, and a server's error reply is an answer.
+//!
+//! Every command is timed and its failure counted here, the one place all
+//! of them pass (see [`crate::commands`] for their names).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +25,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::commands::{self, CommandMetrics};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -40,6 +45,7 @@ pub struct Conn {
     /// Requests sent (a pipeline counts once): round trips, for measuring.
     round_trips: Arc<AtomicU64>,
     breaker: Arc<Breaker>,
+    metrics: Arc<CommandMetrics>,
 }
 
 #[derive(Clone)]
@@ -86,6 +92,7 @@ impl Conn {
             timeout,
             round_trips: Arc::default(),
             breaker: Arc::new(Breaker::new(fail_fast)),
+            metrics: Arc::new(CommandMetrics::new()),
         })
     }
 
@@ -121,19 +128,23 @@ impl Conn {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(WRITABLE).arg(0);
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        match &mut self.inner {
-            Inner::Single(c) => {
-                let _: Value = bounded(self.timeout, cmd.query_async(c)).await?;
-                Ok(())
-            }
+        let started = Instant::now();
+        let result = match &mut self.inner {
+            Inner::Single(c) => bounded(self.timeout, cmd.query_async::<Value>(c))
+                .await
+                .map(drop),
             Inner::Cluster(c) => {
                 // No response policy: one reply per primary, by address, so
                 // the error can name the shard that refuses.
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                let replies = bounded(self.timeout, c.route_command(cmd, routing)).await?;
-                first_refusal(replies)
+                bounded(self.timeout, c.route_command(cmd, routing))
+                    .await
+                    .and_then(first_refusal)
             }
-        }
+        };
+        let ready = commands::plain("ready");
+        self.metrics.record(ready, started.elapsed(), &result);
+        result
     }
 }
 
@@ -300,10 +311,14 @@ impl ConnectionLike for Conn {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let breaker = &self.breaker;
-            match &mut self.inner {
+            let started = Instant::now();
+            let result = match &mut self.inner {
                 Inner::Single(c) => guarded(breaker, timeout, c.req_packed_command(cmd)).await,
                 Inner::Cluster(c) => guarded(breaker, timeout, c.req_packed_command(cmd)).await,
-            }
+            };
+            let command = commands::index_of(cmd);
+            self.metrics.record(command, started.elapsed(), &result);
+            result
         })
     }
 
@@ -317,7 +332,8 @@ impl ConnectionLike for Conn {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let breaker = &self.breaker;
-            match &mut self.inner {
+            let started = Instant::now();
+            let result = match &mut self.inner {
                 Inner::Single(c) => {
                     let fut = c.req_packed_commands(pipeline, offset, count);
                     guarded(breaker, timeout, fut).await
@@ -326,7 +342,10 @@ impl ConnectionLike for Conn {
                     let fut = c.req_packed_commands(pipeline, offset, count);
                     guarded(breaker, timeout, fut).await
                 }
-            }
+            };
+            let pipeline = commands::plain("pipeline");
+            self.metrics.record(pipeline, started.elapsed(), &result);
+            result
         })
     }
 

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod bucket;
+pub mod commands;
 mod conn;
 mod events;
 mod inventory;

@@ -1,6 +1,9 @@
 //! The service's metrics: described once by the binary, handles resolved
 //! once. Names and labels are those of `docs/API.md`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
 
 /// Describes every metric a seckill-service process exposes: the
@@ -26,9 +29,26 @@ pub fn describe() {
         "Time to decide and report one batch."
     );
     describe_counter!(
-        "seckill_callback_total",
-        "Results delivered to gateways, by result."
+        "seckill_callbacks_sent_total",
+        "Results sent to gateways, by result (ok, error)."
     );
+    describe_counter!(
+        "seckill_callback_total",
+        "Deprecated, use seckill_callbacks_sent_total (services) and seckill_callbacks_received_total (gateways)."
+    );
+    describe_counter!(
+        "seckill_service_reclaimed_total",
+        "Queue entries this consumer took over after they sat unacknowledged past the reclaim time (a crashed or stuck consumer's), by sale."
+    );
+    describe_counter!(
+        "seckill_service_redelivered_total",
+        "Queue entries decided again after an earlier delivery, by sale."
+    );
+    describe_counter!(
+        "seckill_service_dead_lettered_total",
+        "Queue entries given up on after too many deliveries (moved to the dead-letter stream, rejected), by sale."
+    );
+    seckill_redis::commands::describe();
     describe_gauge!("seckill_stock_remaining", "Units left, by sale.");
     describe_gauge!(
         "seckill_tokens_available",
@@ -66,8 +86,20 @@ pub struct ServiceMetrics {
     pub expired: Counter,
     pub queue_wait: Histogram,
     pub process_duration: Histogram,
-    pub callback_ok: Counter,
-    pub callback_error: Counter,
+    /// `seckill_callbacks_sent_total` and its deprecated alias
+    /// `seckill_callback_total`, which count the same.
+    pub callback_ok: [Counter; 2],
+    pub callback_error: [Counter; 2],
+    /// Per-sale counters of entries delivered again, by sale: looked up
+    /// once per sale of a batch.
+    again: Mutex<HashMap<String, Again>>,
+}
+
+/// A sale's counters of entries delivered more than once.
+#[derive(Clone)]
+pub struct Again {
+    pub redelivered: Counter,
+    pub dead_lettered: Counter,
 }
 
 impl ServiceMetrics {
@@ -83,10 +115,34 @@ impl ServiceMetrics {
             expired: metrics::counter!("seckill_service_expired_total"),
             queue_wait: metrics::histogram!("seckill_service_queue_wait_seconds"),
             process_duration: metrics::histogram!("seckill_service_process_duration_seconds"),
-            callback_ok: metrics::counter!("seckill_callback_total", "result" => "ok"),
-            callback_error: metrics::counter!("seckill_callback_total", "result" => "error"),
+            callback_ok: sent("ok"),
+            callback_error: sent("error"),
+            again: Mutex::default(),
         }
     }
+
+    /// The counters of entries of `sale_id` delivered more than once.
+    pub fn again(&self, sale_id: &str) -> Again {
+        let mut again = self.again.lock().unwrap_or_else(|e| e.into_inner());
+        again
+            .entry(sale_id.to_string())
+            .or_insert_with(|| {
+                let sale = sale_id.to_string();
+                Again {
+                    redelivered: metrics::counter!("seckill_service_redelivered_total", "sale" => sale.clone()),
+                    dead_lettered: metrics::counter!("seckill_service_dead_lettered_total", "sale" => sale),
+                }
+            })
+            .clone()
+    }
+}
+
+/// Both names of the callbacks sent with `result`.
+fn sent(result: &'static str) -> [Counter; 2] {
+    [
+        metrics::counter!("seckill_callbacks_sent_total", "result" => result),
+        metrics::counter!("seckill_callback_total", "result" => result),
+    ]
 }
 
 impl Default for ServiceMetrics {

@@ -9,6 +9,7 @@ use seckill_ops::trace::{Kind, Span, SpanContext};
 use seckill_queue::Delivery;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Again;
 use crate::Service;
 
 /// Why a batch was left unacknowledged.
@@ -71,9 +72,17 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
             Some((d.entry_id.as_str(), span))
         })
         .collect();
+    // The sales' counters of entries delivered again, looked up once per
+    // sale of the batch (and so shown from zero).
+    let mut again: HashMap<&str, Again> = HashMap::new();
     for d in &batch {
         m.queue_wait
             .record(now.saturating_sub(d.ticket.enqueued_at_ms) as f64 / 1000.0);
+        let sale = d.ticket.purchase.sale_id.as_str();
+        let counters = again.entry(sale).or_insert_with(|| m.again(sale));
+        if d.deliveries > 1 {
+            counters.redelivered.increment(1);
+        }
     }
     if !service.config.work_delay.is_zero() {
         tokio::time::sleep(service.config.work_delay).await;
@@ -133,10 +142,10 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
         calls.spawn(async move {
             let n = results.len() as u64;
             match callback.complete(&addr, results).await {
-                Ok(()) => ok.increment(n),
+                Ok(()) => ok.iter().for_each(|c| c.increment(n)),
                 Err(e) => {
                     // The result is recorded: the client can still read it.
-                    error.increment(n);
+                    error.iter().for_each(|c| c.increment(n));
                     tracing::warn!(error = %e, results = n, "callback failed");
                 }
             }
@@ -146,6 +155,11 @@ async fn decide(service: &Service, batch: Vec<Delivery>) -> Result<(), BatchErro
 
     if !dead.is_empty() {
         service.queue.dead_letter(&dead).await?;
+        for d in &dead {
+            if let Some(counters) = again.get(d.ticket.purchase.sale_id.as_str()) {
+                counters.dead_lettered.increment(1);
+            }
+        }
     }
     service.queue.ack(&batch).await?;
     m.process_duration.record(started.elapsed().as_secs_f64());

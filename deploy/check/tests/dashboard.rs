@@ -37,10 +37,19 @@ fn dashboard_has_the_panels_a_sale_needs() {
         "queue wait",
         "expired drops",
         "stock remaining",
-        "callback results",
+        "callback results per second (sent vs received)",
         "throughput per service",
         "scrape targets up",
         "ready",
+        "answers per second by sale and outcome",
+        "latency by sale",
+        "refusals per second by reason",
+        "capacity refusals (address_limit, queue_full, waiters_full, shutting_down)",
+        "store refusals (store_unreachable, store_lost)",
+        "sold out at",
+        "reclaimed, redelivered, dead-lettered",
+        "redis command latency by command",
+        "redis errors per second by command and kind",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(wanted)),
@@ -87,6 +96,27 @@ fn every_query_is_promql_on_the_data_source_variable() {
             "{title}: no description"
         );
     }
+}
+
+/// The sell-out marker: an annotation on the sale variable, placed at the
+/// time the gauge holds (not at the time it was scraped).
+#[test]
+fn sell_outs_are_annotated() {
+    let d = dashboard();
+    let list = d["annotations"]["list"].as_array().unwrap();
+    let sell_out = list
+        .iter()
+        .find(|a| a["name"] == "Sell-out")
+        .expect("a Sell-out annotation");
+    assert_eq!(sell_out["datasource"]["uid"], "${datasource}");
+    assert_eq!(sell_out["useValueForTime"], true);
+    let expr = sell_out["expr"].as_str().unwrap();
+    assert!(expr.contains("$sale"), "{expr}");
+    let r = promql::references(expr).unwrap();
+    assert!(r
+        .selectors
+        .iter()
+        .any(|s| s.metric == "seckill_sale_sold_out_timestamp_seconds"));
 }
 
 #[test]

@@ -236,6 +236,17 @@ fn live_metrics_pass_promtool_and_cover_dashboard_and_rules() {
         "seckill_service_queue_wait_seconds_bucket",
         "seckill_service_process_duration_seconds_bucket",
         "seckill_callback_total",
+        "seckill_callbacks_sent_total",
+        "seckill_callbacks_received_total",
+        "seckill_sale_requests_total",
+        "seckill_sale_request_duration_seconds_bucket",
+        "seckill_gateway_refusals_total",
+        "seckill_sale_sold_out_timestamp_seconds",
+        "seckill_service_reclaimed_total",
+        "seckill_service_redelivered_total",
+        "seckill_service_dead_lettered_total",
+        "seckill_redis_command_duration_seconds_bucket",
+        "seckill_redis_errors_total",
         "seckill_stock_remaining",
         "seckill_orders_relayed_total",
         "seckill_orders_lag",
@@ -268,6 +279,12 @@ fn live_metrics_pass_promtool_and_cover_dashboard_and_rules() {
         }
     }
     assert!(queries >= 20, "only {queries} queries");
+    for annotation in dashboard["annotations"]["list"].as_array().unwrap() {
+        if let Some(expr) = annotation["expr"].as_str() {
+            let where_ = format!("dashboard annotation {:?}", annotation["name"]);
+            check_expr(expr, &exposed, &BTreeSet::new(), &where_);
+        }
+    }
     for var in dashboard["templating"]["list"].as_array().unwrap() {
         if var["type"] == "query" {
             let q = var["query"]["query"].as_str().unwrap();

@@ -57,13 +57,11 @@ impl Bin {
         }
     }
 
-    /// Its job in the Compose Prometheus (and the local topology's).
+    /// Its job in the Compose Prometheus (and the local topology's): the
+    /// image name, as Kubernetes and Helm name the job, so one dashboard
+    /// and one set of rules fit every deployment.
     fn job(self) -> &'static str {
-        match self {
-            Bin::Gateway => "seckill-gateway",
-            Bin::Service => "seckill-service",
-            Bin::Relay => "order-relay",
-        }
+        self.image()
     }
 
     fn from_image(image: &str) -> Option<Bin> {
@@ -835,7 +833,7 @@ fn compose_matches_the_binaries_and_prometheus() {
     }
     assert_eq!(expected_targets["seckill-gateway"].len(), 2);
     assert_eq!(expected_targets["seckill-service"].len(), 2);
-    assert_eq!(expected_targets["order-relay"].len(), 1);
+    assert_eq!(expected_targets["seckill-order-relay"].len(), 1);
 
     // Redis keeps an append-only file.
     let redis_cmd: Vec<String> = items(&compose["services"]["redis"]["command"])

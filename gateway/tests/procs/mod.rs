@@ -30,6 +30,19 @@ fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// The sum of the samples named `name` whose labels include `with`
+/// (`("kind", "timeout")`, or none), on a `/metrics` page.
+pub fn sum_of(page: &str, name: &str, with: Option<(&str, &str)>) -> f64 {
+    let scrape = seckill_test_support::metrics::Scrape::parse(page).expect("a metrics page");
+    scrape
+        .series()
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| with.is_none_or(|(k, v)| s.labels.get(k).is_some_and(|l| l == v)))
+        .map(|s| s.value)
+        .sum()
+}
+
 /// A gateway process.
 pub struct Gw {
     pub p: Process,

@@ -26,21 +26,26 @@ use crate::{describe, keys, Shared};
 mod feed;
 pub use feed::order_of;
 
-static PURCHASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("purchase.lua")));
-static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
-static WITHDRAW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("withdraw.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
-static PUT_SALE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("put_sale.lua")));
+static PURCHASE: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("purchase", include_str!("purchase.lua")));
+static ADMIT: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("admit", include_str!("admit.lua")));
+static WITHDRAW: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("withdraw", include_str!("withdraw.lua")));
+static SETTLE: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("settle", include_str!("settle.lua")));
+static PUT_SALE: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("put_sale", include_str!("put_sale.lua")));
 static REMOVE_SALE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("remove_sale.lua")));
+    LazyLock::new(|| crate::commands::script("remove_sale", include_str!("remove_sale.lua")));
 /// How long the removal of a sale that sold nothing is remembered.
 const UNSOLD_REMOVAL_RECORD: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 static CANCEL_ORDER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("cancel_order.lua")));
+    LazyLock::new(|| crate::commands::script("cancel_order", include_str!("cancel_order.lua")));
 
 static UPDATE_SALE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("update_sale.lua")));
+    LazyLock::new(|| crate::commands::script("update_sale", include_str!("update_sale.lua")));
 
 /// Orders read per `XRANGE` page.
 const ORDER_PAGE: usize = 1000;

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,14 +36,18 @@ use tokio::time::Instant;
 
 use crate::{describe, keys, Conn, Shared};
 
-static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("queue_open.lua")));
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("enqueue.lua")));
-static RECLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reclaim.lua")));
-static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ack.lua")));
+static OPEN: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("queue_open", include_str!("queue_open.lua")));
+static ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("enqueue", include_str!("enqueue.lua")));
+static RECLAIM: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("reclaim", include_str!("reclaim.lua")));
+static ACK: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("ack", include_str!("ack.lua")));
 static DEAD_LETTER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("dead_letter.lua")));
+    LazyLock::new(|| crate::commands::script("dead_letter", include_str!("dead_letter.lua")));
 static CLOSE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'open', 0) end return 0")
+    crate::commands::script("queue_close", "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'open', 0) end return 0")
 });
 
 /// A queue found empty for this long is idle: read every
@@ -84,6 +88,9 @@ struct Activity {
 struct SaleMetrics {
     enqueued: metrics::Counter,
     depth: metrics::Gauge,
+    /// Registered at this consumer's first read of the sale, from zero: a
+    /// gateway (which only enqueues) never shows it.
+    reclaimed: Arc<OnceLock<metrics::Counter>>,
 }
 
 fn unavailable(e: RedisError) -> QueueError {
@@ -163,7 +170,18 @@ impl RedisQueue {
                 SaleMetrics {
                     enqueued: metrics::counter!("seckill_queue_enqueued_total", "sale" => sale.clone()),
                     depth: metrics::gauge!("seckill_queue_depth", "sale" => sale),
+                    reclaimed: Arc::default(),
                 }
+            })
+            .clone()
+    }
+
+    /// `seckill_service_reclaimed_total` of `sale_id`.
+    fn reclaimed(&self, sale_id: &str) -> metrics::Counter {
+        self.metrics(sale_id)
+            .reclaimed
+            .get_or_init(|| {
+                metrics::counter!("seckill_service_reclaimed_total", "sale" => sale_id.to_string())
             })
             .clone()
     }
@@ -303,6 +321,9 @@ impl RedisQueue {
             }
             Err(e) => return Err(unavailable(e)),
         };
+        if !claimed.is_empty() {
+            self.reclaimed(sale_id).increment(claimed.len() as u64);
+        }
         for (id, json, deliveries) in claimed {
             self.push_delivery(sale_id, id, &json, deliveries, out)
                 .await?;
@@ -318,6 +339,8 @@ impl RedisQueue {
         out: &mut Vec<Delivery>,
     ) -> Result<(), QueueError> {
         type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+        // A consumer shows its reclaims of every sale it reads, from zero.
+        let _ = self.reclaimed(sale_id);
         let key = keys::queue(sale_id);
         let cmd = {
             let mut c = redis::cmd("XREADGROUP");
