@@ -1,6 +1,8 @@
 //! The answers of the purchase API: each `status` of `docs/API.md` with its HTTP
 //! code, and the JSON bodies.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use hyper::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::StatusCode;
@@ -208,20 +210,50 @@ impl<'a> Answer<'a> {
     /// come back, and a `WWW-Authenticate` challenge on a 401.
     pub fn into_response(self, status: Status) -> HttpResponse {
         let body = serde_json::to_vec(&self).expect("answers serialize");
-        let mut resp = json(status.code(), Bytes::from(body));
-        if matches!(status, Status::RateLimited | Status::Overloaded) {
-            let value = match self.retry_after {
-                Some(secs) => HeaderValue::from(secs),
-                None => HeaderValue::from_static("1"),
-            };
-            resp.headers_mut().insert(RETRY_AFTER, value);
-        }
-        if status == Status::Unauthorized {
-            resp.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        resp
+        respond(status, Bytes::from(body), self.retry_after)
     }
+
+    /// The answer of `status` with its standard message and nothing else
+    /// (`Answer::of(status).into_response(status)`), its body serialized
+    /// once per process: the refusals a sale answers most cost no
+    /// serialization and no allocation for their body.
+    pub fn fixed(status: Status) -> HttpResponse {
+        static BODIES: LazyLock<Vec<Bytes>> = LazyLock::new(|| {
+            Status::ALL
+                .iter()
+                .map(|&s| {
+                    Bytes::from(serde_json::to_vec(&Answer::of(s)).expect("answers serialize"))
+                })
+                .collect()
+        });
+        respond(status, BODIES[status as usize].clone(), None)
+    }
+
+    /// `429` `no_token`, the most common answer of a sale, as
+    /// [`Answer::fixed`] makes the others.
+    pub fn no_token() -> HttpResponse {
+        static BODY: LazyLock<Bytes> = LazyLock::new(|| {
+            let answer = Answer::of(Status::RateLimited).reason("no_token");
+            Bytes::from(serde_json::to_vec(&answer).expect("answers serialize"))
+        });
+        respond(Status::RateLimited, BODY.clone(), None)
+    }
+}
+
+fn respond(status: Status, body: Bytes, retry_after: Option<u64>) -> HttpResponse {
+    let mut resp = json(status.code(), body);
+    if matches!(status, Status::RateLimited | Status::Overloaded) {
+        let value = match retry_after {
+            Some(secs) => HeaderValue::from(secs),
+            None => HeaderValue::from_static("1"),
+        };
+        resp.headers_mut().insert(RETRY_AFTER, value);
+    }
+    if status == Status::Unauthorized {
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
 }
 
 /// A JSON error body for the non-purchase endpoints.
@@ -233,4 +265,39 @@ pub fn error(code: StatusCode, status: &str, message: &str) -> HttpResponse {
     })
     .expect("answers serialize");
     json(code, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn parts(resp: HttpResponse) -> (StatusCode, Vec<(String, String)>, Bytes) {
+        let status = resp.status();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, body)
+    }
+
+    /// The prebuilt answers are byte for byte the ones built per request.
+    #[tokio::test]
+    async fn fixed_answers_are_the_answers() {
+        for status in Status::ALL {
+            assert_eq!(
+                parts(Answer::fixed(status)).await,
+                parts(Answer::of(status).into_response(status)).await,
+                "{status:?}"
+            );
+        }
+        let s = Status::RateLimited;
+        let (code, headers, body) = parts(Answer::no_token()).await;
+        assert_eq!(
+            (code, headers, body),
+            parts(Answer::of(s).reason("no_token").into_response(s)).await
+        );
+    }
 }

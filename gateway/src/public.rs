@@ -156,7 +156,7 @@ fn log_decision(
 
 /// Refusal with the standard message of `status`.
 fn refuse(status: Status) -> (Status, HttpResponse) {
-    (status, Answer::of(status).into_response(status))
+    (status, Answer::fixed(status))
 }
 
 fn bad_request(message: &str) -> (Status, HttpResponse) {
@@ -280,7 +280,7 @@ async fn purchase_steps(
             check_state(shared, &sale, request_id, now_ms())?;
             if sale.spec.admission == AdmissionMode::Immediate && sale.bucket.known_empty() {
                 sale.series.refused(Reason::NoToken);
-                return Err(rate_limited("no_token"));
+                return Err((Status::RateLimited, Answer::no_token()));
             }
             Some(sale)
         }
@@ -570,7 +570,7 @@ async fn take_token(sale: &SaleEntry, by: Deadlines, request_id: &str) -> Result
         Some(Ok(true)) => Ok(()),
         Some(Ok(false)) => {
             sale.series.refused(Reason::NoToken);
-            Err(rate_limited("no_token"))
+            Err((Status::RateLimited, Answer::no_token()))
         }
         Some(Err(_)) | None => Err(store_unreachable(request_id)),
     }
