@@ -283,9 +283,9 @@ fn gather(rx: &mpsc::Receiver<Msg>, group: &mut Vec<Msg>) -> bool {
 }
 
 /// The group's changes in order, with a request's record written once: a
-/// later record of a request replaces an earlier one (the row is upserted
-/// with the later's fields), so an admission decided within the same group
-/// costs one row, not two. A withdrawal in between keeps both.
+/// later record of a request replaces an earlier one of the same group
+/// (it carries every field), so an admission decided within its group
+/// costs one row write, not two. A withdrawal in between keeps both.
 fn coalesce(changes: Vec<Change>) -> impl Iterator<Item = Change> {
     let mut slots: Vec<Option<Change>> = Vec::with_capacity(changes.len());
     let mut last: HashMap<String, usize> = HashMap::new();
