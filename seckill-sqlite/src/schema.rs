@@ -18,7 +18,42 @@ use crate::{order_of, ORDER_COLUMNS};
 /// The schema this build writes and reads.
 const SCHEMA_VERSION: &str = "2";
 
-const SCHEMA: &str = "
+/// The orders table of schema version 2 (in [`SCHEMA`] and the upgrade).
+macro_rules! orders_table {
+    () => {
+        "CREATE TABLE orders (
+    seq INTEGER PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('placed', 'cancelled')),
+    sale_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+"
+    };
+}
+
+/// The requests table of schema version 2 (in [`SCHEMA`] and the upgrade).
+macro_rules! requests_table {
+    () => {
+        "CREATE TABLE requests (
+    rid INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    status TEXT,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+"
+    };
+}
+
+const SCHEMA: &str = concat!(
+    "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- A sale's definition (the admin API's, as JSON) and whether it was removed.
 CREATE TABLE sales (
@@ -35,31 +70,15 @@ CREATE TABLE sales (
 -- on the random order or request ids): a commit appends to a few pages
 -- instead of dirtying one random page per row, so its share of the
 -- write-ahead log stays small. Lookups by id are the memory inventory's.
-CREATE TABLE orders (
-    seq INTEGER PRIMARY KEY,
-    order_id TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('placed', 'cancelled')),
-    sale_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-CREATE INDEX orders_by_sale ON orders (sale_id, seq);
+",
+    orders_table!(),
+    "CREATE INDEX orders_by_sale ON orders (sale_id, seq);
 -- Request records within the result retention, in admission order (rid);
 -- status NULL = pending. A request has one row; were there two, the later
 -- one holds.
-CREATE TABLE requests (
-    rid INTEGER PRIMARY KEY,
-    request_id TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    status TEXT,
-    detail TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-CREATE INDEX requests_by_age ON requests (at_ms);
+",
+    requests_table!(),
+    "CREATE INDEX requests_by_age ON requests (at_ms);
 CREATE TABLE idempotency_keys (
     sale_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -69,7 +88,8 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (sale_id, user_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX keys_by_age ON idempotency_keys (at_ms);
-";
+"
+);
 
 /// What opening found.
 pub(crate) struct Recovered {
@@ -134,42 +154,27 @@ pub(crate) fn recover(conn: &mut Connection, retention_ms: u64) -> Result<Recove
 /// Version 1 to 2: the orders lose their unique index on the (random)
 /// order id, and requests are keyed by admission order instead of by
 /// their random id. The rows stay as they were.
-const MIGRATE_1_TO_2: &str = "
+const MIGRATE_1_TO_2: &str =
+    concat!("
 ALTER TABLE orders RENAME TO orders_v1;
 ALTER TABLE requests RENAME TO requests_v1;
 DROP INDEX orders_by_sale;
 DROP INDEX requests_by_age;
-CREATE TABLE orders (
-    seq INTEGER PRIMARY KEY,
-    order_id TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('placed', 'cancelled')),
-    sale_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-INSERT INTO orders SELECT seq, order_id, kind, sale_id, user_id, quantity, request_id, at_ms
+",
+    orders_table!(),
+    "INSERT INTO orders SELECT seq, order_id, kind, sale_id, user_id, quantity, request_id, at_ms
     FROM orders_v1 ORDER BY seq;
 CREATE INDEX orders_by_sale ON orders (sale_id, seq);
-CREATE TABLE requests (
-    rid INTEGER PRIMARY KEY,
-    request_id TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    status TEXT,
-    detail TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-INSERT INTO requests (request_id, sale_id, user_id, quantity, status, detail, at_ms)
+",
+    requests_table!(),
+    "INSERT INTO requests (request_id, sale_id, user_id, quantity, status, detail, at_ms)
     SELECT request_id, sale_id, user_id, quantity, status, detail, at_ms
     FROM requests_v1 ORDER BY at_ms;
 CREATE INDEX requests_by_age ON requests (at_ms);
 DROP TABLE orders_v1;
 DROP TABLE requests_v1;
 UPDATE meta SET value = '2' WHERE key = 'schema_version';
-";
+");
 
 /// Creates the schema in an empty database, brings an older one of ours
 /// up to this build's (in the recovery's transaction: all or nothing), and
