@@ -909,8 +909,30 @@ fn distribution_chart(r: &Report) -> Chart {
         .filter(|p| p.percentile < 100.0)
         .map(|p| nines(p.percentile))
         .fold(1.0f64, f64::max);
-    let max_x = last_nines + 0.5;
+    let (plot, x_ticks) = percentile_frame(lo, hi, last_nines);
+    let max_x = plot.x1;
     let x_of = |p: f64| if p >= 100.0 { max_x } else { nines(p) };
+    let mut chart = plot.chart(&x_ticks, &log_ticks(lo, hi), "percentile");
+    for (o, corrected, raw) in curves {
+        for (dash, curve) in [(true, raw), (false, corrected)] {
+            let pts: Vec<(f64, f64)> = curve
+                .iter()
+                .map(|p| (plot.px(x_of(p.percentile)), plot.py(p.us as f64)))
+                .collect();
+            let width = if dash { 1.0 } else { 1.8 };
+            chart
+                .shapes
+                .extend(line(&pts, color(o), width, dash, o.name()));
+        }
+    }
+    chart
+}
+
+/// The frame of a latency-by-percentile chart: percentiles in nines on x,
+/// up to half a decade past the last real one (`last_nines`), where the
+/// max sits; latency from `lo` to `hi` on a log y.
+fn percentile_frame(lo: f64, hi: f64, last_nines: f64) -> (Plot, Vec<(f64, String)>) {
+    let max_x = last_nines + 0.5;
     let plot = Plot {
         x0: 0.0,
         x1: max_x,
@@ -926,20 +948,7 @@ fn distribution_chart(r: &Report) -> Chart {
         .map(|(i, l)| (i as f64, l.to_string()))
         .collect();
     x_ticks.push((max_x, "max".into()));
-    let mut chart = plot.chart(&x_ticks, &log_ticks(lo, hi), "percentile");
-    for (o, corrected, raw) in curves {
-        for (dash, curve) in [(true, raw), (false, corrected)] {
-            let pts: Vec<(f64, f64)> = curve
-                .iter()
-                .map(|p| (plot.px(x_of(p.percentile)), plot.py(p.us as f64)))
-                .collect();
-            let width = if dash { 1.0 } else { 1.8 };
-            chart
-                .shapes
-                .extend(line(&pts, color(o), width, dash, o.name()));
-        }
-    }
-    chart
+    (plot, x_ticks)
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 use askama::Template;
 
 use super::{
-    color, latency_range, line, linear_ticks, log_ticks, nines, secs, utc, Chart, LegendItem, Plot,
-    Shape,
+    color, latency_range, line, linear_ticks, log_ticks, nines, percentile_frame, secs, utc, Chart,
+    LegendItem, Plot, Shape,
 };
 use crate::compare::{rows, Row};
 use crate::model::{Outcome, Report};
@@ -193,22 +193,8 @@ fn distribution_chart(a: &Report, b: &Report) -> Chart {
         .filter(|p| p.percentile < 100.0)
         .map(|p| nines(p.percentile))
         .fold(1.0f64, f64::max);
-    let max_x = last + 0.5;
-    let plot = Plot {
-        x0: 0.0,
-        x1: max_x,
-        y0: lo,
-        y1: hi,
-        log_y: true,
-    };
-    let labels = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"];
-    let mut x_ticks: Vec<(f64, String)> = labels
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| (*i as f64) <= last + 1e-9)
-        .map(|(i, l)| (i as f64, l.to_string()))
-        .collect();
-    x_ticks.push((max_x, "max".into()));
+    let (plot, x_ticks) = percentile_frame(lo, hi, last);
+    let max_x = plot.x1;
     let mut chart = plot.chart(&x_ticks, &log_ticks(lo, hi), "percentile (corrected)");
     for o in present(a, b) {
         for (dashed, r) in [(false, a), (true, b)] {
