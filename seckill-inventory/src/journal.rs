@@ -51,6 +51,15 @@ pub enum Change {
 /// and keys are per request). It must not block.
 pub trait Journal: Send + Sync + 'static {
     fn record(&self, changes: Vec<Change>);
+
+    /// An admission's changes (its pending record, the key it claimed).
+    /// Nobody waits for them, and most are followed within milliseconds by
+    /// their request's decision, which replaces the record: the journal may
+    /// keep them later than steps recorded after them, but never after a
+    /// later change of the same request. By default, [`Journal::record`].
+    fn admitted(&self, changes: Vec<Change>) {
+        self.record(changes);
+    }
 }
 
 /// A sale as kept: its definition, whether it was removed, the units each

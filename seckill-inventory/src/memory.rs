@@ -104,6 +104,13 @@ impl Step {
             }
         }
     }
+
+    /// Hands an admission's step to the journal (see [`Journal::admitted`]).
+    fn send_admission(self, inner: &Inner) {
+        if let (Some(journal), Some(changes)) = (&inner.journal, self.0) {
+            journal.admitted(changes);
+        }
+    }
 }
 
 impl Default for MemoryInventory {
@@ -527,7 +534,7 @@ impl Inventory for MemoryInventory {
         self.inner
             .requests
             .insert(p.request_id.clone(), Stored { record, at_ms: now });
-        step.send(&self.inner);
+        step.send_admission(&self.inner);
         Ok(Admission::Admitted)
     }
 

@@ -12,8 +12,9 @@
 //! is answered waits for that commit (a barrier): a purchase batch's
 //! decisions, a settled result, a sale change from the admin API, a
 //! cancellation, and a final result read back. Admissions do not wait: a request is only
-//! answered once decided, and its decision's commit carries every change
-//! queued before it.
+//! answered once decided, and its decision's commit carries its admission.
+//! An admission decided within a few milliseconds is written once, with its
+//! decision; one that waits longer is written pending on its own.
 //!
 //! Reads that gateways make per request (the sale, the sold-out flag, a
 //! request's record) come from memory; the order feed and the per-sale

@@ -10,6 +10,12 @@
 //! per second stay near what the disk does while the purchases per fsync
 //! grow with the load.
 //!
+//! Admissions take another way: they wait in a buffer, without waking the
+//! writer each, for up to [`LINGER`]. Most are decided within it, and the
+//! decision's commit writes the request once, decided; the others are
+//! written pending when their linger ends, so an admission is on disk as
+//! soon as before, without a row written twice or a wake per request.
+//!
 //! The channel is unbounded on purpose: a step must not block under a sale
 //! lock, and what can be on it is bounded upstream (admissions by the token
 //! buckets and the request queues, decisions by the workers, which wait for
@@ -20,10 +26,10 @@
 //! every waiting and later call fails (`Unavailable`, and `/readyz` says
 //! so), and a restart recovers the database as it was last committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
@@ -33,8 +39,9 @@ use tokio::sync::{oneshot, watch};
 /// Most steps in one transaction: bounds a group's time, so the first
 /// barrier of a long queue is not held back by all the rest.
 const MAX_GROUP: usize = 4096;
-/// How long changes nobody waits for (admissions) may wait for a commit
-/// that somebody waits for, before they are committed on their own.
+/// How long changes nobody waits for (admissions above all) may wait for
+/// a commit that somebody waits for, before they are committed on their
+/// own.
 const LINGER: Duration = Duration::from_millis(10);
 /// Commits between two checkpoints (copying the log into the database,
 /// so the log does not grow without end).
@@ -46,14 +53,26 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 enum Msg {
     Changes(Vec<Change>),
+    /// The admissions buffer was empty and is not any more.
+    Admitted,
     /// Answered once everything before it is committed.
     Barrier(oneshot::Sender<()>),
 }
+
+/// An admission's changes, waiting to be written.
+struct Admission {
+    at: Instant,
+    changes: Vec<Change>,
+}
+
+/// Admissions not written yet, oldest first.
+type Admissions = Arc<Mutex<VecDeque<Admission>>>;
 
 /// The inventory's side of the writer: its journal, its barriers, and
 /// whether it failed.
 pub(crate) struct Link {
     tx: mpsc::Sender<Msg>,
+    admissions: Admissions,
     failed: Arc<OnceLock<String>>,
 }
 
@@ -66,7 +85,9 @@ impl Link {
         }
     }
 
-    /// Waits until every step recorded before the call is committed.
+    /// Waits until every step recorded before the call is committed, but
+    /// for admissions that no step since refers to (see
+    /// [`Journal::admitted`]).
     pub(crate) async fn barrier(&self) -> Result<(), InventoryError> {
         let (tx, rx) = oneshot::channel();
         let sent = self.tx.send(Msg::Barrier(tx)).is_ok();
@@ -89,6 +110,22 @@ impl Journal for Link {
         // A writer that stopped has set `failed`; every caller sees it.
         let _ = self.tx.send(Msg::Changes(changes));
     }
+
+    fn admitted(&self, changes: Vec<Change>) {
+        let first = {
+            let mut admissions = self.admissions.lock().unwrap();
+            admissions.push_back(Admission {
+                at: Instant::now(),
+                changes,
+            });
+            admissions.len() == 1
+        };
+        // Only the first wakes the writer: it then knows when the oldest
+        // one is due, and looks at the buffer at every commit.
+        if first {
+            let _ = self.tx.send(Msg::Admitted);
+        }
+    }
 }
 
 /// Starts the writer on `conn`; it holds the directory's `lock` until it
@@ -102,7 +139,9 @@ pub(crate) fn spawn(
 ) -> std::io::Result<Arc<Link>> {
     let (tx, rx) = mpsc::channel();
     let failed = Arc::new(OnceLock::new());
+    let admissions = Admissions::default();
     let mut writer = Writer {
+        admissions: admissions.clone(),
         conn,
         seq: last_seq,
         retention_ms,
@@ -120,10 +159,15 @@ pub(crate) fn spawn(
             let _lock = lock;
             writer.run(rx);
         })?;
-    Ok(Arc::new(Link { tx, failed }))
+    Ok(Arc::new(Link {
+        tx,
+        admissions,
+        failed,
+    }))
 }
 
 struct Writer {
+    admissions: Admissions,
     conn: Connection,
     /// Sequence number of the last order written.
     seq: u64,
@@ -143,23 +187,32 @@ impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) {
         let mut group = Vec::new();
         loop {
-            match rx.recv_timeout(IDLE) {
-                Ok(m) => group.push(m),
+            let oldest = self.oldest_admission();
+            let wait = oldest.map_or(IDLE, |at| {
+                (at + LINGER).saturating_duration_since(Instant::now())
+            });
+            let closed = match rx.recv_timeout(wait) {
+                Ok(m) => {
+                    group.push(m);
+                    // Changes nobody waits for linger for company, up to
+                    // when the oldest admission is due.
+                    let now = Instant::now();
+                    let until = oldest.map_or(now + LINGER, |at| (at + LINGER).min(now + LINGER));
+                    gather(&rx, &mut group, until)
+                }
+                // Admissions whose linger ran out go on their own.
+                Err(RecvTimeoutError::Timeout) if oldest.is_some() => false,
                 Err(RecvTimeoutError::Timeout) => {
                     if let Err(e) = self.housekeeping(true) {
                         return self.fail(e);
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    // Everything is committed; leave a short log behind.
-                    self.checkpoint();
-                    return;
-                }
-            }
-            let closed = gather(&rx, &mut group);
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            // Closed: everything left is written, and a short log left behind.
             if let Err(e) = self
-                .commit(&mut group)
+                .commit(&mut group, closed)
                 .and_then(|()| self.housekeeping(false))
             {
                 return self.fail(e);
@@ -169,6 +222,10 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    fn oldest_admission(&self) -> Option<Instant> {
+        self.admissions.lock().unwrap().front().map(|a| a.at)
     }
 
     fn fail(&self, e: rusqlite::Error) {
@@ -181,22 +238,27 @@ impl Writer {
         // pending barriers (their callers see the failure).
     }
 
-    /// Commits the group's changes in one transaction, then releases its
-    /// barriers. A group of barriers alone needs no commit: everything
-    /// before them is committed already.
-    fn commit(&mut self, group: &mut Vec<Msg>) -> rusqlite::Result<()> {
+    /// Commits the group's changes, with the admissions due, in one
+    /// transaction, then releases its barriers. A group of barriers alone
+    /// needs no commit: everything before them is committed already.
+    fn commit(&mut self, group: &mut Vec<Msg>, all: bool) -> rusqlite::Result<()> {
         let mut barriers = Vec::new();
-        if group.iter().any(|m| matches!(m, Msg::Changes(_))) {
-            let mut changes = Vec::new();
-            for m in group.drain(..) {
-                match m {
-                    Msg::Changes(c) => changes.extend(c),
-                    Msg::Barrier(b) => barriers.push(b),
-                }
+        let mut changes = Vec::new();
+        for m in group.drain(..) {
+            match m {
+                Msg::Changes(c) => changes.extend(c),
+                Msg::Barrier(b) => barriers.push(b),
+                Msg::Admitted => {}
             }
+        }
+        // Taken after the group's messages: an admission is recorded
+        // before any change that refers to its request.
+        let mut due = take_due(&self.admissions, &changes, all, Instant::now());
+        if !due.is_empty() || !changes.is_empty() {
+            due.append(&mut changes);
             let tx = self.conn.transaction()?;
             let mut seq = self.seq;
-            for c in coalesce(changes) {
+            for c in coalesce(due) {
                 apply(&tx, c, &mut seq, &mut self.pending)?;
             }
             tx.commit()?;
@@ -205,11 +267,6 @@ impl Writer {
             self.fsyncs.increment(1);
             self.since_checkpoint += 1;
             self.committed.send_replace(seq);
-        } else {
-            barriers.extend(group.drain(..).filter_map(|m| match m {
-                Msg::Barrier(b) => Some(b),
-                Msg::Changes(_) => None,
-            }));
         }
         for b in barriers {
             let _ = b.send(());
@@ -256,12 +313,11 @@ impl Writer {
 
 /// Adds to `group` (which holds one message) what is to be committed with
 /// it: everything queued now, and, until a barrier asks for a commit, what
-/// arrives within [`LINGER`]. Changes nobody waits for (admissions) so
-/// ride along with the next commit somebody does wait for, instead of
-/// starting an fsync of their own that the next barrier would queue
-/// behind. True when the channel closed.
-fn gather(rx: &mpsc::Receiver<Msg>, group: &mut Vec<Msg>) -> bool {
-    let deadline = Instant::now() + LINGER;
+/// arrives before `deadline`. Changes nobody waits for so ride along with
+/// the next commit somebody does wait for, instead of starting an fsync of
+/// their own that the next barrier would queue behind. True when the
+/// channel closed.
+fn gather(rx: &mpsc::Receiver<Msg>, group: &mut Vec<Msg>, deadline: Instant) -> bool {
     let mut waited_for = matches!(group[0], Msg::Barrier(_));
     while group.len() < MAX_GROUP {
         let m = match rx.try_recv() {
@@ -282,28 +338,91 @@ fn gather(rx: &mpsc::Receiver<Msg>, group: &mut Vec<Msg>) -> bool {
     false
 }
 
+/// The admissions to write with `changes`: those whose linger ran out by
+/// `now`, those `changes` refer to (a decision replaces its admission's
+/// record, so it must not be written before it), or, with `all`, every
+/// one. The others stay, for a later commit.
+fn take_due(
+    admissions: &Mutex<VecDeque<Admission>>,
+    changes: &[Change],
+    all: bool,
+    now: Instant,
+) -> Vec<Change> {
+    // Sorted out without the lock, which admissions take.
+    let mut waiting = std::mem::take(&mut *admissions.lock().unwrap());
+    if waiting.is_empty() {
+        return Vec::new();
+    }
+    let referred: HashSet<&str> = changes.iter().filter_map(request_of).collect();
+    let mut due = Vec::new();
+    waiting.retain_mut(|a| {
+        let go = all
+            || now >= a.at + LINGER
+            || a.changes
+                .iter()
+                .filter_map(request_of)
+                .any(|id| referred.contains(id));
+        if go {
+            due.append(&mut a.changes);
+        }
+        !go
+    });
+    if !waiting.is_empty() {
+        // Those that came meanwhile are younger: they go behind.
+        let mut buffer = admissions.lock().unwrap();
+        waiting.append(&mut buffer);
+        *buffer = waiting;
+    }
+    due
+}
+
+/// The request a change is about, if any.
+fn request_of(change: &Change) -> Option<&str> {
+    match change {
+        Change::Request { record, .. } => Some(&record.request_id),
+        Change::Withdrawn { request_id }
+        | Change::KeyClaimed { request_id, .. }
+        | Change::KeyReleased { request_id, .. } => Some(request_id),
+        Change::Order(o) => Some(&o.request_id),
+        Change::Sale { .. } => None,
+    }
+}
+
 /// The group's changes in order, with a request's record written once: a
 /// later record of a request replaces an earlier one of the same group
 /// (it carries every field), so an admission decided within its group
-/// costs one row write, not two. A withdrawal in between keeps both.
+/// costs one row write, not two. A withdrawal of a request admitted in the
+/// group takes its record away instead of deleting a row; one of a
+/// request admitted before is kept.
 fn coalesce(changes: Vec<Change>) -> impl Iterator<Item = Change> {
-    let mut slots: Vec<Option<Change>> = Vec::with_capacity(changes.len());
-    let mut last: HashMap<String, usize> = HashMap::new();
-    for c in changes {
-        match &c {
+    let mut keep = vec![true; changes.len()];
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        match c {
             Change::Request { record, .. } => {
-                if let Some(i) = last.insert(record.request_id.clone(), slots.len()) {
-                    slots[i] = None;
+                if let Some(before) = last.insert(&record.request_id, i) {
+                    keep[before] = false;
                 }
             }
             Change::Withdrawn { request_id } => {
-                last.remove(request_id);
+                if let Some(before) = last.remove(request_id.as_str()) {
+                    let pending = matches!(
+                        &changes[before],
+                        Change::Request { record, .. } if record.outcome.is_none()
+                    );
+                    if pending {
+                        keep[before] = false;
+                        keep[i] = false;
+                    }
+                }
             }
             _ => {}
         }
-        slots.push(Some(c));
     }
-    slots.into_iter().flatten()
+    changes
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(c, keep)| keep.then_some(c))
 }
 
 /// Writes one change.
@@ -460,7 +579,21 @@ mod tests {
                 },
                 record("a", sold),
             ]),
-            ["a:false", "a:withdrawn", "a:true"]
+            ["a:true"]
+        );
+        // A withdrawal of a request admitted in an earlier group deletes
+        // its row; one after the decision changes nothing, and is kept.
+        assert_eq!(
+            shape(vec![
+                Change::Withdrawn {
+                    request_id: "b".into()
+                },
+                record("c", Some(Outcome::Expired)),
+                Change::Withdrawn {
+                    request_id: "c".into()
+                },
+            ]),
+            ["b:withdrawn", "c:true", "c:withdrawn"]
         );
     }
 
@@ -470,7 +603,7 @@ mod tests {
         // Alone, a change waits out the linger for company, then goes.
         let mut group = vec![Msg::Changes(vec![])];
         let started = Instant::now();
-        assert!(!gather(&rx, &mut group));
+        assert!(!gather(&rx, &mut group, Instant::now() + LINGER));
         assert!(started.elapsed() >= LINGER);
         assert_eq!(group.len(), 1);
         // With a barrier queued, what is queued goes at once, the barrier
@@ -479,12 +612,54 @@ mod tests {
         tx.send(Msg::Changes(vec![])).unwrap();
         tx.send(Msg::Barrier(b)).unwrap();
         let mut group = vec![Msg::Changes(vec![])];
-        assert!(!gather(&rx, &mut group));
+        assert!(!gather(&rx, &mut group, Instant::now() + LINGER));
         assert_eq!(group.len(), 3);
         assert!(matches!(group[2], Msg::Barrier(_)));
         // A closed channel ends the group at once.
         drop(tx);
         let mut group = vec![Msg::Changes(vec![])];
-        assert!(gather(&rx, &mut group));
+        assert!(gather(&rx, &mut group, Instant::now() + LINGER));
+    }
+
+    #[test]
+    fn admissions_wait_until_due_referred_to_or_the_end() {
+        let buffer = Mutex::new(VecDeque::new());
+        let t0 = Instant::now();
+        let admit = |id: &str, at: Instant| Admission {
+            at,
+            changes: vec![record(id, None)],
+        };
+        buffer.lock().unwrap().extend([
+            admit("old", t0),
+            admit("young", t0 + LINGER),
+            admit("decided", t0 + LINGER),
+            admit("quiet", t0 + LINGER),
+        ]);
+        let decision = [record("decided", Some(Outcome::SoldOut))];
+        let ids = |changes: Vec<Change>| -> Vec<String> {
+            changes
+                .iter()
+                .filter_map(request_of)
+                .map(str::to_string)
+                .collect()
+        };
+        // At the old one's due time: it, and the one the group decides.
+        assert_eq!(
+            ids(take_due(&buffer, &decision, false, t0 + LINGER)),
+            ["old", "decided"]
+        );
+        // The rest waits, in order, ahead of what came meanwhile.
+        buffer
+            .lock()
+            .unwrap()
+            .push_back(admit("later", t0 + LINGER * 3));
+        assert!(take_due(&buffer, &[], false, t0 + LINGER).is_empty());
+        assert_eq!(
+            ids(take_due(&buffer, &[], false, t0 + LINGER * 2)),
+            ["young", "quiet"]
+        );
+        // At the end, everything.
+        assert_eq!(ids(take_due(&buffer, &[], true, t0)), ["later"]);
+        assert!(buffer.lock().unwrap().is_empty());
     }
 }

@@ -98,6 +98,51 @@ async fn a_purchase_is_on_disk_when_it_returns() {
     assert!(spec.contains("\"stock\":10"), "{spec}");
 }
 
+/// An admission nobody waits for is written within its linger (tens of
+/// milliseconds), with nothing else happening, as a pending row; one
+/// decided meanwhile is written once, decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_is_on_disk_soon_decided_or_not() {
+    let dir = scratch_dir();
+    let inv = SqliteInventory::open(dir.path(), RETENTION).unwrap();
+    inv.put_sale(SaleSpec::new("line", 10)).await.unwrap();
+    let waiting = purchase("line", "w", Some("cart-w"));
+    let decided = purchase("line", "d", None);
+    for p in [&waiting, &decided] {
+        assert_eq!(inv.admit(p).await.unwrap(), Admission::Admitted);
+    }
+    inv.purchase(std::slice::from_ref(&decided)).await.unwrap();
+    let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let rows = |id: &str| -> Vec<Option<String>> {
+        let mut q = other
+            .prepare("SELECT status FROM requests WHERE request_id = ?1")
+            .unwrap();
+        q.query_map([id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(rows(&decided.request_id), [Some("success".to_string())]);
+    // Bounded: the linger is 10 ms; 5 s allows for a slow machine.
+    let mut pending = rows(&waiting.request_id);
+    for _ in 0..100 {
+        if !pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pending = rows(&waiting.request_id);
+    }
+    assert_eq!(pending, [None], "the undecided admission is written pending");
+    let key: String = other
+        .query_row(
+            "SELECT request_id FROM idempotency_keys WHERE key = 'cart-w'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(key, waiting.request_id, "with the key it claimed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopened_store_is_the_store_that_was_closed() {
     let dir = scratch_dir();
