@@ -132,7 +132,11 @@ async fn an_admission_is_on_disk_soon_decided_or_not() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         pending = rows(&waiting.request_id);
     }
-    assert_eq!(pending, [None], "the undecided admission is written pending");
+    assert_eq!(
+        pending,
+        [None],
+        "the undecided admission is written pending"
+    );
     let key: String = other
         .query_row(
             "SELECT request_id FROM idempotency_keys WHERE key = 'cart-w'",
