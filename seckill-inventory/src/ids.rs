@@ -25,13 +25,45 @@ pub fn now_ms() -> u64 {
 /// one `getrandom` system call, and two ids are made per purchase. Without
 /// an OS entropy source it panics rather than fall back to guessable ids.
 pub fn unique_id() -> String {
-    let bits: u128 = rand::rng().random();
-    format!("{bits:032x}")
+    let mut id = String::with_capacity(32);
+    push_unique_id(&mut id);
+    id
+}
+
+/// Appends a [`unique_id`] to `out`, without the formatting machinery: a
+/// refusal makes one per request.
+pub(crate) fn push_unique_id(out: &mut String) {
+    push_hex(out, rand::rng().random());
+}
+
+/// `bits` as 32 lowercase hex digits, as `{bits:032x}` writes them.
+fn push_hex(out: &mut String, bits: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_are_those_of_the_formatter() {
+        for bits in [
+            0,
+            1,
+            0xf,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            let mut out = String::from("x.");
+            push_hex(&mut out, bits);
+            assert_eq!(out, format!("x.{bits:032x}"));
+        }
+    }
 
     #[test]
     fn ids_are_distinct_and_fixed_width() {

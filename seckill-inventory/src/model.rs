@@ -198,7 +198,11 @@ pub struct Purchase {
 /// Builds a request id for `sale_id`: `<sale_id>.<random>`, 128 random bits
 /// after the sale so nobody can derive another buyer's id from their own.
 pub fn request_id(sale_id: &str) -> String {
-    format!("{sale_id}.{}", crate::unique_id())
+    let mut id = String::with_capacity(sale_id.len() + 33);
+    id.push_str(sale_id);
+    id.push('.');
+    crate::ids::push_unique_id(&mut id);
+    id
 }
 
 /// The sale a request id belongs to (see [`Purchase::request_id`]).
