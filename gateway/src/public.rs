@@ -42,42 +42,66 @@ const STORE_BUDGET: Duration = Duration::from_secs(1);
 
 const X_REQUEST_ID: &str = "x-request-id";
 
+/// The public endpoints, by path.
+enum Route {
+    Purchase(String),
+    Sale(String),
+    Request(String),
+    /// A known path with a method it does not take.
+    Method,
+    NotFound,
+}
+
+impl Route {
+    /// Parses the path without allocating but for the one id it keeps: a
+    /// refused crowd comes through here.
+    fn of(method: &Method, path: &str) -> Route {
+        let mut parts = path.trim_start_matches('/').split('/');
+        let route = match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some("api"), Some("v1"), Some("sales"), Some(id), Some("purchase")) => {
+                (method == Method::POST).then(|| Route::Purchase(id.to_string()))
+            }
+            (Some("api"), Some("v1"), Some("sales"), Some(id), None) => {
+                (method == Method::GET).then(|| Route::Sale(id.to_string()))
+            }
+            (Some("api"), Some("v1"), Some("requests"), Some(id), None) => {
+                (method == Method::GET).then(|| Route::Request(id.to_string()))
+            }
+            _ => return Route::NotFound,
+        };
+        match (route, parts.next()) {
+            (_, Some(_)) => Route::NotFound,
+            (Some(route), None) => route,
+            (None, None) => Route::Method,
+        }
+    }
+}
+
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpResponse {
-    let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (mut resp, request_id) = match (req.method(), segments.as_slice()) {
-        (&Method::POST, ["api", "v1", "sales", sale_id, "purchase"]) => {
-            let sale_id = sale_id.to_string();
-            return purchase(&shared, sale_id, req).await;
-        }
-        (&Method::GET, ["api", "v1", "sales", sale_id]) => (get_sale(&shared, sale_id).await, None),
-        (&Method::GET, ["api", "v1", "requests", request_id]) => {
-            (get_request(&shared, request_id, &req).await, None)
-        }
-        (_, ["api", "v1", "sales", _, "purchase"])
-        | (_, ["api", "v1", "sales", _])
-        | (_, ["api", "v1", "requests", _]) => (
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed",
-            ),
-            None,
+    let mut resp = match Route::of(req.method(), req.uri().path()) {
+        Route::Purchase(sale_id) => return purchase(&shared, sale_id, req).await,
+        Route::Sale(sale_id) => get_sale(&shared, &sale_id).await,
+        Route::Request(request_id) => get_request(&shared, &request_id, &req).await,
+        Route::Method => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
         ),
-        _ => (
-            error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
-            None,
-        ),
+        Route::NotFound => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
-    set_request_id(
-        &mut resp,
-        request_id.unwrap_or_else(seckill_inventory::unique_id),
-    );
+    set_request_id(&mut resp, seckill_inventory::unique_id());
     resp
 }
 
+/// Sets `x-request-id`, taking the id's buffer as the header's.
 pub(crate) fn set_request_id(resp: &mut HttpResponse, id: String) {
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(id)) {
         resp.headers_mut().insert(X_REQUEST_ID, v);
     }
 }
@@ -993,5 +1017,51 @@ async fn get_request(shared: &Shared, request_id: &str, req: &Request<Incoming>)
         }
         Ok(None) => not_found(),
         Err(_) => unavailable(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: Method, path: &str) -> String {
+        match Route::of(&method, path) {
+            Route::Purchase(id) => format!("purchase {id}"),
+            Route::Sale(id) => format!("sale {id}"),
+            Route::Request(id) => format!("request {id}"),
+            Route::Method => "405".into(),
+            Route::NotFound => "404".into(),
+        }
+    }
+
+    #[test]
+    fn paths_route_as_the_contract_says() {
+        let post = || Method::POST;
+        let get = || Method::GET;
+        assert_eq!(route(post(), "/api/v1/sales/s1/purchase"), "purchase s1");
+        assert_eq!(route(get(), "/api/v1/sales/s1"), "sale s1");
+        assert_eq!(route(get(), "/api/v1/requests/s1.ab"), "request s1.ab");
+        // Leading slashes are one; an empty id is the handler's to refuse.
+        assert_eq!(route(post(), "//api/v1/sales/s1/purchase"), "purchase s1");
+        assert_eq!(route(post(), "/api/v1/sales//purchase"), "purchase ");
+        // A known path with another method.
+        assert_eq!(route(get(), "/api/v1/sales/s1/purchase"), "405");
+        assert_eq!(route(Method::DELETE, "/api/v1/sales/s1"), "405");
+        assert_eq!(route(post(), "/api/v1/requests/r"), "405");
+        // Anything else.
+        for path in [
+            "/",
+            "",
+            "/api/v1/sales",
+            "/api/v1/sales/s1/",
+            "/api/v1/sales/s1/purchase/",
+            "/api/v1/sales/s1/purchase/x",
+            "/api/v1/requests/r/x",
+            "/api/v2/sales/s1",
+            "/admin/v1/sales/s1",
+        ] {
+            assert_eq!(route(post(), path), "404", "{path}");
+            assert_eq!(route(get(), path), "404", "{path}");
+        }
     }
 }
