@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use hyper::{Method, Request, StatusCode};
 use seckill_inventory::{
     now_ms, rfc3339, valid_id, Admission, AdmissionMode, Outcome, Purchase, RequestRecord,
@@ -40,7 +40,11 @@ pub(crate) const MAX_BODY: usize = 4096;
 /// is answered within this, however many requests queue behind it.
 const STORE_BUDGET: Duration = Duration::from_secs(1);
 
-const X_REQUEST_ID: &str = "x-request-id";
+// Header names as constants: a lookup or insert by `&str` parses the name
+// on every request.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The public endpoints, by path.
 enum Route {
@@ -56,29 +60,23 @@ impl Route {
     /// Parses the path without allocating but for the one id it keeps: a
     /// refused crowd comes through here.
     fn of(method: &Method, path: &str) -> Route {
-        let mut parts = path.trim_start_matches('/').split('/');
-        let route = match (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) {
-            (Some("api"), Some("v1"), Some("sales"), Some(id), Some("purchase")) => {
-                (method == Method::POST).then(|| Route::Purchase(id.to_string()))
+        let path = path.trim_start_matches('/');
+        let one = |id: &str| !id.contains('/');
+        let (route, wants) = if let Some(rest) = path.strip_prefix("api/v1/sales/") {
+            match rest.strip_suffix("/purchase") {
+                Some(id) if one(id) => (Route::Purchase(id.to_string()), Method::POST),
+                _ if one(rest) => (Route::Sale(rest.to_string()), Method::GET),
+                _ => return Route::NotFound,
             }
-            (Some("api"), Some("v1"), Some("sales"), Some(id), None) => {
-                (method == Method::GET).then(|| Route::Sale(id.to_string()))
-            }
-            (Some("api"), Some("v1"), Some("requests"), Some(id), None) => {
-                (method == Method::GET).then(|| Route::Request(id.to_string()))
-            }
-            _ => return Route::NotFound,
+        } else if let Some(id) = path.strip_prefix("api/v1/requests/").filter(|id| one(id)) {
+            (Route::Request(id.to_string()), Method::GET)
+        } else {
+            return Route::NotFound;
         };
-        match (route, parts.next()) {
-            (_, Some(_)) => Route::NotFound,
-            (Some(route), None) => route,
-            (None, None) => Route::Method,
+        if *method == wants {
+            route
+        } else {
+            Route::Method
         }
     }
 }
@@ -152,10 +150,7 @@ async fn purchase(shared: &Arc<Shared>, sale_id: String, req: Request<Incoming>)
 /// The span of one purchase: a child of the client's `traceparent`, or
 /// the root of its own trace.
 fn server_span(req: &Request<Incoming>) -> Option<Span> {
-    let parent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok());
+    let parent = req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok());
     let mut span = Span::start_from("purchase", Kind::Server, parent)?;
     span.set("http.request.method", "POST");
     span.set("url.path", req.uri().path());
@@ -414,7 +409,7 @@ impl Input {
 
 /// Step 1a: the `Idempotency-Key` header, when there is one.
 fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, Answered> {
-    match req.headers().get("idempotency-key") {
+    match req.headers().get(IDEMPOTENCY_KEY) {
         None => Ok(None),
         Some(v) => match v.to_str() {
             Ok(k) if valid_id(k) => Ok(Some(k.to_string())),
