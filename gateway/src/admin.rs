@@ -15,7 +15,7 @@ use seckill_inventory::{
     DEFAULT_MAX_WAIT_MS, DEFAULT_PER_USER_LIMIT, DEFAULT_QUEUE_CAPACITY, DEFAULT_TOKEN_CAPACITY,
     DEFAULT_TOKEN_RATE, DEFAULT_WAIT_CAPACITY,
 };
-use seckill_ops::http::{healthz, json, readyz, HttpResponse, LocalAddr, PeerAddr};
+use seckill_ops::http::{healthz, json, local_addr, peer_addr, readyz, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::error;
@@ -94,13 +94,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> HttpR
 /// `lockout.rs`; the right token does not lift that), 401 for a missing or
 /// wrong token, which counts as one failure of the address.
 fn refusal(shared: &Shared, req: &Request<Incoming>) -> Option<HttpResponse> {
-    let local = req.extensions().get::<LocalAddr>().map(|l| l.0);
+    let local = local_addr(req);
     // Without a peer (no serve loop in front) all such requests share one
     // count: refusing is safer than not counting.
-    let client = req
-        .extensions()
-        .get::<PeerAddr>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+    let client = peer_addr(req).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
     let key = lockout::Key::new(local, client);
     let lockout = lockout::admin();
     let now = Instant::now();

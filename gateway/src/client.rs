@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use hyper::header::{HeaderMap, FORWARDED};
 use hyper::Request;
 use ipnet::IpNet;
-use seckill_ops::http::PeerAddr;
+use seckill_ops::http::peer_addr;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -35,7 +35,7 @@ pub fn parse_trusted_proxy(s: &str) -> Result<IpNet, String> {
 /// say); `None` only for a request that came without a peer (never from
 /// the serve loop).
 pub(crate) fn client_addr<B>(req: &Request<B>, trusted: &[IpNet]) -> Option<IpAddr> {
-    let peer = req.extensions().get::<PeerAddr>()?.0.ip();
+    let peer = peer_addr(req)?.ip();
     Some(resolve(peer, req.headers(), trusted))
 }
 

@@ -26,7 +26,7 @@ use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind, Validation};
-use seckill_ops::http::{HttpResponse, PeerAddr};
+use seckill_ops::http::{peer_addr, HttpResponse};
 use seckill_ops::process::ConfigError;
 use serde::Deserialize;
 
@@ -614,10 +614,7 @@ impl TrustedHeader {
     fn buyer<B>(&self, req: &Request<B>) -> Result<String, Refusal> {
         // The TCP peer itself: forwarding headers name clients, not proxies.
         // (An IPv4 peer on an IPv6 socket counts as its IPv4 address.)
-        let peer = req
-            .extensions()
-            .get::<PeerAddr>()
-            .map(|p| p.0.ip().to_canonical());
+        let peer = peer_addr(req).map(|p| p.ip().to_canonical());
         if !peer.is_some_and(|ip| self.proxies.iter().any(|net| net.contains(&ip))) {
             return Err(Refusal::Untrusted);
         }

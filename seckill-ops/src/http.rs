@@ -16,9 +16,10 @@
 //! refusal slots with a short deadline; when that pool is busy it is
 //! closed at once.
 //!
-//! Each request carries its connection's [`PeerAddr`] and [`LocalAddr`] in
-//! its extensions, so a handler that limits by client address needs no
-//! other signature than `Fn(Request) -> Response`.
+//! Each request carries its connection's addresses ([`ConnAddrs`], read
+//! with [`peer_addr`] and [`local_addr`]) in its extensions, so a handler
+//! that limits by client address needs no other signature than
+//! `Fn(Request) -> Response`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -41,15 +42,26 @@ use tokio_util::sync::CancellationToken;
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// The TCP peer of the connection a request came on (a proxy's address
-/// when there is one in front), in the request's extensions.
+/// The addresses of the connection a request came on, in the request's
+/// extensions: one entry, since each costs an allocation per request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerAddr(pub SocketAddr);
+pub struct ConnAddrs {
+    /// The TCP peer (a proxy's address when there is one in front).
+    pub peer: SocketAddr,
+    /// The local address: tells the listeners of one process apart (tests
+    /// run several servers in one).
+    pub local: Option<SocketAddr>,
+}
 
-/// The local address of the connection a request came on: tells the
-/// listeners of one process apart (tests run several servers in one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LocalAddr(pub SocketAddr);
+/// The TCP peer of the connection `req` came on.
+pub fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
+    req.extensions().get::<ConnAddrs>().map(|a| a.peer)
+}
+
+/// The local address of the connection `req` came on.
+pub fn local_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
+    req.extensions().get::<ConnAddrs>().and_then(|a| a.local)
+}
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -218,10 +230,7 @@ pub async fn serve<H, F>(
         connections.spawn(async move {
             let _held = (permit, slot);
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                if let Some(local) = local {
-                    req.extensions_mut().insert(LocalAddr(local));
-                }
+                req.extensions_mut().insert(ConnAddrs { peer, local });
                 let f = handler(req);
                 async move { Ok::<_, Infallible>(f.await) }
             });
@@ -318,8 +327,8 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             |req: Request<Incoming>| async move {
-                let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
-                let local = req.extensions().get::<LocalAddr>().map(|l| l.0);
+                let peer = peer_addr(&req);
+                let local = local_addr(&req);
                 text(StatusCode::OK, format!("{peer:?} {local:?}"))
             },
             ServerLimits::default(),
