@@ -374,8 +374,7 @@ async fn admit_park_and_wait(
     waited: Option<Duration>,
     trace: Option<SpanContext>,
 ) -> Result<Answered, Answered> {
-    admit(shared, by, &purchase).await?;
-    let (waiter, ticket) = park_and_enqueue(shared, by, purchase, now, trace).await?;
+    let (waiter, ticket) = park_and_admit(shared, by, purchase, now, trace).await?;
     Ok(wait_for_result(sale, by, waiter, &ticket.purchase, waited).await)
 }
 
@@ -689,32 +688,13 @@ async fn wait_in_line(
     }
 }
 
-/// Step 5: records the request and claims its idempotency key. A repeat of a
+/// Steps 5 and 6: parks the waiter, then records the request, claims its
+/// idempotency key and queues its ticket, in one step of the store (one
+/// round trip on Redis; see `Stores::admit_and_enqueue`). The waiter comes
+/// first so that an answer finds it however fast it comes. A repeat of a
 /// key gets the first request's result (the token it took is spent: a
 /// repeat without one is refused like any other request, and retries).
-async fn admit(shared: &Shared, by: Deadlines, purchase: &Purchase) -> Result<(), Answered> {
-    match within(by.store, shared.stores.inventory.admit(purchase)).await {
-        Some(Ok(Admission::Admitted)) => Ok(()),
-        Some(Ok(Admission::Duplicate { request_id: first }))
-            if purchase.idempotency_key.is_some() =>
-        {
-            Err(repeat_of(shared, by, &first).await)
-        }
-        // Unkeyed requests cannot collide; treat it as a store fault.
-        Some(Ok(Admission::Duplicate { .. })) => Err(store_unreachable(&purchase.request_id)),
-        // The script may still run when a stalled store comes back, and
-        // then hold the key of a request nobody enqueues: undo it, sent
-        // behind it on the same connection.
-        Some(Err(_)) | None => {
-            withdraw(shared, by, purchase).await;
-            Err(store_unreachable(&purchase.request_id))
-        }
-    }
-}
-
-/// Step 6: parks the request, then enqueues it: a result can never arrive
-/// before its waiter. A request that cannot be queued is withdrawn.
-async fn park_and_enqueue(
+async fn park_and_admit(
     shared: &Shared,
     by: Deadlines,
     purchase: Purchase,
@@ -722,7 +702,6 @@ async fn park_and_enqueue(
     trace: Option<SpanContext>,
 ) -> Result<(Waiter<'_>, Ticket), Answered> {
     let Some(waiter) = shared.waiters.park(&purchase.request_id) else {
-        withdraw(shared, by, &purchase).await;
         return Err(overloaded(&purchase.request_id, Reason::WaitersFull));
     };
     let ticket = Ticket {
@@ -731,18 +710,28 @@ async fn park_and_enqueue(
         enqueued_at_ms: now,
         trace: trace.map(|t| t.traceparent()),
     };
-    let refused = match within(by.store, shared.stores.queue.enqueue(ticket.clone())).await {
-        Some(Ok(())) => return Ok((waiter, ticket)),
-        Some(Err(QueueError::UnknownSale(_))) => refuse(Status::NotFound),
-        Some(Err(QueueError::Full(_))) => {
-            overloaded(&ticket.purchase.request_id, Reason::QueueFull)
+    let request_id = &ticket.purchase.request_id;
+    let refused = match within(by.store, shared.stores.admit_and_enqueue(&ticket)).await {
+        Some(Ok(Admission::Admitted)) => return Ok((waiter, ticket)),
+        Some(Ok(Admission::Duplicate { request_id: first }))
+            if ticket.purchase.idempotency_key.is_some() =>
+        {
+            drop(waiter);
+            return Err(repeat_of(shared, by, &first).await);
         }
+        // Unkeyed requests cannot collide; treat it as a store fault.
+        Some(Ok(Admission::Duplicate { .. })) => store_unreachable(request_id),
+        Some(Err(QueueError::UnknownSale(_))) => refuse(Status::NotFound),
+        Some(Err(QueueError::Full(_))) => overloaded(request_id, Reason::QueueFull),
+        // The step may still run when a stalled store comes back, and then
+        // hold the key of a request nobody waits for: undo it, sent behind
+        // it on the same connection.
         Some(Err(QueueError::Unavailable(_))) | None => {
-            store_unreachable(&ticket.purchase.request_id)
+            drop(waiter);
+            withdraw(shared, by, &ticket.purchase).await;
+            return Err(store_unreachable(request_id));
         }
     };
-    drop(waiter);
-    withdraw(shared, by, &ticket.purchase).await;
     Err(refused)
 }
 

@@ -587,7 +587,7 @@ fn redis_gone_fails_fast_and_service_resumes_by_itself() {
     wait_sale(&[&gw], "r");
     assert_eq!(gw.buy("r", "before").0, 200);
 
-    // Every command is timed, by its name: the gateway's enqueue script,
+    // Every command is timed, by its name: the gateway's admission script,
     // the service's purchase script and its queue reads.
     let timed = |page: &str, command: &str| {
         sample(
@@ -597,7 +597,7 @@ fn redis_gone_fails_fast_and_service_resumes_by_itself() {
         .unwrap_or(0.0)
     };
     let gw_page = gw.admin_get("/metrics").1;
-    assert!(timed(&gw_page, "enqueue") >= 1.0, "{gw_page}");
+    assert!(timed(&gw_page, "admit_enqueue") >= 1.0, "{gw_page}");
     let svc_page = svc.admin_get("/metrics").1;
     assert!(timed(&svc_page, "purchase") >= 1.0, "{svc_page}");
     assert!(timed(&svc_page, "xreadgroup") >= 1.0, "{svc_page}");

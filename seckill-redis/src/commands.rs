@@ -16,7 +16,7 @@ use metrics::{describe_counter, describe_histogram, Counter, Histogram, Unit};
 use redis::{Arg, Cmd, RedisError, Script};
 
 /// The scripts, by name. A name used with [`script`] must be here.
-const SCRIPTS: [&str; 19] = [
+const SCRIPTS: [&str; 20] = [
     "bucket_open",
     "bucket_tick",
     "lease_release",
@@ -24,6 +24,7 @@ const SCRIPTS: [&str; 19] = [
     "queue_open",
     "queue_close",
     "enqueue",
+    "admit_enqueue",
     "reclaim",
     "ack",
     "dead_letter",

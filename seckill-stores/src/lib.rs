@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use seckill_inventory::{Inventory, MemoryInventory};
-use seckill_queue::{MemoryQueue, RequestQueue};
-use seckill_redis::{RedisStore, StoreConfig};
+use seckill_inventory::{Admission, Inventory, MemoryInventory};
+use seckill_queue::{MemoryQueue, QueueError, RequestQueue, Ticket};
+use seckill_redis::{RedisQueue, RedisStore, StoreConfig};
 use seckill_sqlite::SqliteInventory;
 use token_bucket::{BucketFactory, MemoryBuckets};
 
@@ -145,6 +145,8 @@ pub struct Stores {
     pub buckets: Arc<dyn BucketFactory>,
     /// The Redis connection behind them, in the distributed mode.
     pub redis: Option<RedisStore>,
+    /// The queue again, where it can admit and enqueue in one step.
+    joint: Option<Arc<RedisQueue>>,
 }
 
 impl Stores {
@@ -176,6 +178,7 @@ impl Stores {
             queue: Arc::new(MemoryQueue::new()),
             buckets: Arc::new(MemoryBuckets),
             redis: None,
+            joint: None,
         }
     }
 
@@ -189,16 +192,47 @@ impl Stores {
             queue: Arc::new(MemoryQueue::new()),
             buckets: Arc::new(MemoryBuckets),
             redis: None,
+            joint: None,
         })
     }
 
     /// The shared stores of the distributed mode, on one Redis connection.
     pub fn redis(store: RedisStore) -> Stores {
+        let queue = Arc::new(store.queue());
         Stores {
             inventory: Arc::new(store.inventory()),
-            queue: Arc::new(store.queue()),
+            queue: queue.clone(),
             buckets: Arc::new(store.buckets()),
             redis: Some(store),
+            joint: Some(queue),
+        }
+    }
+
+    /// Admits the ticket's request in the inventory and queues the ticket:
+    /// on Redis in one script (one round trip), elsewhere `admit` then
+    /// `enqueue`. `Duplicate` is a repeat of a claimed idempotency key,
+    /// answered whatever the queue's state. After `Full` or `UnknownSale`
+    /// nothing stays recorded; after `Unavailable` the admission may have
+    /// been recorded, or may yet be, and the caller withdraws it.
+    pub async fn admit_and_enqueue(&self, ticket: &Ticket) -> Result<Admission, QueueError> {
+        if let Some(queue) = &self.joint {
+            return queue.admit_and_enqueue(ticket).await;
+        }
+        let purchase = &ticket.purchase;
+        match self.inventory.admit(purchase).await {
+            Ok(Admission::Admitted) => {}
+            Ok(duplicate) => return Ok(duplicate),
+            Err(e) => return Err(QueueError::Unavailable(e.to_string())),
+        }
+        match self.queue.enqueue(ticket.clone()).await {
+            Ok(()) => Ok(Admission::Admitted),
+            Err(e @ (QueueError::Full(_) | QueueError::UnknownSale(_))) => {
+                // Best effort, like the caller's after `Unavailable`: a
+                // record left pending ends expired.
+                let _ = self.inventory.withdraw(purchase).await;
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
     }
 

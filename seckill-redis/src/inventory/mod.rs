@@ -66,7 +66,7 @@ fn corrupt(what: &str) -> InventoryError {
 
 /// The idempotency key of a purchase, or its record key when it has none
 /// (scripts take a fixed number of keys per request).
-fn idem_key(p: &Purchase) -> (String, &'static str) {
+pub(crate) fn idem_key(p: &Purchase) -> (String, &'static str) {
     match &p.idempotency_key {
         Some(k) => (keys::idempotency(&p.sale_id, &p.user_id, k), "1"),
         None => (keys::request(&p.sale_id, &p.request_id), "0"),

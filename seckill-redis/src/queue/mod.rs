@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::{AsyncCommands, RedisError, Script};
-use seckill_inventory::SaleEvent;
+use seckill_inventory::{Admission, SaleEvent};
 use seckill_queue::{Delivery, QueueError, RequestQueue, Ticket, MAX_WAIT};
 use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::time::Instant;
@@ -40,6 +40,8 @@ static OPEN: LazyLock<Script> =
     LazyLock::new(|| crate::commands::script("queue_open", include_str!("queue_open.lua")));
 static ENQUEUE: LazyLock<Script> =
     LazyLock::new(|| crate::commands::script("enqueue", include_str!("enqueue.lua")));
+static ADMIT_ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| crate::commands::script("admit_enqueue", include_str!("admit_enqueue.lua")));
 static RECLAIM: LazyLock<Script> =
     LazyLock::new(|| crate::commands::script("reclaim", include_str!("reclaim.lua")));
 static ACK: LazyLock<Script> =
@@ -158,6 +160,45 @@ impl RedisQueue {
 
     fn conn(&self) -> Conn {
         self.shared.conn.clone()
+    }
+
+    /// Admits the ticket's request (records it pending and claims its
+    /// idempotency key, as the inventory's `admit`) and queues the ticket,
+    /// in one script: one round trip. Nothing is written unless the ticket
+    /// is queued; a repeat of a key is `Duplicate` whatever the queue's
+    /// state. On `Unavailable` the script may have run, or may yet run.
+    pub async fn admit_and_enqueue(&self, ticket: &Ticket) -> Result<Admission, QueueError> {
+        let p = &ticket.purchase;
+        let json = serde_json::to_string(ticket)
+            .map_err(|e| QueueError::Unavailable(format!("cannot encode ticket: {e}")))?;
+        let (idem, keyed) = crate::inventory::idem_key(p);
+        let answer: String = ADMIT_ENQUEUE
+            .key(keys::request(&p.sale_id, &p.request_id))
+            .key(idem)
+            .key(keys::queue_config(&p.sale_id))
+            .key(keys::queue(&p.sale_id))
+            .arg(&p.request_id)
+            .arg(keyed)
+            .arg(self.shared.config.retention.as_millis() as u64)
+            .arg(&p.user_id)
+            .arg(p.quantity)
+            .arg(p.store_by_ms)
+            .arg(json)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        match answer.as_str() {
+            "" => {
+                self.metrics(&p.sale_id).enqueued.increment(1);
+                Ok(Admission::Admitted)
+            }
+            "!late" => Err(QueueError::Unavailable(
+                "admission ran after the gateway gave up on it".into(),
+            )),
+            "!full" => Err(QueueError::Full(p.sale_id.clone())),
+            "!closed" => Err(QueueError::UnknownSale(p.sale_id.clone())),
+            _ => Ok(Admission::Duplicate { request_id: answer }),
+        }
     }
 
     fn metrics(&self, sale_id: &str) -> SaleMetrics {

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use seckill_inventory::Admission;
 use seckill_queue::{Delivery, QueueError, RequestQueue, Ticket};
 use seckill_redis::keys;
 
@@ -19,6 +20,7 @@ crate::each_backend!(
     a_new_queue_is_read_at_once,
     idle_queues_are_read_sparingly,
     a_late_enqueue_queues_nothing,
+    admitting_and_queueing_is_one_step_or_nothing,
 );
 
 fn ticket(sale: &str, user: &str) -> Ticket {
@@ -306,4 +308,83 @@ async fn a_late_enqueue_queues_nothing(env: Env) {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].ticket.purchase.user_id, "in-time");
     q.ack(&got).await.unwrap();
+}
+
+/// `Stores::admit_and_enqueue` (one script on Redis, two steps elsewhere):
+/// the ticket queued and its request recorded pending with its key; a
+/// repeat of the key is a duplicate even with the queue full; a full queue,
+/// a queue not open and a late step leave nothing recorded.
+async fn admitting_and_queueing_is_one_step_or_nothing(env: Env) {
+    let sale = sale_id("joint");
+    env.queue.open(&sale, 1).await.unwrap();
+    let keyed = |user: &str, key: &str| {
+        let mut t = ticket(&sale, user);
+        t.purchase.idempotency_key = Some(key.into());
+        t
+    };
+    let nothing_of = |t: &Ticket| {
+        let (inv, p) = (env.inventory.clone(), t.purchase.clone());
+        async move {
+            assert_eq!(inv.request(&p.request_id).await.unwrap(), None, "{p:?}");
+            if let Some(key) = &p.idempotency_key {
+                let held = inv.request_of_key(&p.sale_id, &p.user_id, key).await;
+                assert_eq!(held.unwrap(), None, "{p:?}");
+            }
+        }
+    };
+
+    let first = keyed("k", "cart");
+    let admitted = env.admit_and_enqueue(&first).await.unwrap();
+    assert_eq!(admitted, Admission::Admitted);
+    assert_eq!(env.queue.depth(&sale).await.unwrap(), 1);
+    let id = &first.purchase.request_id;
+    let record = env.inventory.request(id).await.unwrap().unwrap();
+    assert_eq!((record.user_id.as_str(), record.outcome), ("k", None));
+    assert_eq!(
+        env.inventory
+            .request_of_key(&sale, "k", "cart")
+            .await
+            .unwrap(),
+        Some(id.clone())
+    );
+
+    // The queue (capacity 1) is full now: a repeat is still the first.
+    let again = env.admit_and_enqueue(&keyed("k", "cart")).await.unwrap();
+    assert_eq!(
+        again,
+        Admission::Duplicate {
+            request_id: id.clone()
+        }
+    );
+    let over = keyed("o", "cart-o");
+    let refused = env.admit_and_enqueue(&over).await;
+    assert!(matches!(refused, Err(QueueError::Full(_))), "{refused:?}");
+    nothing_of(&over).await;
+
+    let stray = ticket(&sale_id("none"), "s");
+    let refused = env.admit_and_enqueue(&stray).await;
+    assert!(
+        matches!(refused, Err(QueueError::UnknownSale(_))),
+        "{refused:?}"
+    );
+    nothing_of(&stray).await;
+
+    let got = take(&*env.queue, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].ticket.purchase.request_id, id);
+    assert_eq!(
+        got[0].ticket.purchase.idempotency_key.as_deref(),
+        Some("cart")
+    );
+    env.queue.ack(&got).await.unwrap();
+
+    let mut late = keyed("l", "cart-l");
+    late.purchase.store_by_ms = seckill_inventory::now_ms() - 1;
+    let refused = env.admit_and_enqueue(&late).await;
+    assert!(
+        matches!(refused, Err(QueueError::Unavailable(_))),
+        "{refused:?}"
+    );
+    nothing_of(&late).await;
+    assert_eq!(env.queue.depth(&sale).await.unwrap(), 0);
 }
