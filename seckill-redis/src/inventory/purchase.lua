@@ -93,8 +93,12 @@ for i = 1, n do
   end
 
   if dup == 0 then
-    redis.call('HSET', req, 'user', user, 'qty', qty, 'status', status, 'detail', detail)
-    redis.call('PEXPIRE', req, retention)
+    -- The record its admission wrote keeps that expiry (its retention
+    -- counts from the admission, seconds before); HSET adds no field to
+    -- it. One gone meanwhile is written anew, with an expiry of its own.
+    if redis.call('HSET', req, 'user', user, 'qty', qty, 'status', status, 'detail', detail) > 0 then
+      redis.call('PEXPIRE', req, retention)
+    end
   end
   out[i] = {status, detail, dup}
 end
