@@ -25,6 +25,7 @@ crate::each_backend!(
     the_order_feed_waits_for_an_order,
     cancelling_releases_the_units_once,
     cancels_racing_a_spike_sell_exactly_the_released_units,
+    a_decided_record_expires,
 );
 
 /// Waits for `want` among the events (other tests' events are skipped).
@@ -791,4 +792,39 @@ async fn cancels_racing_a_spike_sell_exactly_the_released_units(env: Env) {
         .count();
     assert_eq!(cancelled, CANCELS, "one cancelled event per order");
     assert_eq!(all.len(), STOCK + CANCELS + CANCELS);
+}
+
+/// Every result is kept for the retention, then forgotten: on Redis a
+/// decided record has an expiry whether its admission wrote it (and set
+/// it) or not (a record gone meanwhile, written anew by the decision).
+async fn a_decided_record_expires(env: Env) {
+    let inv = &env.inventory;
+    let sale = sale_id("ttl");
+    inv.put_sale(spec(&sale, 10, 1)).await.unwrap();
+    let admitted = purchase(&sale, "a", 1);
+    assert_eq!(inv.admit(&admitted).await.unwrap(), Admission::Admitted);
+    let unannounced = purchase(&sale, "b", 1);
+    let decided = inv
+        .purchase(&[admitted.clone(), unannounced.clone()])
+        .await
+        .unwrap();
+    assert!(decided
+        .iter()
+        .all(|d| matches!(d.outcome, Outcome::Success { .. })));
+    if !env.is_redis() {
+        return;
+    }
+    let mut conn = env.store().conn();
+    for p in [&admitted, &unannounced] {
+        let key = seckill_redis::keys::request(&p.sale_id, &p.request_id);
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            ttl > 0 && ttl <= 600_000,
+            "{key}: PTTL {ttl}, the retention is 600 s"
+        );
+    }
 }
