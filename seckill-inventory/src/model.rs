@@ -360,7 +360,12 @@ impl OrderEventKind {
 /// Builds an order id for `sale_id`: `o-<sale_id>.<random>`, so a store can
 /// find the order's sale from the id alone (see [`sale_of_order`]).
 pub fn order_id(sale_id: &str) -> String {
-    format!("o-{sale_id}.{}", crate::unique_id())
+    let mut id = String::with_capacity(sale_id.len() + 35);
+    id.push_str("o-");
+    id.push_str(sale_id);
+    id.push('.');
+    crate::ids::push_unique_id(&mut id);
+    id
 }
 
 /// The sale an order id belongs to (see [`order_id`]).
