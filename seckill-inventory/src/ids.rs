@@ -25,15 +25,18 @@ pub fn now_ms() -> u64 {
 /// one `getrandom` system call, and two ids are made per purchase. Without
 /// an OS entropy source it panics rather than fall back to guessable ids.
 pub fn unique_id() -> String {
-    let mut id = String::with_capacity(32);
-    push_unique_id(&mut id);
-    id
+    prefixed_id(&[])
 }
 
-/// Appends a [`unique_id`] to `out`, without the formatting machinery: a
-/// refusal makes one per request.
-pub(crate) fn push_unique_id(out: &mut String) {
-    push_hex(out, rand::rng().random());
+/// `parts` followed by a [`unique_id`], in one allocation and without the
+/// formatting machinery: every request, refused ones included, gets one.
+pub(crate) fn prefixed_id(parts: &[&str]) -> String {
+    let mut id = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 32);
+    for part in parts {
+        id.push_str(part);
+    }
+    push_hex(&mut id, rand::rng().random());
+    id
 }
 
 /// `bits` as 32 lowercase hex digits, as `{bits:032x}` writes them.

@@ -198,11 +198,7 @@ pub struct Purchase {
 /// Builds a request id for `sale_id`: `<sale_id>.<random>`, 128 random bits
 /// after the sale so nobody can derive another buyer's id from their own.
 pub fn request_id(sale_id: &str) -> String {
-    let mut id = String::with_capacity(sale_id.len() + 33);
-    id.push_str(sale_id);
-    id.push('.');
-    crate::ids::push_unique_id(&mut id);
-    id
+    crate::ids::prefixed_id(&[sale_id, "."])
 }
 
 /// The sale a request id belongs to (see [`Purchase::request_id`]).
@@ -360,12 +356,7 @@ impl OrderEventKind {
 /// Builds an order id for `sale_id`: `o-<sale_id>.<random>`, so a store can
 /// find the order's sale from the id alone (see [`sale_of_order`]).
 pub fn order_id(sale_id: &str) -> String {
-    let mut id = String::with_capacity(sale_id.len() + 35);
-    id.push_str("o-");
-    id.push_str(sale_id);
-    id.push('.');
-    crate::ids::push_unique_id(&mut id);
-    id
+    crate::ids::prefixed_id(&["o-", sale_id, "."])
 }
 
 /// The sale an order id belongs to (see [`order_id`]).

@@ -126,6 +126,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// How long results and idempotency keys are kept, in milliseconds.
+    pub fn retention_ms(&self) -> u64 {
+        self.config.retention.as_millis() as u64
+    }
+
     /// Publishes a catalog event (`changed:ID`, `removed:ID`, `sold_out:ID`)
     /// to every process. Best effort: gateways and consumers also re-read
     /// the catalog periodically, so a lost event only delays.

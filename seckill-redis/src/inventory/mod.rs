@@ -109,7 +109,7 @@ impl RedisInventory {
     }
 
     fn retention_ms(&self) -> u64 {
-        self.shared.config.retention.as_millis() as u64
+        self.shared.retention_ms()
     }
 
     /// Decides one sale's part of a batch in one script.

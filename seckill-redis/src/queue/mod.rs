@@ -95,6 +95,12 @@ struct SaleMetrics {
     reclaimed: Arc<OnceLock<metrics::Counter>>,
 }
 
+/// A ticket as a queue entry holds it.
+fn encode(ticket: &Ticket) -> Result<String, QueueError> {
+    serde_json::to_string(ticket)
+        .map_err(|e| QueueError::Unavailable(format!("cannot encode ticket: {e}")))
+}
+
 fn unavailable(e: RedisError) -> QueueError {
     QueueError::Unavailable(describe(&e))
 }
@@ -169,8 +175,7 @@ impl RedisQueue {
     /// state. On `Unavailable` the script may have run, or may yet run.
     pub async fn admit_and_enqueue(&self, ticket: &Ticket) -> Result<Admission, QueueError> {
         let p = &ticket.purchase;
-        let json = serde_json::to_string(ticket)
-            .map_err(|e| QueueError::Unavailable(format!("cannot encode ticket: {e}")))?;
+        let json = encode(ticket)?;
         let (idem, keyed) = crate::inventory::idem_key(p);
         let answer: String = ADMIT_ENQUEUE
             .key(keys::request(&p.sale_id, &p.request_id))
@@ -179,7 +184,7 @@ impl RedisQueue {
             .key(keys::queue(&p.sale_id))
             .arg(&p.request_id)
             .arg(keyed)
-            .arg(self.shared.config.retention.as_millis() as u64)
+            .arg(self.shared.retention_ms())
             .arg(&p.user_id)
             .arg(p.quantity)
             .arg(p.store_by_ms)
@@ -506,8 +511,7 @@ impl RequestQueue for RedisQueue {
 
     async fn enqueue(&self, ticket: Ticket) -> Result<(), QueueError> {
         let sale = ticket.purchase.sale_id.clone();
-        let json = serde_json::to_string(&ticket)
-            .map_err(|e| QueueError::Unavailable(format!("cannot encode ticket: {e}")))?;
+        let json = encode(&ticket)?;
         let queued: i64 = ENQUEUE
             .key(keys::queue_config(&sale))
             .key(keys::queue(&sale))
