@@ -16,7 +16,7 @@ use seckill_inventory::{
 use crate::{order_of, ORDER_COLUMNS};
 
 /// The schema this build writes and reads.
-const SCHEMA_VERSION: &str = "2";
+const SCHEMA_VERSION: &str = "3";
 
 /// The orders table of schema version 2 (in [`SCHEMA`] and the upgrade).
 macro_rules! orders_table {
@@ -75,7 +75,9 @@ CREATE TABLE sales (
     "CREATE INDEX orders_by_sale ON orders (sale_id, seq);
 -- Request records within the result retention, in admission order (rid);
 -- status NULL = pending. A request has one row; were there two, the later
--- one holds.
+-- one holds. A success decided before its admission was written has no
+-- row: its order (kind 'placed', the same request_id) is its record, so a
+-- unit sold costs one row, not two.
 ",
     requests_table!(),
     "CREATE INDEX requests_by_age ON requests (at_ms);
@@ -176,6 +178,12 @@ DROP TABLE requests_v1;
 UPDATE meta SET value = '2' WHERE key = 'schema_version';
 ");
 
+/// Version 2 to 3: the tables stay; a success decided before its admission
+/// was written is no longer given a request row (its order is its record).
+/// A version-2 store reads the same; the version keeps an older build,
+/// which reads request rows only, from opening a newer store.
+const MIGRATE_2_TO_3: &str = "UPDATE meta SET value = '3' WHERE key = 'schema_version';";
+
 /// Creates the schema in an empty database, brings an older one of ours
 /// up to this build's (in the recovery's transaction: all or nothing), and
 /// accepts nothing else.
@@ -207,10 +215,16 @@ fn check_schema(tx: &rusqlite::Transaction<'_>) -> Result<(), String> {
         .map_err(|_| "the database is not a seckill store (no schema version)".to_string())?;
     match version.as_deref() {
         Some(SCHEMA_VERSION) => Ok(()),
-        Some("1") => {
-            tx.execute_batch(MIGRATE_1_TO_2)
-                .map_err(|e| format!("cannot upgrade the schema from version 1: {e}"))?;
-            tracing::info!("the data directory's schema was upgraded from version 1 to 2");
+        Some(v @ ("1" | "2")) => {
+            if v == "1" {
+                tx.execute_batch(MIGRATE_1_TO_2)
+                    .map_err(|e| format!("cannot upgrade the schema from version 1: {e}"))?;
+            }
+            tx.execute_batch(MIGRATE_2_TO_3)
+                .map_err(|e| format!("cannot upgrade the schema from version {v}: {e}"))?;
+            tracing::info!(
+                "the data directory's schema was upgraded from version {v} to {SCHEMA_VERSION}"
+            );
             Ok(())
         }
         Some(v) => Err(format!(
@@ -258,6 +272,7 @@ fn snapshot(conn: &Connection, cutoff: u64) -> rusqlite::Result<Result<Snapshot,
         };
         s.held.insert(row.get(1)?, row.get(2)?);
     }
+    let mut requests = Vec::new();
     // Every order by id, for cancellations: as placed, with when it was
     // cancelled (in seq order, a cancellation follows its order).
     let sql = format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY seq");
@@ -273,6 +288,23 @@ fn snapshot(conn: &Connection, cutoff: u64) -> rusqlite::Result<Result<Snapshot,
         };
         match order.kind {
             OrderEventKind::Placed => {
+                // A success within the retention: its order is its record
+                // (the requests table has a row only for one written
+                // pending first).
+                if order.at_ms >= cutoff {
+                    requests.push((
+                        RequestRecord {
+                            request_id: order.request_id.clone(),
+                            sale_id: order.sale_id.clone(),
+                            user_id: order.user_id.clone(),
+                            quantity: order.quantity,
+                            outcome: Some(Outcome::Success {
+                                order_id: order.order_id.clone(),
+                            }),
+                        },
+                        order.at_ms,
+                    ));
+                }
                 s.placed.insert(
                     order.order_id.clone(),
                     Placed {
@@ -293,7 +325,7 @@ fn snapshot(conn: &Connection, cutoff: u64) -> rusqlite::Result<Result<Snapshot,
         }
     }
 
-    let mut requests = Vec::new();
+    // After the orders' records: a request's row, where it has one, holds.
     let mut stmt = conn.prepare(
         "SELECT request_id, sale_id, user_id, quantity, status, detail, at_ms FROM requests \
          WHERE at_ms >= ?1 ORDER BY rid",

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
-use seckill_inventory::{now_ms, Change, InventoryError, Journal};
+use seckill_inventory::{now_ms, Change, InventoryError, Journal, Outcome};
 use tokio::sync::{oneshot, watch};
 
 /// Most steps in one transaction: bounds a group's time, so the first
@@ -449,14 +449,16 @@ fn apply(
                 }
                 None => (None, ""),
             };
-            // A decision updates the row its admission wrote, if one did;
-            // otherwise (decided in the admission's group) it is the row.
+            // A decision updates the row its admission wrote, if one did.
+            // Otherwise (decided in the admission's group) it is the row,
+            // but for a success: its order, written in the same
+            // transaction, stands for it (one row per unit sold).
             if let Some(rid) = pending.remove(&record.request_id) {
                 tx.prepare_cached(
                     "UPDATE requests SET status = ?1, detail = ?2, at_ms = ?3 WHERE rid = ?4",
                 )?
                 .execute(params![status, detail, at_ms as i64, rid])?;
-            } else {
+            } else if !matches!(record.outcome, Some(Outcome::Success { .. })) {
                 tx.prepare_cached(
                     "INSERT INTO requests \
                      (request_id, sale_id, user_id, quantity, status, detail, at_ms) \
@@ -532,7 +534,7 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seckill_inventory::{Outcome, RequestRecord};
+    use seckill_inventory::RequestRecord;
 
     fn record(id: &str, outcome: Option<Outcome>) -> Change {
         Change::Request {
