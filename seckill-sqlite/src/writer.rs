@@ -26,13 +26,14 @@
 //! every waiting and later call fails (`Unavailable`, and `/readyz` says
 //! so), and a restart recovers the database as it was last committed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
+use rustc_hash::FxHashMap;
 use seckill_inventory::{now_ms, Change, InventoryError, Journal, Outcome};
 use tokio::sync::{oneshot, watch};
 
@@ -65,8 +66,46 @@ struct Admission {
     changes: Vec<Change>,
 }
 
-/// Admissions not written yet, oldest first.
-type Admissions = Arc<Mutex<VecDeque<Admission>>>;
+/// Admissions not written yet: in arrival order, and found by their
+/// request, so that a commit takes those its decisions refer to without
+/// looking at every admission still waiting (hundreds in a spike).
+#[derive(Default)]
+struct Waiting {
+    /// By arrival number: the oldest first.
+    by_arrival: BTreeMap<u64, Admission>,
+    /// The arrival number of each request's admission.
+    arrival_of: FxHashMap<String, u64>,
+    arrivals: u64,
+}
+
+impl Waiting {
+    /// Adds an admission; true when it is the only one.
+    fn push(&mut self, request_id: String, admission: Admission) -> bool {
+        self.arrivals += 1;
+        self.arrival_of.insert(request_id, self.arrivals);
+        self.by_arrival.insert(self.arrivals, admission);
+        self.by_arrival.len() == 1
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.by_arrival.first_key_value().map(|(_, a)| a.at)
+    }
+
+    fn take(&mut self, request_id: &str) -> Option<(u64, Admission)> {
+        let n = self.arrival_of.remove(request_id)?;
+        Some((n, self.by_arrival.remove(&n)?))
+    }
+
+    fn take_oldest(&mut self) -> Option<(u64, Admission)> {
+        let (n, a) = self.by_arrival.pop_first()?;
+        if let Some(id) = a.changes.iter().find_map(request_of) {
+            self.arrival_of.remove(id);
+        }
+        Some((n, a))
+    }
+}
+
+type Admissions = Arc<Mutex<Waiting>>;
 
 /// The inventory's side of the writer: its journal, its barriers, and
 /// whether it failed.
@@ -112,14 +151,14 @@ impl Journal for Link {
     }
 
     fn admitted(&self, changes: Vec<Change>) {
-        let first = {
-            let mut admissions = self.admissions.lock().unwrap();
-            admissions.push_back(Admission {
-                at: Instant::now(),
-                changes,
-            });
-            admissions.len() == 1
+        let Some(id) = changes.iter().find_map(request_of).map(str::to_string) else {
+            return self.record(changes);
         };
+        let admission = Admission {
+            at: Instant::now(),
+            changes,
+        };
+        let first = self.admissions.lock().unwrap().push(id, admission);
         // Only the first wakes the writer: it then knows when the oldest
         // one is due, and looks at the buffer at every commit.
         if first {
@@ -148,7 +187,7 @@ pub(crate) fn spawn(
         committed,
         failed: failed.clone(),
         since_checkpoint: 0,
-        pending: HashMap::new(),
+        pending: FxHashMap::default(),
         last_sweep: Instant::now(),
         commits: metrics::counter!("seckill_store_commits_total"),
         fsyncs: metrics::counter!("seckill_store_fsyncs_total"),
@@ -177,7 +216,7 @@ struct Writer {
     since_checkpoint: u32,
     /// The row of each request written while pending, by request id: its
     /// decision updates that row. Bounded by the requests in the queues.
-    pending: HashMap<String, i64>,
+    pending: FxHashMap<String, i64>,
     last_sweep: Instant,
     commits: metrics::Counter,
     fsyncs: metrics::Counter,
@@ -225,7 +264,7 @@ impl Writer {
     }
 
     fn oldest_admission(&self) -> Option<Instant> {
-        self.admissions.lock().unwrap().front().map(|a| a.at)
+        self.admissions.lock().unwrap().oldest()
     }
 
     fn fail(&self, e: rusqlite::Error) {
@@ -338,42 +377,28 @@ fn gather(rx: &mpsc::Receiver<Msg>, group: &mut Vec<Msg>, deadline: Instant) -> 
     false
 }
 
-/// The admissions to write with `changes`: those whose linger ran out by
-/// `now`, those `changes` refer to (a decision replaces its admission's
-/// record, so it must not be written before it), or, with `all`, every
-/// one. The others stay, for a later commit.
+/// The admissions to write with `changes`, in arrival order: those whose
+/// linger ran out by `now`, those `changes` refer to (a decision replaces
+/// its admission's record, so it must not be written before it), or, with
+/// `all`, every one. The others stay, for a later commit.
 fn take_due(
-    admissions: &Mutex<VecDeque<Admission>>,
+    admissions: &Mutex<Waiting>,
     changes: &[Change],
     all: bool,
     now: Instant,
 ) -> Vec<Change> {
-    // Sorted out without the lock, which admissions take.
-    let mut waiting = std::mem::take(&mut *admissions.lock().unwrap());
-    if waiting.is_empty() {
-        return Vec::new();
+    let mut waiting = admissions.lock().unwrap();
+    let mut due: Vec<(u64, Admission)> = changes
+        .iter()
+        .filter_map(request_of)
+        .filter_map(|id| waiting.take(id))
+        .collect();
+    while waiting.oldest().is_some_and(|at| all || now >= at + LINGER) {
+        due.extend(waiting.take_oldest());
     }
-    let referred: HashSet<&str> = changes.iter().filter_map(request_of).collect();
-    let mut due = Vec::new();
-    waiting.retain_mut(|a| {
-        let go = all
-            || now >= a.at + LINGER
-            || a.changes
-                .iter()
-                .filter_map(request_of)
-                .any(|id| referred.contains(id));
-        if go {
-            due.append(&mut a.changes);
-        }
-        !go
-    });
-    if !waiting.is_empty() {
-        // Those that came meanwhile are younger: they go behind.
-        let mut buffer = admissions.lock().unwrap();
-        waiting.append(&mut buffer);
-        *buffer = waiting;
-    }
-    due
+    drop(waiting);
+    due.sort_unstable_by_key(|(n, _)| *n);
+    due.into_iter().flat_map(|(_, a)| a.changes).collect()
 }
 
 /// The request a change is about, if any.
@@ -396,7 +421,7 @@ fn request_of(change: &Change) -> Option<&str> {
 /// request admitted before is kept.
 fn coalesce(changes: Vec<Change>) -> impl Iterator<Item = Change> {
     let mut keep = vec![true; changes.len()];
-    let mut last: HashMap<&str, usize> = HashMap::new();
+    let mut last: FxHashMap<&str, usize> = FxHashMap::default();
     for (i, c) in changes.iter().enumerate() {
         match c {
             Change::Request { record, .. } => {
@@ -430,7 +455,7 @@ fn apply(
     tx: &rusqlite::Transaction<'_>,
     change: Change,
     seq: &mut u64,
-    pending: &mut HashMap<String, i64>,
+    pending: &mut FxHashMap<String, i64>,
 ) -> rusqlite::Result<()> {
     match change {
         Change::Sale { spec, removed } => {
@@ -625,18 +650,19 @@ mod tests {
 
     #[test]
     fn admissions_wait_until_due_referred_to_or_the_end() {
-        let buffer = Mutex::new(VecDeque::new());
+        let buffer = Mutex::new(Waiting::default());
         let t0 = Instant::now();
-        let admit = |id: &str, at: Instant| Admission {
-            at,
-            changes: vec![record(id, None)],
+        let admit = |id: &str, at: Instant| {
+            let admission = Admission {
+                at,
+                changes: vec![record(id, None)],
+            };
+            buffer.lock().unwrap().push(id.to_string(), admission)
         };
-        buffer.lock().unwrap().extend([
-            admit("old", t0),
-            admit("young", t0 + LINGER),
-            admit("decided", t0 + LINGER),
-            admit("quiet", t0 + LINGER),
-        ]);
+        assert!(admit("old", t0), "the first into an empty buffer");
+        assert!(!admit("young", t0 + LINGER));
+        admit("decided", t0 + LINGER);
+        admit("quiet", t0 + LINGER);
         let decision = [record("decided", Some(Outcome::SoldOut))];
         let ids = |changes: Vec<Change>| -> Vec<String> {
             changes
@@ -651,10 +677,7 @@ mod tests {
             ["old", "decided"]
         );
         // The rest waits, in order, ahead of what came meanwhile.
-        buffer
-            .lock()
-            .unwrap()
-            .push_back(admit("later", t0 + LINGER * 3));
+        admit("later", t0 + LINGER * 3);
         assert!(take_due(&buffer, &[], false, t0 + LINGER).is_empty());
         assert_eq!(
             ids(take_due(&buffer, &[], false, t0 + LINGER * 2)),
@@ -662,6 +685,7 @@ mod tests {
         );
         // At the end, everything.
         assert_eq!(ids(take_due(&buffer, &[], true, t0)), ["later"]);
-        assert!(buffer.lock().unwrap().is_empty());
+        let left = buffer.lock().unwrap();
+        assert!(left.by_arrival.is_empty() && left.arrival_of.is_empty());
     }
 }
