@@ -205,6 +205,7 @@ impl SaleEntry {
     pub fn mark_available(&self, remaining: u64) {
         if self.sold_out.swap(false, Ordering::Relaxed) {
             self.series.sold_out(None);
+            self.bucket.quiet(false);
         }
         self.set_remaining(remaining);
     }
@@ -214,6 +215,7 @@ impl SaleEntry {
     pub fn mark_sold_out(&self) {
         if !self.sold_out.swap(true, Ordering::Relaxed) {
             self.series.sold_out(Some(unix_seconds()));
+            self.bucket.quiet(true);
         }
         self.set_remaining(0);
         self.line.close(Status::SoldOut);
@@ -358,6 +360,9 @@ impl Catalog {
                 )
             }
         };
+        // A sold-out sale needs no tokens (a kept bucket may have been
+        // quiet, and be needed again).
+        bucket.quiet(sold_out);
         let stock_gauge =
             metrics::gauge!("seckill_stock_remaining", "sale" => spec.sale_id.clone());
         stock_gauge.set(remaining as f64);

@@ -1053,6 +1053,18 @@ fn a_cancel_on_one_gateway_reopens_a_sold_out_sale_on_every_gateway() {
     let order = v["order_id"].as_str().unwrap().to_string();
     // Gateway b learns of the sell-out from the broadcast.
     assert!(wait_until(Duration::from_secs(5), || b.buy("one", "u2").0 == 410));
+    assert!(wait_until(Duration::from_secs(5), || a.buy("one", "u2").0 == 410));
+    // Sold out everywhere: the sale's token generator is quiet. Every tick
+    // reads the token list's length, holder or not; nothing else does
+    // while no buyer gets past the sold-out flag.
+    std::thread::sleep(Duration::from_millis(200));
+    let looks = calls(&redis, "llen");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        calls(&redis, "llen"),
+        looks,
+        "the generator of a sold-out sale ticks"
+    );
 
     let auth = format!("Bearer {}", procs::TOKEN);
     let cancel = |gw: &Gw| {

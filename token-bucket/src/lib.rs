@@ -113,6 +113,12 @@ pub trait TokenBucket: Send + Sync + 'static {
     /// from that moment, for every process, not after the generator's
     /// first ticks. A bucket already running is left as it is.
     async fn open(&self) -> Result<(), BucketError>;
+
+    /// Whether the sale needs tokens for now: a sold-out sale takes none,
+    /// so a generator that runs on its own (the shared bucket's) stops
+    /// issuing store commands until it is told otherwise. A bucket that
+    /// generates on demand (the memory one) has nothing to stop.
+    fn quiet(&self, _quiet: bool) {}
 }
 
 /// Makes the bucket of each sale; a gateway holds one factory.

@@ -106,6 +106,8 @@ struct Inner {
     /// Length of the token list when last seen.
     seen: AtomicU64,
     generating: AtomicBool,
+    /// The sale needs no tokens (sold out): the generator sends nothing.
+    quiet: AtomicBool,
     issued: AtomicU64,
     /// Arrivals waiting for their tickets: one `HINCRBY` at a time serves
     /// all who arrived while the previous one was in flight.
@@ -171,6 +173,7 @@ impl RedisBucket {
             refill_failures: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             generating: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
             issued: AtomicU64::new(0),
             joins: Mutex::new(Joins::default()),
             metrics: Metrics::new(sale_id),
@@ -357,6 +360,14 @@ async fn generate(inner: Arc<Inner>) {
     );
     loop {
         tick.tick().await;
+        if inner.quiet.load(Ordering::Relaxed) {
+            // Quiet: the lease runs out, and whoever needs tokens again
+            // takes it. Its first tick fills the list as if the generator
+            // had run on (at most its capacity, as ever): nobody took
+            // tokens from a sold-out sale.
+            inner.generating.store(false, Ordering::Relaxed);
+            continue;
+        }
         let holding = inner.generating.load(Ordering::Relaxed);
         if !holding && Instant::now() < next_attempt {
             continue;
@@ -479,6 +490,10 @@ impl TokenBucket for RedisBucket {
 
     fn turn_interval(&self) -> Duration {
         self.inner.shared.config.generator_tick
+    }
+
+    fn quiet(&self, quiet: bool) {
+        self.inner.quiet.store(quiet, Ordering::Relaxed);
     }
 
     async fn open(&self) -> Result<(), BucketError> {

@@ -1,7 +1,8 @@
 //! The token-bucket suite: rate and capacity with real time and generous
 //! bounds; a bucket full from its start; fair admission's tickets in
-//! arrival order; for Redis, one generator per sale and its failover, and
-//! tickets shared by every process.
+//! arrival order; for Redis, one generator per sale and its failover, a
+//! generator quiet while its sale is sold out, and tickets shared by every
+//! process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ crate::each_backend!(
     tickets_are_one_sequence_across_processes,
     one_generator_and_failover,
     dead_generator_is_replaced,
+    a_quiet_generator_sends_nothing,
 );
 
 fn config(rate: u32, capacity: u32) -> BucketConfig {
@@ -191,6 +193,39 @@ async fn dead_generator_is_replaced(env: Env) {
     assert!(started.elapsed() >= Duration::from_millis(1100));
     let b: Arc<dyn TokenBucket> = Arc::new(b);
     warm_up(&b).await;
+}
+
+async fn a_quiet_generator_sends_nothing(env: Env) {
+    if !env.is_redis() {
+        return;
+    }
+    let b = env
+        .store()
+        .buckets()
+        .start(&sale_id("quiet"), config(1000, 100));
+    let until = Instant::now() + Duration::from_secs(3);
+    while !b.is_generating() {
+        assert!(Instant::now() < until, "nobody took the lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Sold out: after the tick in flight, not one command.
+    b.quiet(true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let conn = env.store().conn();
+    let before = conn.round_trips();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        conn.round_trips() - before,
+        0,
+        "a quiet generator ticked Redis"
+    );
+    assert!(!b.is_generating(), "a quiet generator claims the lease");
+    // Selling again: the generator is back, tokens with it.
+    b.quiet(false);
+    let b: Arc<dyn TokenBucket> = Arc::new(b);
+    warm_up(&b).await;
+    let n = drain_for(std::slice::from_ref(&b), Duration::from_millis(500)).await;
+    assert!((250..=750).contains(&n), "{n} tokens in 500 ms at 1000/s");
 }
 
 async fn an_opened_bucket_is_full(env: Env) {
