@@ -25,6 +25,7 @@ pub use postgres::PostgresServer;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -373,12 +374,33 @@ fn command(port: u16, args: &[&str]) -> Result<Reply, String> {
     Reply::from_value(cmd.query(&mut conn).map_err(error)?)
 }
 
-/// A port nobody listens on right now.
+/// Where [`free_port`] looks: below the kernel's ephemeral range (Linux:
+/// 32768 and up). A port the kernel picks for `bind(0)` comes from that
+/// range, which every client socket's source port comes from too, so
+/// between the probe and the server's own bind one of the tests' client
+/// connections could take it (a gateway that "cannot bind the listeners",
+/// seen under a test with thousands of buyers). Below it, only a listener
+/// can.
+const PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// Ports [`free_port`] handed out so far in this process.
+static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+
+/// A port nobody listens on right now, and that this process has not
+/// handed out before (until the range wraps).
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a probe socket on 127.0.0.1")
+    let span = u32::from(PORTS.end - PORTS.start);
+    // Every process starts elsewhere in the range: tests run as several
+    // processes at once (nextest, or one test binary beside another).
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS.start + ((start + n) % span) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {PORTS:?}");
 }
 
 /// A new empty directory under the system's temporary directory, that
@@ -400,6 +422,17 @@ pub fn scratch_dir() -> TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_listenable_and_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for &p in &ports {
+            assert!(PORTS.contains(&p), "{p}");
+            TcpListener::bind((Ipv4Addr::LOCALHOST, p)).unwrap();
+        }
+    }
 
     #[test]
     fn server_starts_restarts_and_stops() {
