@@ -2,7 +2,8 @@
 -- pushes the tokens due since the last tick into the capped token list.
 --
 -- KEYS[1] token list, KEYS[2] generator lease, KEYS[3] generator clock.
--- ARGV: instance, rate per second, capacity, lease ms.
+-- ARGV: instance, rate per second, capacity, lease ms, and the most
+-- catch-up in microseconds (one second when absent).
 -- Returns {issued, discarded, list length}; issued is -1 when another
 -- instance holds the lease (nothing pushed).
 --
@@ -39,9 +40,13 @@ else
   if elapsed < 0 then
     elapsed = 0
   end
-  -- At most one second of catch-up (keeps the arithmetic exact in doubles).
-  if elapsed > 1000000 then
-    elapsed = 1000000
+  -- At most one second of catch-up (keeps the arithmetic exact in doubles),
+  -- or less when the caller knows nothing accrued before: a generator that
+  -- found the list full looks at its length only, not at the clock, until
+  -- the list has room again, and then asks for a tick or two.
+  local most = tonumber(ARGV[5]) or 1000000
+  if elapsed > most then
+    elapsed = most
     rem = 0
   end
   local acc = elapsed * rate + rem

@@ -4,9 +4,12 @@
 //! * **Generator.** Every bucket handle runs a generator task, but only the
 //!   holder of the sale's lease (`SET {sale:ID}:gen <instance> NX PX`)
 //!   pushes tokens: each tick one script renews the lease and pushes the
-//!   tokens due since the last tick, capped at the capacity. The schedule is
-//!   kept in Redis, so a new holder continues it; a dead holder's lease
-//!   expires and another handle takes over within
+//!   tokens due since the last tick, capped at the capacity. While the list
+//!   is full a tick is one `LLEN` (nothing is due that would fit), and the
+//!   script runs only to renew the lease, every third of its time, or once
+//!   the list has room; a sold-out sale's generator sends nothing at all.
+//!   The schedule is kept in Redis, so a new holder continues it; a dead
+//!   holder's lease expires and another handle takes over within
 //!   [`StoreConfig::generator_lease`](crate::StoreConfig) plus one attempt
 //!   interval; a dropped handle releases its lease at once.
 //! * **Local lease.** A gateway takes tokens in batches (`LPOP key N`) and
@@ -353,6 +356,15 @@ async fn generate(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(cfg.generator_tick);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut next_attempt = Instant::now();
+    // The list was full when this holder last looked: until it has room,
+    // a tick only reads its length, and the lease is renewed by a script
+    // tick at `renew_at`.
+    let mut full = false;
+    let mut renew_at = Instant::now();
+    let renew_every = cfg.generator_lease / 3;
+    // The catch-up of the first script tick after a full list: nothing
+    // accrued while it was full, at most a tick or two since it had room.
+    let after_full_us = (cfg.generator_tick * 2).as_micros() as u64;
     let (list, gen, clock) = (
         keys::tokens(&inner.sale),
         keys::generator(&inner.sale),
@@ -366,12 +378,34 @@ async fn generate(inner: Arc<Inner>) {
             // had run on (at most its capacity, as ever): nobody took
             // tokens from a sold-out sale.
             inner.generating.store(false, Ordering::Relaxed);
+            full = false;
             continue;
         }
         let holding = inner.generating.load(Ordering::Relaxed);
         if !holding && Instant::now() < next_attempt {
             continue;
         }
+        if holding && full && Instant::now() < renew_at {
+            let len: Result<u64, _> = redis::cmd("LLEN")
+                .arg(&list)
+                .query_async(&mut inner.shared.conn.clone())
+                .await;
+            match len {
+                Ok(len) if len >= u64::from(inner.config.capacity) => {
+                    inner.seen.store(len, Ordering::Relaxed);
+                    inner.metrics.available.set(len as f64);
+                    continue;
+                }
+                // Room again: this tick fills it.
+                Ok(_) => {}
+                // As a failed tick: the next one looks again.
+                Err(e) => {
+                    tracing::debug!(sale = %inner.sale, error = %e, "token list look failed");
+                    continue;
+                }
+            }
+        }
+        let most_us = if full { after_full_us } else { 1_000_000 };
         let result: Result<(i64, u64, u64), _> = TICK
             .key(&list)
             .key(&gen)
@@ -380,8 +414,10 @@ async fn generate(inner: Arc<Inner>) {
             .arg(inner.config.rate_per_sec)
             .arg(inner.config.capacity)
             .arg(lease_ms)
+            .arg(most_us)
             .invoke_async(&mut inner.shared.conn.clone())
             .await;
+        full = false;
         match result {
             Ok((issued, discarded, len)) => {
                 inner.seen.store(len, Ordering::Relaxed);
@@ -391,6 +427,8 @@ async fn generate(inner: Arc<Inner>) {
                         tracing::debug!(sale = %inner.sale, "token generator lease taken");
                     }
                     inner.generating.store(true, Ordering::Relaxed);
+                    full = len >= u64::from(inner.config.capacity);
+                    renew_at = Instant::now() + renew_every;
                     inner.issued.fetch_add(issued as u64, Ordering::Relaxed);
                     inner.metrics.issued.increment(issued as u64);
                     inner.metrics.discarded.increment(discarded);

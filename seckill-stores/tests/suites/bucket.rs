@@ -22,6 +22,7 @@ crate::each_backend!(
     one_generator_and_failover,
     dead_generator_is_replaced,
     a_quiet_generator_sends_nothing,
+    a_full_bucket_is_one_look_a_tick,
 );
 
 fn config(rate: u32, capacity: u32) -> BucketConfig {
@@ -226,6 +227,58 @@ async fn a_quiet_generator_sends_nothing(env: Env) {
     warm_up(&b).await;
     let n = drain_for(std::slice::from_ref(&b), Duration::from_millis(500)).await;
     assert!((250..=750).contains(&n), "{n} tokens in 500 ms at 1000/s");
+}
+
+/// Commands Redis ran so far, those inside scripts included.
+fn commands(server: &seckill_test_support::RedisServer) -> u64 {
+    let info = match server.command(&["INFO", "stats"]) {
+        Ok(seckill_test_support::Reply::Bulk(Some(info))) => info,
+        other => panic!("INFO: {other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_commands_processed")
+}
+
+async fn a_full_bucket_is_one_look_a_tick(env: Env) {
+    // One server, so that its counters are all the commands.
+    let Some(server) = env.server.as_ref() else {
+        return;
+    };
+    let b = env
+        .store()
+        .buckets()
+        .start(&sale_id("idle"), config(1000, 200));
+    let until = Instant::now() + Duration::from_secs(3);
+    while b.available() < 200 {
+        assert!(Instant::now() < until, "the bucket did not fill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Full: about 50 ticks in 500 ms, each one LLEN, and at most one
+    // script tick renewing the lease (about ten commands). A tick that ran
+    // the script each time would be about 450.
+    let before = commands(server);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spent = commands(server) - before;
+    assert!(spent <= 150, "{spent} commands in 500 ms for a full bucket");
+    assert!(b.is_generating(), "the holder keeps its lease");
+    // Room again: the rate, not a refill to the capacity at once (a clock
+    // left behind while the list was full would count a second due).
+    let b: Arc<dyn TokenBucket> = Arc::new(b);
+    let started = Instant::now();
+    let mut taken = 0;
+    while b.try_take().await.unwrap() {
+        taken += 1;
+    }
+    let n = drain_for(std::slice::from_ref(&b), Duration::from_millis(500)).await;
+    let extra = started.elapsed().as_millis() as u64 + 40;
+    assert!(
+        taken + n <= 200 + extra,
+        "{taken} + {n} tokens within {:?} at 1000/s, capacity 200",
+        started.elapsed()
+    );
+    assert!(n >= 250, "{n} tokens in 500 ms at 1000/s");
 }
 
 async fn an_opened_bucket_is_full(env: Env) {
