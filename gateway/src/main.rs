@@ -15,6 +15,9 @@ use seckill_ops::process::{
 use seckill_stores::{OpenError, Stores};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Args = match parse_args("gateway") {
         Ok(a) => a,
