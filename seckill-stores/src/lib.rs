@@ -147,6 +147,9 @@ pub struct Stores {
     pub redis: Option<RedisStore>,
     /// The queue again, where it can admit and enqueue in one step.
     joint: Option<Arc<RedisQueue>>,
+    /// Elsewhere, the admissions that claim an idempotency key go one at a
+    /// time (see `admit_and_enqueue`).
+    keyed: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Stores {
@@ -179,6 +182,7 @@ impl Stores {
             buckets: Arc::new(MemoryBuckets),
             redis: None,
             joint: None,
+            keyed: Arc::default(),
         }
     }
 
@@ -193,6 +197,7 @@ impl Stores {
             buckets: Arc::new(MemoryBuckets),
             redis: None,
             joint: None,
+            keyed: Arc::default(),
         })
     }
 
@@ -205,6 +210,7 @@ impl Stores {
             buckets: Arc::new(store.buckets()),
             redis: Some(store),
             joint: Some(queue),
+            keyed: Arc::default(),
         }
     }
 
@@ -219,6 +225,15 @@ impl Stores {
             return queue.admit_and_enqueue(ticket).await;
         }
         let purchase = &ticket.purchase;
+        // A repeat must never name a request that is then withdrawn (the
+        // queue was full): while one request of a key is between its
+        // admission and its queueing, the key's other requests wait. Both
+        // steps are in memory here, so the wait is short; requests without
+        // a key cannot be repeats and do not wait.
+        let _one_at_a_time = match purchase.idempotency_key {
+            Some(_) => Some(self.keyed.lock().await),
+            None => None,
+        };
         match self.inventory.admit(purchase).await {
             Ok(Admission::Admitted) => {}
             Ok(duplicate) => return Ok(duplicate),

@@ -2,6 +2,7 @@
 //! and for Redis, redelivery by reclaim, dead letters and a lost group.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -21,6 +22,7 @@ crate::each_backend!(
     idle_queues_are_read_sparingly,
     a_late_enqueue_queues_nothing,
     admitting_and_queueing_is_one_step_or_nothing,
+    concurrent_admissions_keep_the_bound_and_the_keys,
 );
 
 fn ticket(sale: &str, user: &str) -> Ticket {
@@ -387,4 +389,100 @@ async fn admitting_and_queueing_is_one_step_or_nothing(env: Env) {
     );
     nothing_of(&late).await;
     assert_eq!(env.queue.depth(&sale).await.unwrap(), 0);
+}
+
+/// Many admissions into one sale at once: the queue's bound holds exactly, one
+/// idempotency key admits one request and answers the others with it, a
+/// late one is refused, and what was admitted is what is queued.
+async fn concurrent_admissions_keep_the_bound_and_the_keys(env: Env) {
+    let sale = sale_id("crowd");
+    const CAPACITY: usize = 150;
+    env.queue.open(&sale, CAPACITY as u32).await.unwrap();
+    let stores = Arc::new(env.stores.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    // 40 buyers making 5 requests each, one after another; 20 more
+    // buyers racing on one shared key each, 3 requests; 10 late ones.
+    for b in 0..40 {
+        let (stores, sale) = (stores.clone(), sale.clone());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..5 {
+                let t = ticket(&sale, &format!("b{b}-{i}"));
+                let a = stores.admit_and_enqueue(&t).await;
+                out.push(("plain", t.purchase, a));
+            }
+            out
+        });
+    }
+    for k in 0..20 {
+        for _ in 0..3 {
+            let (stores, sale) = (stores.clone(), sale.clone());
+            tasks.spawn(async move {
+                let mut t = ticket(&sale, &format!("k{k}"));
+                t.purchase.idempotency_key = Some(format!("key{k}"));
+                let a = stores.admit_and_enqueue(&t).await;
+                vec![("keyed", t.purchase, a)]
+            });
+        }
+    }
+    for l in 0..10 {
+        let (stores, sale) = (stores.clone(), sale.clone());
+        tasks.spawn(async move {
+            let mut t = ticket(&sale, &format!("l{l}"));
+            t.purchase.store_by_ms = seckill_inventory::now_ms() - 1;
+            let a = stores.admit_and_enqueue(&t).await;
+            vec![("late", t.purchase, a)]
+        });
+    }
+    let mut admitted = HashSet::new();
+    let mut full = 0;
+    let mut keyed: std::collections::HashMap<String, Vec<_>> = Default::default();
+    while let Some(done) = tasks.join_next().await {
+        for (kind, p, a) in done.unwrap() {
+            match (kind, a) {
+                ("late", a) => assert!(matches!(a, Err(QueueError::Unavailable(_))), "{a:?}"),
+                (_, Ok(Admission::Admitted)) => {
+                    admitted.insert(p.request_id.clone());
+                    if kind == "keyed" {
+                        keyed.entry(p.user_id.clone()).or_default().push(None);
+                    }
+                }
+                ("keyed", Ok(Admission::Duplicate { request_id })) => {
+                    keyed
+                        .entry(p.user_id.clone())
+                        .or_default()
+                        .push(Some(request_id));
+                }
+                (_, Err(QueueError::Full(_))) => full += 1,
+                (kind, a) => panic!("{kind} {p:?}: {a:?}"),
+            }
+        }
+    }
+    // 200 plain + 20 keys' first requests compete for 150 places.
+    assert_eq!(admitted.len(), CAPACITY, "admitted");
+    assert_eq!(env.queue.depth(&sale).await.unwrap(), CAPACITY as u64);
+    for (user, answers) in &keyed {
+        // A key's first request is admitted or refused (full); every other
+        // request of the key names an admitted one, or was refused too.
+        let firsts = answers.iter().filter(|a| a.is_none()).count();
+        assert!(firsts <= 1, "{user}: {answers:?}");
+        for named in answers.iter().flatten() {
+            assert!(
+                admitted.contains(named),
+                "{user} named {named}, not admitted"
+            );
+        }
+    }
+    assert_eq!(
+        full + admitted.len() + keyed.values().flatten().filter(|a| a.is_some()).count(),
+        200 + 60,
+        "every request answered once"
+    );
+    let got = take(&*env.queue, CAPACITY).await;
+    assert_eq!(got.len(), CAPACITY);
+    for d in &got {
+        let p = &d.ticket.purchase;
+        assert!(admitted.contains(&p.request_id), "{p:?} was not admitted");
+    }
+    env.queue.ack(&got).await.unwrap();
 }
