@@ -1,39 +1,66 @@
--- Admits a request and queues its ticket in one step: admit.lua and
--- enqueue.lua together, one round trip and one TIME instead of two. Nothing
--- is written unless the ticket is queued.
--- KEYS[1] record, KEYS[2] idempotency key (the record again when none),
--- KEYS[3] queue config hash, KEYS[4] stream (all of one sale's hash tag).
--- ARGV: request id, has key ("1"/"0"), retention ms, user, quantity, the
--- Unix ms after which the gateway no longer waits for this (0 = none),
--- ticket JSON.
--- Returns "" when admitted and queued, "!late" when it ran after that
--- time, "!full" for a full queue, "!closed" for no open queue, else the id
--- of the request that holds the key (a repeat: it is answered, even when
--- the queue is full).
-local by = tonumber(ARGV[6]) or 0
-if by > 0 then
-  local t = redis.call('TIME')
-  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > by then
-    return '!late'
+-- Admits requests of one sale and queues their tickets, in arrival order:
+-- per request what admit.lua and enqueue.lua do, with one TIME, one look at
+-- the queue's configuration and one XLEN for the whole batch. Nothing is
+-- written for a request unless its ticket is queued.
+-- KEYS[1] queue config hash, KEYS[2] stream, then per request i:
+-- KEYS[1+2i] its record, KEYS[2+2i] its idempotency key (the record again
+-- when none); all of one sale's hash tag.
+-- ARGV[1] retention ms, ARGV[2] n, then per request 6 values: request id,
+-- has key ("1"/"0"), user, quantity, the Unix ms after which the gateway
+-- no longer waits for it (0 = none), ticket JSON.
+-- Returns per request "" when admitted and queued, "!late" when the script
+-- ran after that time, "!full" for a full queue, "!closed" for no open
+-- queue, else the id of the request that holds the key (a repeat: it is
+-- answered, even when the queue is full).
+local retention = ARGV[1]
+local n = tonumber(ARGV[2])
+local now, len
+local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'open')
+local open = cfg[2] == '1'
+local capacity = tonumber(cfg[1]) or 0
+local out = {}
+for i = 1, n do
+  local a = 2 + (i - 1) * 6
+  local rid, keyed, user, qty, ticket = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6]
+  local by = tonumber(ARGV[a + 5]) or 0
+  local rec, idem = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local answer
+  if by > 0 then
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    if now > by then
+      answer = '!late'
+    end
   end
-end
-if ARGV[2] == '1' then
-  local holder = redis.call('GET', KEYS[2])
-  if holder then
-    return holder
+  if not answer and keyed == '1' then
+    local holder = redis.call('GET', idem)
+    if holder then
+      answer = holder
+    end
   end
+  if not answer and not open then
+    answer = '!closed'
+  end
+  if not answer then
+    if not len then
+      len = redis.call('XLEN', KEYS[2])
+    end
+    if len >= capacity then
+      answer = '!full'
+    end
+  end
+  if not answer then
+    if keyed == '1' then
+      redis.call('SET', idem, rid, 'PX', retention)
+    end
+    redis.call('HSET', rec, 'user', user, 'qty', qty, 'status', '', 'detail', '')
+    redis.call('PEXPIRE', rec, retention)
+    redis.call('XADD', KEYS[2], '*', 't', ticket)
+    len = len + 1
+    answer = ''
+  end
+  out[i] = answer
 end
-local cfg = redis.call('HMGET', KEYS[3], 'capacity', 'open')
-if cfg[2] ~= '1' then
-  return '!closed'
-end
-if redis.call('XLEN', KEYS[4]) >= tonumber(cfg[1]) then
-  return '!full'
-end
-if ARGV[2] == '1' then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
-end
-redis.call('HSET', KEYS[1], 'user', ARGV[4], 'qty', ARGV[5], 'status', '', 'detail', '')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('XADD', KEYS[4], '*', 't', ARGV[7])
-return ''
+return out

@@ -36,12 +36,12 @@ use tokio::time::Instant;
 
 use crate::{describe, keys, Conn, Shared};
 
+mod admissions;
+
 static OPEN: LazyLock<Script> =
     LazyLock::new(|| crate::commands::script("queue_open", include_str!("queue_open.lua")));
 static ENQUEUE: LazyLock<Script> =
     LazyLock::new(|| crate::commands::script("enqueue", include_str!("enqueue.lua")));
-static ADMIT_ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| crate::commands::script("admit_enqueue", include_str!("admit_enqueue.lua")));
 static RECLAIM: LazyLock<Script> =
     LazyLock::new(|| crate::commands::script("reclaim", include_str!("reclaim.lua")));
 static ACK: LazyLock<Script> =
@@ -65,6 +65,7 @@ pub struct RedisQueue {
     consumer: String,
     state: Mutex<State>,
     cursor: AtomicUsize,
+    admissions: admissions::Admissions,
 }
 
 struct State {
@@ -127,6 +128,7 @@ impl RedisQueue {
                 activity: HashMap::new(),
             }),
             cursor: AtomicUsize::new(0),
+            admissions: admissions::Admissions::default(),
         }
     }
 
@@ -170,28 +172,28 @@ impl RedisQueue {
 
     /// Admits the ticket's request (records it pending and claims its
     /// idempotency key, as the inventory's `admit`) and queues the ticket,
-    /// in one script: one round trip. Nothing is written unless the ticket
-    /// is queued; a repeat of a key is `Duplicate` whatever the queue's
-    /// state. On `Unavailable` the script may have run, or may yet run.
+    /// in one script with the other admissions of its sale that wait for
+    /// one (see [`admissions`]). Nothing is written unless the ticket is
+    /// queued; a repeat of a key is `Duplicate` whatever the queue's state.
+    /// On `Unavailable` the script may have run, or may yet run.
     pub async fn admit_and_enqueue(&self, ticket: &Ticket) -> Result<Admission, QueueError> {
         let p = &ticket.purchase;
         let json = encode(ticket)?;
         let (idem, keyed) = crate::inventory::idem_key(p);
-        let answer: String = ADMIT_ENQUEUE
-            .key(keys::request(&p.sale_id, &p.request_id))
-            .key(idem)
-            .key(keys::queue_config(&p.sale_id))
-            .key(keys::queue(&p.sale_id))
-            .arg(&p.request_id)
-            .arg(keyed)
-            .arg(self.shared.retention_ms())
-            .arg(&p.user_id)
-            .arg(p.quantity)
-            .arg(p.store_by_ms)
-            .arg(json)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let answer = self
+            .admissions
+            .admit(&self.shared, &p.sale_id, |reply| admissions::Pending {
+                record: keys::request(&p.sale_id, &p.request_id),
+                idempotency: idem,
+                keyed,
+                request_id: p.request_id.clone(),
+                user_id: p.user_id.clone(),
+                quantity: p.quantity,
+                store_by_ms: p.store_by_ms,
+                ticket: json,
+                reply,
+            })
+            .await?;
         match answer.as_str() {
             "" => {
                 self.metrics(&p.sale_id).enqueued.increment(1);
