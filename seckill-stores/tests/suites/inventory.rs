@@ -26,6 +26,7 @@ crate::each_backend!(
     cancelling_releases_the_units_once,
     cancels_racing_a_spike_sell_exactly_the_released_units,
     a_decided_record_expires,
+    a_batch_that_fails_midway_counts_what_it_sold,
 );
 
 /// Waits for `want` among the events (other tests' events are skipped).
@@ -827,4 +828,40 @@ async fn a_decided_record_expires(env: Env) {
             "{key}: PTTL {ttl}, the retention is 600 s"
         );
     }
+}
+
+/// Redis runs a batch's purchase script to its end or to its first failing
+/// command, keeping what it wrote before: the units of the orders written
+/// before the failure are counted as sold, so none is sold again.
+async fn a_batch_that_fails_midway_counts_what_it_sold(env: Env) {
+    if !env.is_redis() {
+        return;
+    }
+    let inv = &env.inventory;
+    let sale = sale_id("midway");
+    inv.put_sale(spec(&sale, 5, 1)).await.unwrap();
+    let batch: Vec<_> = (0..4).map(|i| purchase(&sale, &format!("m{i}"), 1)).collect();
+    // The third request's record has the wrong type: reading it fails.
+    let key = seckill_redis::keys::request(&sale, &batch[2].request_id);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a record")
+        .query_async(&mut env.store().conn())
+        .await
+        .unwrap();
+    assert!(inv.purchase(&batch).await.is_err());
+    let orders = inv.orders(&sale).await.unwrap().len();
+    assert_eq!(orders, 2, "the two requests before the failure bought");
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, 2);
+    // The rest of the stock sells, and not a unit more.
+    let more: Vec<_> = (0..5).map(|i| purchase(&sale, &format!("n{i}"), 1)).collect();
+    let won = inv
+        .purchase(&more)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|d| matches!(d.outcome, Outcome::Success { .. }))
+        .count();
+    assert_eq!(won, 3);
+    assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, 5);
 }
