@@ -10,10 +10,9 @@ use std::process::ExitCode;
 use gateway::config::{Args, Mode};
 use gateway::{run_distributed, run_embedded, EmbeddedOptions, Listeners};
 use seckill_ops::process::{
-    self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
+    self, eprint_line, init_logging, parse_args, print_line, shutdown_on_signal,
 };
 use seckill_stores::{OpenError, Stores};
-use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,6 +35,8 @@ fn main() -> ExitCode {
         .build()
         .expect("the Tokio runtime starts");
     runtime.block_on(async move {
+        // Before anything listens: a stop from then on is a graceful one.
+        let shutdown = shutdown_on_signal();
         // Before any metric handle is resolved, here or in the stores.
         seckill_ops::metrics::install();
         gateway::describe_metrics();
@@ -94,15 +95,6 @@ fn main() -> ExitCode {
             banner += &format!("\n  demo sale   {} (stock {})", sale.sale_id, sale.stock);
         }
         print_line(banner);
-        let shutdown = CancellationToken::new();
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                // Cancels when dropped: also when something on the way panics.
-                let _cancel = shutdown.drop_guard();
-                shutdown_signal().await;
-            }
-        });
         let result = match mode {
             Mode::Embedded => {
                 let service = args.service_config();

@@ -191,6 +191,32 @@ fn sigterm_drains_even_when_nobody_reads_the_output() {
     );
 }
 
+/// A stop that comes the moment the gateway says it is up (its banner,
+/// before its first answer) is a graceful stop too, not a kill by the
+/// signal's default action: the handlers are in place before anything
+/// listens. Several starts, because the stop races the startup.
+#[test]
+fn sigterm_right_after_the_banner_is_a_clean_stop() {
+    for round in 0..10 {
+        let args = ports();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = spawn(&[args.as_slice(), &["--data-dir", "none"]].concat());
+        // Polled without a pause, to stop it as early as a watcher could.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !p.log().contains("public API") {
+            assert!(Instant::now() < deadline, "no banner: {}", p.log());
+        }
+        p.terminate();
+        let status = p.wait_exit(Duration::from_secs(15));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "round {round}: {status:?}: {}",
+            p.log()
+        );
+    }
+}
+
 /// A password no line of output may contain.
 const PASSWORD: &str = "s3cretpw";
 

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use order_relay::args::{read_secret, Command, SinkKind, Source};
 use order_relay::sink::{Postgres, Sink, Stdout, Webhook};
 use order_relay::{feed, redis_source, Args, Health};
-use seckill_ops::process::{self, eprint_line, parse_args, shutdown_signal};
+use seckill_ops::process::{self, eprint_line, parse_args, shutdown_on_signal};
 use seckill_redis::{RedisStore, StoreConfig};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 const PROGRAM: &str = "order-relay";
 
@@ -85,6 +84,8 @@ async fn run(args: Args, source: Source, kind: SinkKind) -> ExitCode {
             Err(e) => failure(format_args!("redrive stopped: {e}")),
         };
     }
+    // Before anything listens: a stop from then on is a graceful one.
+    let shutdown = shutdown_on_signal();
     let admin = match TcpListener::bind(args.admin_listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -94,14 +95,6 @@ async fn run(args: Args, source: Source, kind: SinkKind) -> ExitCode {
             )
         }
     };
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let _cancel = shutdown.drop_guard();
-            shutdown_signal().await;
-        }
-    });
     let health = Arc::new(Health::default());
     // The sink answered when it was opened; the source says so once read.
     health.sink(true);

@@ -12,6 +12,8 @@ use std::fmt::Display;
 use std::io::{self, Write};
 use std::process::ExitCode;
 
+use tokio_util::sync::CancellationToken;
+
 /// Exit status for bad configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
 
@@ -171,15 +173,26 @@ impl<W: Write> Write for Lossy<W> {
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
+/// A token cancelled when SIGINT or SIGTERM arrives (or when the task that
+/// waits for them panics). The handlers are in place when this returns, so
+/// a binary calls it before it binds anything: a stop that arrives the
+/// moment the process says it is up is a graceful stop, not a kill by the
+/// signal's default action. Needs a Tokio runtime.
+pub fn shutdown_on_signal() -> CancellationToken {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    let shutdown = CancellationToken::new();
+    let cancel = shutdown.clone().drop_guard();
+    tokio::spawn(async move {
+        let _cancel = cancel;
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown signal received");
+    });
+    shutdown
 }
 
 #[cfg(test)]

@@ -8,12 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use seckill_ops::process::{
-    self, eprint_line, init_logging, parse_args, print_line, shutdown_signal,
+    self, eprint_line, init_logging, parse_args, print_line, shutdown_on_signal,
 };
 use seckill_service::{Args, GrpcCallback};
 use seckill_stores::{Mode, Stores};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let args: Args = match parse_args("seckill-service") {
@@ -44,6 +43,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args, callback: GrpcCallback) -> ExitCode {
+    // Before anything listens: a stop from then on is a graceful one.
+    let shutdown = shutdown_on_signal();
     // Before any metric handle is resolved, here or in the stores.
     seckill_ops::metrics::install();
     seckill_service::metrics::describe();
@@ -81,15 +82,6 @@ async fn run(args: Args, callback: GrpcCallback) -> ExitCode {
         config.workers,
         config.batch_size
     ));
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            // Cancels when dropped: also when something on the way panics.
-            let _cancel = shutdown.drop_guard();
-            shutdown_signal().await;
-        }
-    });
     let callback = Arc::new(callback);
     match seckill_service::run(
         admin,
