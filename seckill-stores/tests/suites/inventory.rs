@@ -840,7 +840,9 @@ async fn a_batch_that_fails_midway_counts_what_it_sold(env: Env) {
     let inv = &env.inventory;
     let sale = sale_id("midway");
     inv.put_sale(spec(&sale, 5, 1)).await.unwrap();
-    let batch: Vec<_> = (0..4).map(|i| purchase(&sale, &format!("m{i}"), 1)).collect();
+    let batch: Vec<_> = (0..4)
+        .map(|i| purchase(&sale, &format!("m{i}"), 1))
+        .collect();
     // The third request's record has the wrong type: reading it fails.
     let key = seckill_redis::keys::request(&sale, &batch[2].request_id);
     let _: () = redis::cmd("SET")
@@ -854,7 +856,9 @@ async fn a_batch_that_fails_midway_counts_what_it_sold(env: Env) {
     assert_eq!(orders, 2, "the two requests before the failure bought");
     assert_eq!(inv.sale(&sale).await.unwrap().unwrap().sold, 2);
     // The rest of the stock sells, and not a unit more.
-    let more: Vec<_> = (0..5).map(|i| purchase(&sale, &format!("n{i}"), 1)).collect();
+    let more: Vec<_> = (0..5)
+        .map(|i| purchase(&sale, &format!("n{i}"), 1))
+        .collect();
     let won = inv
         .purchase(&more)
         .await
