@@ -401,13 +401,13 @@ async fn concurrent_admissions_keep_the_bound_and_the_keys(env: Env) {
     const CAPACITY: usize = 150;
     env.queue.open(&sale, CAPACITY as u32).await.unwrap();
     let stores = Arc::new(env.stores.clone());
-    let scripts = |env: &Env| {
+    let round_trips = |env: &Env| {
         env.redis
             .as_ref()
             .map(|r| r.conn().round_trips())
             .unwrap_or(0)
     };
-    let trips0 = scripts(&env);
+    let trips0 = round_trips(&env);
     let mut tasks = tokio::task::JoinSet::new();
     // 40 buyers making 5 requests each, one after another; 20 more
     // buyers racing on one shared key each, 3 requests; 10 late ones.
@@ -467,7 +467,7 @@ async fn concurrent_admissions_keep_the_bound_and_the_keys(env: Env) {
             }
         }
     }
-    let trips = scripts(&env) - trips0;
+    let trips = round_trips(&env) - trips0;
     // 200 plain + 20 keys' first requests compete for 150 places.
     assert_eq!(admitted.len(), CAPACITY, "admitted");
     assert_eq!(env.queue.depth(&sale).await.unwrap(), CAPACITY as u64);
